@@ -1,0 +1,43 @@
+"""cit_fast.kernels: fused ops with a Triton path on CUDA and a PyTorch reference elsewhere.
+
+Installed as ``cit_fast.kernels`` (setup.py maps this top-level folder). Triton is imported lazily,
+so this package imports on any machine.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .reference import COMPOSITE_MODES, IMAGENET_MEAN, IMAGENET_STD, composite_ref
+
+__all__ = ["composite", "composite_ref", "COMPOSITE_MODES", "IMAGENET_MEAN", "IMAGENET_STD",
+           "use_triton"]
+
+
+def use_triton(t: torch.Tensor, backend: str = "auto") -> bool:
+    """Whether an op on tensor ``t`` should take the Triton path.
+
+    backend: "auto" (Triton on CUDA tensors, or everywhere when TRITON_INTERPRET=1 and
+    CIT_FAST_KERNELS=triton), "triton" (force), "torch" (force the reference).
+    """
+    if backend == "torch":
+        return False
+    if backend == "triton":
+        return True
+    if backend != "auto":
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if os.environ.get("CIT_FAST_KERNELS") == "torch":
+        return False
+    if t.is_cuda:
+        return True
+    return os.environ.get("CIT_FAST_KERNELS") == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def composite(obj, mask, ctx=None, ctx_mask=None, *, backend: str = "auto", **kw):
+    """Blend + flip + normalize + layout + cast in one pass; see ``reference.composite_ref``."""
+    if use_triton(obj, backend):
+        from .composite import composite_triton  # lazy: needs triton
+
+        return composite_triton(obj, mask, ctx, ctx_mask, **kw)
+    return composite_ref(obj, mask, ctx, ctx_mask, **kw)
