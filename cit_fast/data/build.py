@@ -1,0 +1,52 @@
+"""From a DataConfig to SampleSets and pipelines."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from .pipeline import Pipeline, PipelineSpec
+from .records import DataError, SampleSet
+from .sources import apply_strata_file, load_arrays, load_folder, load_manifest
+from .synthetic import make_cit_benchmark
+
+
+def build_datasets(d) -> Tuple[SampleSet, SampleSet]:
+    """(train, test) SampleSets for a DataConfig; test uses the training classes."""
+    if d.source == "synthetic":
+        sets = make_cit_benchmark(d.synthetic_version, d.synthetic_train_per_class, d.synthetic_test_per_class,
+                                  seed=d.synthetic_seed, test_bias=d.synthetic_test_bias)
+        train, test = sets["train"], sets["test"]
+    else:
+        load = {"arrays": lambda p, classes=None: load_arrays(p, classes),
+                "folder": lambda p, classes=None: load_folder(p, classes),
+                "manifest": lambda p, classes=None: load_manifest(p, d.root, classes)}[d.source]
+        train = load(d.train)
+        if not d.test:
+            raise DataError(f"data.test: a path is required for data.source={d.source}")
+        test = load(d.test, classes=train.classes)
+    if d.strata_file:
+        train = apply_strata_file(train, d.strata_file)
+        test = apply_strata_file(test, d.strata_file)
+    return train, test
+
+
+def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world_size: int = 1,
+                   device: torch.device = torch.device("cpu"), output: str = "image",
+                   batch_size: int = 0) -> Pipeline:
+    d = cfg.data
+    spec = PipelineSpec(
+        batch_size=batch_size or d.batch_size,
+        plan=cfg.intervention.plan if train else "none",
+        output=output,
+        epochwise=cfg.intervention.epochwise if train else False,
+        train=train, image_size=d.image_size, hflip=d.hflip, crop_padding=d.crop_padding,
+        mean=tuple(d.mean), std=tuple(d.std), seed=cfg.seed, rank=rank, world_size=world_size,
+        num_workers=d.num_workers, device=device)
+    if d.pipeline == "dali":
+        from .dali_pipeline import DaliPipeline  # optional dependency: nvidia-dali
+
+        return DaliPipeline(samples, spec)
+    from .torch_pipeline import TorchPipeline
+
+    return TorchPipeline(samples, spec)

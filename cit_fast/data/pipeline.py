@@ -1,0 +1,168 @@
+"""The pipeline contract shared by the torch and DALI implementations.
+
+A pipeline walks one rank's shard of an intervention plan in batches. Each raw batch holds, per
+sample i with context partner j, uint8 tensors decoded and augmented on the host or GPU:
+    obj (B,H,W,3), mask (B,H,W), ctx (B,H,W,3), ctx_mask (B,H,W), flip (B,) bool,
+    label (B,) or (B,C), index (B,) = i, partner (B,) = j.
+``compose`` then turns it into model inputs with one call of ``kernels.composite`` (the Triton
+kernel on CUDA, the PyTorch reference elsewhere), so the blend formula lives in one place:
+    output "image":  image = m_i*obj_i + (1-m_i)*ctx_j                (single-branch models)
+    output "double": content = m_i*obj_i, context = (1-m_j)*ctx_j     (double-branch models)
+    epochwise=True adds the original sample: original (and original_context) beside them (Eq. 12).
+Training order, partners, crops and flips are pure functions of (seed, epoch, index), so
+``state_dict`` (epoch, batches done) is all it takes to resume mid-epoch.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .. import kernels
+from .intervention import InterventionPlan, make_plan
+from .records import SampleSet
+
+Batch = Dict[str, torch.Tensor]
+
+
+@dataclass
+class PipelineSpec:
+    """What a pipeline needs besides its data: everything that shapes the batches."""
+
+    batch_size: int  # per rank
+    plan: str = "none"  # intervention plan kind
+    output: str = "image"  # "image" (single-branch) or "double" (content/context)
+    epochwise: bool = False  # also emit the original sample (Eq. 12)
+    train: bool = True  # shuffle, augment, drop the last partial batch
+    image_size: int = 0  # output side in pixels; 0 = the source's own (arrays must be uniform)
+    hflip: bool = True  # random horizontal flip (train only)
+    crop_padding: int = 0  # random crop after reflect-padding by this many pixels (train only)
+    mean: Sequence[float] = (0.5, 0.5, 0.5)
+    std: Sequence[float] = (0.25, 0.25, 0.25)
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    out_dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.output not in ("image", "double"):
+            raise ValueError(f"pipeline output must be 'image' or 'double', got {self.output!r}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The per-sample augmentation stream: identical on every rank, pipeline and resume."""
+    return np.random.default_rng([seed, epoch, index, 0xA06])
+
+
+def flip_flags(spec: PipelineSpec, epoch: int, index: np.ndarray) -> np.ndarray:
+    if not (spec.train and spec.hflip):
+        return np.zeros(len(index), bool)
+    return np.array([sample_rng(spec.seed, epoch, int(i)).random() < 0.5 for i in index], bool)
+
+
+def crop_offsets(spec: PipelineSpec, epoch: int, index: int, role: int) -> Tuple[int, int]:
+    """(dy, dx) in [0, 2*crop_padding] for sample `index` as object (role 0) or context (role 1)."""
+    p = spec.crop_padding if spec.train else 0
+    if p == 0:
+        return p, p
+    r = np.random.default_rng([spec.seed, epoch, index, role, 0xC0])
+    dy, dx = r.integers(0, 2 * p + 1, 2)
+    return int(dy), int(dx)
+
+
+class Pipeline(ABC):
+    """Iterates one rank's batches of one epoch; ``set_epoch`` first (as with DistributedSampler)."""
+
+    def __init__(self, samples: SampleSet, spec: PipelineSpec):
+        self.samples = samples
+        self.spec = spec
+        self.epoch = 0
+        self.start_batch = 0  # batches of this epoch already consumed (mid-epoch resume)
+        self._plan: Optional[InterventionPlan] = None
+
+    # -- plan and sharding ----------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.start_batch = 0
+        self.epoch = epoch
+        self._plan = None
+
+    @property
+    def plan(self) -> InterventionPlan:
+        if self._plan is None:
+            s = self.samples
+            self._plan = make_plan(self.spec.plan, s.strata, self.spec.seed, self.epoch, s.bias,
+                                   shuffle=self.spec.train)
+        return self._plan
+
+    def shard_indices(self) -> np.ndarray:
+        """This rank's sample indices for the epoch, in visiting order."""
+        if self.spec.train:
+            return self.plan.shard(self.spec.rank, self.spec.world_size)
+        # evaluation: every sample exactly once over all ranks (shards may differ by one)
+        return self.plan.order[self.spec.rank::self.spec.world_size]
+
+    def batch_keys(self) -> list:
+        """[(indices, partners)] per batch for the rest of this epoch."""
+        idx = self.shard_indices()
+        bs = self.spec.batch_size
+        n_batches = len(idx) // bs if self.spec.train else -(-len(idx) // bs)
+        partner = self.plan.partner
+        return [(idx[b * bs:(b + 1) * bs], partner[idx[b * bs:(b + 1) * bs]])
+                for b in range(self.start_batch, n_batches)]
+
+    def __len__(self) -> int:
+        """Batches per epoch (the same on every rank in training)."""
+        n = len(self.shard_indices())
+        return n // self.spec.batch_size if self.spec.train else -(-n // self.spec.batch_size)
+
+    # -- resume ---------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "start_batch": self.start_batch}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.start_batch = int(state["start_batch"])
+        self._plan = None
+
+    # -- iteration --------------------------------------------------------------------------------
+    @abstractmethod
+    def raw_batches(self) -> Iterator[Batch]:
+        """Raw uint8 batches (see module doc) for the rest of the epoch, on any device."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        for raw in self.raw_batches():
+            self.start_batch += 1
+            yield compose(raw, self.spec)
+        self.start_batch = 0
+
+
+def compose(raw: Batch, spec: PipelineSpec) -> Batch:
+    """Raw batch -> model inputs on spec.device, through kernels.composite (one pass)."""
+    dev = spec.device
+    t = {k: v.to(dev, non_blocking=True) for k, v in raw.items()}
+    kw = dict(flip=t["flip"], mean=spec.mean, std=spec.std, out_dtype=spec.out_dtype,
+              channels_last=spec.channels_last)
+    out: Batch = {"label": t["label"], "index": t["index"], "partner": t["partner"]}
+    if spec.output == "double":
+        out["content"], out["context"] = kernels.composite(t["obj"], t["mask"], t["ctx"], t["ctx_mask"],
+                                                           mode="double", **kw)
+        if spec.epochwise:  # the object with its own context
+            _, out["original_context"] = kernels.composite(t["obj"], t["mask"], t["obj"], t["mask"],
+                                                           mode="double", **kw)
+        return out
+    if spec.plan == "none" and not spec.epochwise:
+        out["image"] = kernels.composite(t["obj"], t["mask"], mode="none", **kw)
+    elif spec.epochwise:
+        out["original"], out["image"] = kernels.composite(t["obj"], t["mask"], t["ctx"], mode="pair", **kw)
+    else:
+        out["image"] = kernels.composite(t["obj"], t["mask"], t["ctx"], mode="single", **kw)
+    return out

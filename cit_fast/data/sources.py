@@ -1,0 +1,260 @@
+"""Data sources -> SampleSet, each validated with errors that name the file or field.
+
+- ``arrays``:   one .npz with images uint8 (N,H,W,3) or (N,H,W), masks uint8/float (N,H,W),
+                labels int (N,), optional strata, bias.
+- ``folder``:   images/<class>/<name>.<ext> and masks/<class>/<name>.png (same stem).
+- ``manifest``: CSV or JSONL with columns image, mask, label and optional stratum, bias.
+- ``synthetic``: the built-in CIT benchmark (see synthetic.py).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .records import DataError, SampleSet, as_uint8_mask
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+# ---------------------------------------------------------------------------------------------
+# arrays
+
+
+def load_arrays(path: str, classes: Optional[Sequence[str]] = None) -> SampleSet:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"arrays file {path}: not found")
+    try:
+        z = np.load(p, allow_pickle=False)
+    except Exception as e:
+        raise DataError(f"arrays file {path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    with z:
+        for key in ("images", "labels"):
+            if key not in z.files:
+                raise DataError(f"arrays file {path}: missing array {key!r} (has {', '.join(z.files) or 'nothing'})")
+        images = z["images"]
+        labels = z["labels"]
+        masks = z["masks"] if "masks" in z.files else None
+        strata = z["strata"] if "strata" in z.files else None
+        bias = z["bias"] if "bias" in z.files else None
+        names = [str(c) for c in z["classes"]] if "classes" in z.files else None
+    where = f"arrays file {path}"
+    if images.dtype != np.uint8:
+        raise DataError(f"{where}: 'images' must be uint8, got {images.dtype}")
+    if images.ndim == 3:
+        images = np.repeat(images[..., None], 3, axis=-1)  # grey -> RGB
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(f"{where}: 'images' must have shape [N,H,W,3] or [N,H,W], got {list(images.shape)}")
+    n, h, w = images.shape[:3]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: 'labels' must be a 1-D integer array, got {labels.dtype} {list(labels.shape)}")
+    if len(labels) != n:
+        raise DataError(f"{where}: 'labels' has {len(labels)} entries but 'images' has {n}")
+    if masks is not None:
+        if masks.shape != (n, h, w):
+            raise DataError(f"{where}: 'masks' must have shape {[n, h, w]} to match 'images', got {list(masks.shape)}")
+        masks = as_uint8_mask(masks, f"{where}: 'masks'")
+    for key, col in (("strata", strata), ("bias", bias)):
+        if col is not None and (col.shape != (n,) or not np.issubdtype(col.dtype, np.integer)):
+            raise DataError(f"{where}: {key!r} must be an integer array of shape [{n}], got {col.dtype} {list(col.shape)}")
+    classes = list(classes) if classes is not None else (names or [str(c) for c in range(int(labels.max(initial=-1)) + 1)])
+    _check_labels(labels.astype(np.int64), len(classes), where, require_all=classes is not None and names is None)
+    return SampleSet(images, masks, labels.astype(np.int64), classes, strata, bias, name=where)
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, where: str, require_all: bool = True) -> None:
+    if len(labels) == 0:
+        raise DataError(f"{where}: no samples")
+    bad = np.nonzero((labels < 0) | (labels >= num_classes))[0]
+    if len(bad):
+        raise DataError(f"{where}: label {int(labels[bad[0]])} of sample {int(bad[0])} is out of range "
+                        f"[0, {num_classes - 1}] ({len(bad)} such samples)")
+    if require_all:
+        counts = np.bincount(labels, minlength=num_classes)
+        empty = np.nonzero(counts == 0)[0]
+        if len(empty):
+            raise DataError(f"{where}: class {int(empty[0])} has no samples "
+                            f"(every class in [0, {num_classes - 1}] needs at least one)")
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def _image_size(path: Path, kind: str) -> tuple:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise DataError(f"{kind} {path}: file not found") from None
+    except Exception as e:
+        raise DataError(f"{kind} {path}: cannot read ({type(e).__name__}: {e})") from None
+
+
+def check_pairs(images: Sequence[str], masks: Sequence[Optional[str]]) -> None:
+    """Every image readable, its mask present and readable and of the same size."""
+    for img, msk in zip(images, masks):
+        isz = _image_size(Path(img), "image")
+        if msk is None:
+            continue
+        if not Path(msk).is_file():
+            raise DataError(f"mask {msk}: file not found (expected beside image {img})")
+        msz = _image_size(Path(msk), "mask")
+        if msz != isz:
+            raise DataError(f"mask {msk}: size {msz[0]}x{msz[1]} does not match image {img} ({isz[0]}x{isz[1]})")
+
+
+def load_folder(root: str, classes: Optional[Sequence[str]] = None, check_files: bool = True) -> SampleSet:
+    r = Path(root)
+    img_root, mask_root = r / "images", r / "masks"
+    if not img_root.is_dir():
+        raise DataError(f"folder {root}: expected an 'images/<class>/' directory inside")
+    found = sorted(d.name for d in img_root.iterdir() if d.is_dir())
+    if classes is None:
+        classes = found
+    else:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise DataError(f"folder {root}: class folder(s) {unknown} are not among the training classes")
+    if not classes:
+        raise DataError(f"folder {root}: no class folders under {img_root}")
+    images: List[str] = []
+    masks: List[Optional[str]] = []
+    labels: List[int] = []
+    for ci, name in enumerate(classes):
+        files = sorted(f for f in (img_root / name).glob("*") if f.suffix.lower() in IMAGE_EXTS) \
+            if (img_root / name).is_dir() else []
+        if not files and name in found:
+            raise DataError(f"folder {root}: class {name!r} is empty (no images in {img_root / name})")
+        for f in files:
+            images.append(str(f))
+            m = mask_root / name / (f.stem + ".png")
+            if not m.is_file():
+                raise DataError(f"mask {m}: file not found (every image needs a mask with the same stem: {f})")
+            masks.append(str(m))
+            labels.append(ci)
+    if check_files:
+        check_pairs(images, masks)
+    return SampleSet(images, masks, np.asarray(labels, np.int64), list(classes), name=f"folder {root}")
+
+
+def _read_manifest_rows(path: Path) -> List[Dict[str, str]]:
+    if not path.is_file():
+        raise DataError(f"manifest {path}: not found")
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for ln, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"manifest {path}, line {ln}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"manifest {path}, line {ln}: expected a JSON object")
+            rows.append(row)
+        return rows
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    raise DataError(f"manifest {path}: expected a .csv or .jsonl file")
+
+
+def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = None,
+                  check_files: bool = True) -> SampleSet:
+    p = Path(path)
+    rows = _read_manifest_rows(p)
+    if not rows:
+        raise DataError(f"manifest {path}: no rows")
+    base = Path(root) if root else p.parent
+    for col in ("image", "label"):
+        if col not in rows[0]:
+            raise DataError(f"manifest {path}: missing column {col!r} (has {', '.join(rows[0])})")
+    raw_labels = [str(r.get("label", "")).strip() for r in rows]
+    if classes is None:
+        if all(l.lstrip("-").isdigit() for l in raw_labels):
+            classes = [str(c) for c in range(max(int(l) for l in raw_labels) + 1)]
+        else:
+            classes = sorted(set(raw_labels))
+    index = {c: i for i, c in enumerate(classes)}
+    labels, images, masks, strata, bias = [], [], [], [], []
+    has_mask = "mask" in rows[0]
+    for ln, (row, lab) in enumerate(zip(rows, raw_labels), 2 if p.suffix.lower() == ".csv" else 1):
+        where = f"manifest {path}, row {ln}"
+        if lab in index:
+            labels.append(index[lab])
+        elif lab.lstrip("-").isdigit():
+            v = int(lab)
+            if not 0 <= v < len(classes):
+                raise DataError(f"{where}: label {v} is out of range [0, {len(classes) - 1}]")
+            labels.append(v)
+        else:
+            raise DataError(f"{where}: label {lab!r} is not a known class ({', '.join(classes[:10])}...)")
+        img = str(row.get("image", "")).strip()
+        if not img:
+            raise DataError(f"{where}: empty 'image'")
+        images.append(str(base / img))
+        if has_mask:
+            m = str(row.get("mask", "") or "").strip()
+            if not m:
+                raise DataError(f"{where}: empty 'mask' for image {img}")
+            masks.append(str(base / m))
+        for col, out in (("stratum", strata), ("bias", bias)):
+            if col in row and str(row[col]).strip() != "":
+                try:
+                    out.append(int(row[col]))
+                except ValueError:
+                    raise DataError(f"{where}: {col!r} must be an integer, got {row[col]!r}") from None
+            else:
+                out.append(None)
+    if check_files:
+        check_pairs(images, masks if has_mask else [None] * len(images))
+    _check_labels(np.asarray(labels, np.int64), len(classes), f"manifest {path}", require_all=False)
+
+    def column(values, default):
+        if all(v is None for v in values):
+            return None
+        if any(v is None for v in values):
+            missing = values.index(None)
+            raise DataError(f"manifest {path}: column filled for some rows but empty at row {missing + 1}")
+        return np.asarray(values, np.int64)
+
+    return SampleSet(images, masks if has_mask else None, np.asarray(labels, np.int64), list(classes),
+                     column(strata, None), column(bias, None), name=f"manifest {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# strata mapping (common-sense groups A)
+
+
+def apply_strata_file(samples: SampleSet, path: str) -> SampleSet:
+    """Set each sample's stratum from a YAML/JSON mapping {class name or index: group}."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"strata file {path}: not found")
+    try:
+        mapping = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise DataError(f"strata file {path}: not valid YAML/JSON ({e})") from None
+    if not isinstance(mapping, dict):
+        raise DataError(f"strata file {path}: expected a mapping {{class: group}}")
+    mapping = {str(k): str(v) for k, v in mapping.items()}
+    unknown = sorted(set(mapping) - set(samples.classes) - {str(i) for i in range(samples.num_classes)})
+    if unknown:
+        raise DataError(f"strata file {path}: unknown class(es) {unknown}")
+    groups: Dict[str, int] = {}
+    per_class = []
+    for ci, name in enumerate(samples.classes):
+        g = mapping.get(name, mapping.get(str(ci)))
+        if g is None:
+            raise DataError(f"strata file {path}: class {name!r} has no group")
+        per_class.append(groups.setdefault(g, len(groups)))
+    samples.strata = np.asarray(per_class, np.int64)[samples.labels]
+    return samples

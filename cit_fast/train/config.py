@@ -1,0 +1,278 @@
+"""Typed run configuration: dataclasses, YAML loading, ``key=value`` overrides and validation.
+
+A config is saved with every run (``config.yaml``) and inside every checkpoint, so a result can
+always be traced back to exactly what produced it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+SOURCES = ("synthetic", "arrays", "folder", "manifest")
+SYNTHETIC_VERSIONS = ("original", "V1", "V2", "V3", "V4")
+PLANS = ("none", "stratify_c", "stratify_b", "random")
+PIPELINES = ("torch", "dali")
+TEST_BIAS = ("random", "misleading")
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names it and says what was expected."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # one of SOURCES
+    train: str = ""  # path to the training data (arrays: .npz; folder: root; manifest: .csv/.jsonl)
+    test: str = ""  # path to the test data, same kind as `train`
+    root: str = ""  # manifest only: directory that relative paths are resolved against (default: the manifest's)
+    strata_file: str = ""  # optional YAML/JSON {class name or index: group}: common-sense groups A
+    # synthetic source: the CIT CIFAR-style benchmark (Table III) over the embedded shapes dataset
+    synthetic_version: str = "V4"  # one of SYNTHETIC_VERSIONS
+    synthetic_train_per_class: int = 400  # samples
+    synthetic_test_per_class: int = 100  # samples
+    synthetic_seed: int = 0
+    synthetic_test_bias: str = "random"  # how B is drawn in test: one of TEST_BIAS
+    # decoding and augmentation
+    image_size: int = 0  # pixels (square); 0 = keep the source's size (arrays/synthetic)
+    hflip: bool = True  # random horizontal flip in training
+    crop_padding: int = 0  # pixels of reflect-padding for a random crop in training (CIFAR-style)
+    mean: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: Tuple[float, float, float] = (0.25, 0.25, 0.25)
+    pipeline: str = "torch"  # one of PIPELINES
+    num_workers: int = 0  # DataLoader worker processes
+    batch_size: int = 128  # samples per rank per step
+
+
+@dataclass
+class InterventionConfig:
+    plan: str = "none"  # one of PLANS
+    epochwise: bool = False  # train on original + intervened sample each step (Eq. 12)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"  # a name from cit_fast.models.list_models()
+    num_classes: int = 0  # 0 = taken from the data
+    init: str = ""  # optional local checkpoint path to initialise from (never downloaded)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    epochs: int = 30
+    schedule: str = "multistep"  # multistep (the paper's) | cosine (to zero, after warm-up)
+    milestones: List[int] = field(default_factory=lambda: [15, 23])  # epochs at which lr *= gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warm-up from lr/10
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    intervention: InterventionConfig = field(default_factory=InterventionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    out_dir: str = "runs/default"
+    resume: str = ""  # "" = fresh start, "auto" = newest complete checkpoint in out_dir, or a path
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    log_interval: int = 50  # steps between host syncs for logging
+    checkpoint_every: int = 1  # epochs
+    max_steps_per_epoch: int = 0  # 0 = whole epoch (a cap for smoke tests)
+    progress: bool = True  # progress bar on rank 0
+
+
+# ---------------------------------------------------------------------------------------------
+# (de)serialisation
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    def conv(v):
+        if isinstance(v, tuple):
+            return list(v)
+        return v
+
+    return {k: (to_dict(v) if dataclasses.is_dataclass(v) else conv(v)) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise a ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{where}: expected a boolean (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    if origin in (list, List, tuple, Tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin in (tuple, Tuple) and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}: {value!r}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, f"{where}[{i}]") if inner is not Any else v for i, v in enumerate(value)]
+        return tuple(out) if origin in (tuple, Tuple) else out
+    return value
+
+
+def _build(cls: type, data: Dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr((where + '.' if where else '') + u) for u in unknown)}; "
+            f"valid keys{(' under ' + where) if where else ''}: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, key)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    tree: Dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=0.05)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r}: empty key")
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: Dict[str, Any], upd: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """TrainConfig from an optional YAML file plus ``key=value`` overrides, validated."""
+    tree: Dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {path}: not found")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    tree = _merge(tree, parse_overrides(overrides))
+    cfg = _build(TrainConfig, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def from_dict(tree: Dict[str, Any]) -> TrainConfig:
+    cfg = _build(TrainConfig, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def _choice(value: str, choices: Sequence[str], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: expected a {'non-negative' if allow_zero else 'positive'} value, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    d = cfg.data
+    _choice(d.source, SOURCES, "data.source")
+    _choice(d.synthetic_version, SYNTHETIC_VERSIONS, "data.synthetic_version")
+    _choice(d.synthetic_test_bias, TEST_BIAS, "data.synthetic_test_bias")
+    _choice(d.pipeline, PIPELINES, "data.pipeline")
+    _choice(cfg.intervention.plan, PLANS, "intervention.plan")
+    _choice(cfg.device, ("auto", "cpu", "cuda"), "device")
+    if d.source != "synthetic" and not d.train:
+        raise ConfigError(f"data.train: a path is required for data.source={d.source}")
+    for key in ("batch_size", "synthetic_train_per_class", "synthetic_test_per_class"):
+        _positive(getattr(d, key), f"data.{key}")
+    for key in ("image_size", "crop_padding", "num_workers"):
+        _positive(getattr(d, key), f"data.{key}", allow_zero=True)
+    if any(s <= 0 for s in d.std):
+        raise ConfigError(f"data.std: expected positive values, got {list(d.std)}")
+    o = cfg.optim
+    _choice(o.schedule, ("multistep", "cosine"), "optim.schedule")
+    _positive(o.lr, "optim.lr")
+    _positive(o.epochs, "optim.epochs")
+    _positive(o.weight_decay, "optim.weight_decay", allow_zero=True)
+    _positive(o.warmup_epochs, "optim.warmup_epochs", allow_zero=True)
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.momentum: expected a value in [0, 1), got {o.momentum}")
+    if o.nesterov and o.momentum == 0:
+        raise ConfigError("optim.nesterov: Nesterov momentum needs optim.momentum > 0")
+    if list(o.milestones) != sorted(o.milestones) or any(m <= 0 for m in o.milestones):
+        raise ConfigError(f"optim.milestones: expected increasing positive epochs, got {o.milestones}")
+    _positive(cfg.log_interval, "log_interval")
+    _positive(cfg.checkpoint_every, "checkpoint_every")
+    _positive(cfg.threads, "threads", allow_zero=True)
+    _positive(cfg.model.num_classes, "model.num_classes", allow_zero=True)
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    from ..utils import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

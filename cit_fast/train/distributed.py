@@ -1,0 +1,55 @@
+"""Distributed set-up in one function (torchrun env or SLURM), gloo on CPU and NCCL on GPU."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..utils import dist_info
+
+
+@dataclass
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DistributedDataParallel when distributed; the model itself otherwise."""
+        if not self.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+
+    def barrier(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.barrier()
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda was asked for but no CUDA device is available")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def setup_distributed(cfg) -> DistEnv:
+    rank, world, local_rank = dist_info()
+    device = pick_device(cfg.device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:  # SLURM without torchrun: the launcher sets these
+            raise RuntimeError("distributed run without MASTER_ADDR/MASTER_PORT; launch with torchrun or launchers/")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistEnv(rank, world, local_rank, device)
