@@ -62,8 +62,9 @@ def load_arrays(path: str, classes: Optional[Sequence[str]] = None) -> SampleSet
     for key, col in (("strata", strata), ("bias", bias)):
         if col is not None and (col.shape != (n,) or not np.issubdtype(col.dtype, np.integer)):
             raise DataError(f"{where}: {key!r} must be an integer array of shape [{n}], got {col.dtype} {list(col.shape)}")
+    training_split = classes is None  # a test split is checked against the training classes
     classes = list(classes) if classes is not None else (names or [str(c) for c in range(int(labels.max(initial=-1)) + 1)])
-    _check_labels(labels.astype(np.int64), len(classes), where, require_all=classes is not None and names is None)
+    _check_labels(labels.astype(np.int64), len(classes), where, require_all=training_split)
     return SampleSet(images, masks, labels.astype(np.int64), classes, strata, bias, name=where)
 
 
@@ -176,6 +177,7 @@ def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = 
         if col not in rows[0]:
             raise DataError(f"manifest {path}: missing column {col!r} (has {', '.join(rows[0])})")
     raw_labels = [str(r.get("label", "")).strip() for r in rows]
+    training_split = classes is None
     if classes is None:
         if all(l.lstrip("-").isdigit() for l in raw_labels):
             classes = [str(c) for c in range(max(int(l) for l in raw_labels) + 1)]
@@ -214,7 +216,7 @@ def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = 
                 out.append(None)
     if check_files:
         check_pairs(images, masks if has_mask else [None] * len(images))
-    _check_labels(np.asarray(labels, np.int64), len(classes), f"manifest {path}", require_all=False)
+    _check_labels(np.asarray(labels, np.int64), len(classes), f"manifest {path}", require_all=training_split)
 
     def column(values, default):
         if all(v is None for v in values):
