@@ -9,10 +9,11 @@ import os
 
 import torch
 
-from .reference import COMPOSITE_MODES, IMAGENET_MEAN, IMAGENET_STD, composite_ref
+from .reference import (COMPOSITE_MODES, IMAGENET_MEAN, IMAGENET_STD, causal_attention_ref,
+                        composite_ref)
 
-__all__ = ["composite", "composite_ref", "COMPOSITE_MODES", "IMAGENET_MEAN", "IMAGENET_STD",
-           "use_triton"]
+__all__ = ["composite", "composite_ref", "causal_attention", "causal_attention_ref", "COMPOSITE_MODES",
+           "IMAGENET_MEAN", "IMAGENET_STD", "use_triton"]
 
 
 def use_triton(t: torch.Tensor, backend: str = "auto") -> bool:
@@ -41,3 +42,15 @@ def composite(obj, mask, ctx=None, ctx_mask=None, *, backend: str = "auto", **kw
 
         return composite_triton(obj, mask, ctx, ctx_mask, **kw)
     return composite_ref(obj, mask, ctx, ctx_mask, **kw)
+
+
+def causal_attention(q, k, v, prior, num_heads, scale=None, return_attn=False, *, backend: str = "auto"):
+    """softmax(Q K^T * scale) @ (prior * V) per head; see ``reference.causal_attention_ref``.
+
+    Differentiable on both paths (Triton: forward and backward kernels).
+    """
+    if use_triton(q, backend):
+        from .causal_attention import causal_attention_triton  # lazy: needs triton
+
+        return causal_attention_triton(q, k, v, prior, num_heads, scale, return_attn)
+    return causal_attention_ref(q, k, v, prior, num_heads, scale, return_attn)
