@@ -126,6 +126,7 @@ def _norm_table(mean: Tuple[float, ...], std: Tuple[float, ...], device: torch.d
 
 
 def _scale(t: Optional[torch.Tensor]) -> float:
+    # Of the caller's tensor, before any bool -> uint8 view (bool masks are 0/1, scale 1).
     return 1.0 / 255.0 if t is not None and t.dtype == torch.uint8 else 1.0
 
 
@@ -173,7 +174,8 @@ def composite_forward(
         h, w, tiles_w, tiles_per_img,
         *obj.stride(), *ctx_t.stride(), *mask_t.stride(), *ctx_mask_t.stride(),
         out1.stride(0), out1.stride(1), out1.stride(2), out1.stride(3),
-        _scale(obj), _scale(ctx_t), _scale(mask_t if mode != "none" else None), _scale(ctx_mask_t),
+        _scale(obj), _scale(ctx_t), _scale(mask if mode != "none" else None),
+        _scale(ctx_mask if mode == "double" else None),
         C=c, MODE=_MODE_IDS[mode], HAS_FLIP=flip_t is not None,
         BLOCK_H=block_h, BLOCK_W=block_w, num_warps=num_warps,
     )
