@@ -75,11 +75,23 @@ class OptimConfig:
 
 
 @dataclass
+class DistConfig:
+    engine: str = "ddp"  # ddp (torch DDP; also a single process) | deepspeed
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast under ddp; DeepSpeed's own under deepspeed)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    sync_bn: bool = False  # SyncBatchNorm across ranks (ddp): batch statistics over the global batch
+    deepspeed_config: str = ""  # optional DeepSpeed JSON merged over the generated one
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     seed: int = 0
     out_dir: str = "runs/default"
     resume: str = ""  # "" = fresh start, "auto" = newest complete checkpoint in out_dir, or a path
@@ -87,6 +99,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     log_interval: int = 50  # steps between host syncs for logging
     checkpoint_every: int = 1  # epochs
+    checkpoint_every_steps: int = 0  # also checkpoint every N steps inside an epoch; 0 = off
+    keep_checkpoints: int = 3
     max_steps_per_epoch: int = 0  # 0 = whole epoch (a cap for smoke tests)
     progress: bool = True  # progress bar on rank 0
 
@@ -270,6 +284,17 @@ def validate(cfg: TrainConfig) -> None:
     _positive(cfg.checkpoint_every, "checkpoint_every")
     _positive(cfg.threads, "threads", allow_zero=True)
     _positive(cfg.model.num_classes, "model.num_classes", allow_zero=True)
+    _positive(cfg.checkpoint_every_steps, "checkpoint_every_steps", allow_zero=True)
+    _positive(cfg.keep_checkpoints, "keep_checkpoints")
+    ds = cfg.dist
+    _choice(ds.engine, ("ddp", "deepspeed"), "dist.engine")
+    _choice(ds.precision, ("fp32", "bf16", "fp16"), "dist.precision")
+    if ds.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"dist.zero_stage: expected 0, 1, 2 or 3, got {ds.zero_stage}")
+    if ds.zero_stage and ds.engine != "deepspeed":
+        raise ConfigError("dist.zero_stage: ZeRO needs dist.engine=deepspeed")
+    _positive(ds.grad_accum, "dist.grad_accum")
+    _positive(ds.grad_clip, "dist.grad_clip", allow_zero=True)
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

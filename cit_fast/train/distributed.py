@@ -44,9 +44,25 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def setup_distributed(cfg) -> DistEnv:
     rank, world, local_rank = dist_info()
     device = pick_device(cfg.device, local_rank)
+    deepspeed = cfg.dist.engine == "deepspeed"
+    if deepspeed and device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
+    if deepspeed and world == 1 and not dist.is_initialized():
+        # DeepSpeed always needs a process group; give a lone process a private one on loopback
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
     if world > 1 and not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:  # SLURM without torchrun: the launcher sets these
             raise RuntimeError("distributed run without MASTER_ADDR/MASTER_PORT; launch with torchrun or launchers/")

@@ -1,12 +1,15 @@
 """The training entry point: ``main(cfg)`` -> results dict (also written as results.json).
 
 Skeleton (torchvision references style): set up, ``train_one_epoch``, ``evaluate``, checkpoint,
-repeat. Runs on one CPU process or under torchrun (DDP); the engine hides which.
+repeat. Runs unchanged on one CPU process, under torchrun (DDP) or under deepspeed; the engine
+hides which. Resume is exact: model, optimizer, LR schedule, scaler, epoch, step within the
+epoch, the pipeline's position and every rank's RNG states are in the checkpoint.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..data.build import build_datasets, build_pipeline
@@ -23,7 +27,12 @@ from ..utils import atomic_write_json, print0
 from . import checkpoint as ckpt
 from .config import TrainConfig, save_config, to_dict
 from .distributed import DistEnv, setup_distributed
+from .engine import Engine, autocast_dtype, build_engine
 from .evaluate import evaluate, model_inputs
+
+# Fault injection for the recovery tests: the given rank exits hard at this global step, on the
+# first attempt only (torchrun counts restarts in TORCHELASTIC_RESTART_COUNT).
+FAULT_STEP_ENV, FAULT_RANK_ENV = "CIT_FAST_FAULT_AT_STEP", "CIT_FAST_FAULT_RANK"
 
 
 def seed_everything(seed: int) -> None:
@@ -49,168 +58,208 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
 
 
-def compute_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+def compute_loss(model, batch: Batch) -> torch.Tensor:
     """Cross-entropy on the intervened sample, plus on the original one under Eq. 12."""
     y = batch["label"]
     if "original" in batch:  # epoch-wise augmentation: one forward over both halves
         logits = model(torch.cat([batch["image"], batch["original"]]))
-        a, b = logits.chunk(2)
+        a, b = logits.float().chunk(2)
         return F.cross_entropy(a, y) + F.cross_entropy(b, y)  # Eq. 12
     if "original_context" in batch:
-        la = model(batch["content"], batch["context"])
-        lb = model(batch["content"], batch["original_context"])
+        la = model(batch["content"], batch["context"]).float()
+        lb = model(batch["content"], batch["original_context"]).float()
         return F.cross_entropy(la, y) + F.cross_entropy(lb, y)
-    return F.cross_entropy(model(*model_inputs(batch)), y)
+    return F.cross_entropy(model(*model_inputs(batch)).float(), y)
 
 
-def train_one_epoch(cfg: TrainConfig, env: DistEnv, model, optimizer, scheduler, pipeline: Pipeline,
-                    epoch: int, on_step=None) -> Dict[str, float]:
-    model.train()
-    n_batches = len(pipeline)
-    if cfg.max_steps_per_epoch:
-        n_batches = min(n_batches, cfg.max_steps_per_epoch)
-    start = pipeline.start_batch
-    loss_sum = torch.zeros((), device=env.device)
-    seen = 0
-    t0 = time.perf_counter()
-    bar = None
-    if cfg.progress and env.rank == 0:
-        from tqdm import tqdm
+def _rng_states() -> Dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
-        bar = tqdm(total=n_batches, initial=start, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                   leave=False, mininterval=1.0, dynamic_ncols=True)
-    step_losses = []
-    for step, batch in enumerate(pipeline, start=start):
-        if step >= n_batches:
-            break
-        loss = compute_loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        loss_sum += loss.detach()
-        step_losses.append(loss.detach())
-        seen += len(batch["label"])
+
+def _set_rng_states(s: Dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"].cpu())
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _all_rng_states(env: DistEnv) -> list:
+    """Every rank's RNG states, gathered (collective: all ranks call it)."""
+    mine = _rng_states()
+    if not env.distributed:
+        return [mine]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, mine)
+    return out
+
+
+class Trainer:
+    """Holds what one run needs; ``fit`` runs it."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.env = env = setup_distributed(cfg)
+        if cfg.threads and env.device.type == "cpu":
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed + env.rank)
+        self.out = Path(cfg.out_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        if env.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+
+        train_set, test_set = build_datasets(cfg.data)
+        self.num_classes = cfg.model.num_classes or train_set.num_classes
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        module = create_model(cfg.model.name, num_classes=self.num_classes).to(env.device)
+        seed_everything(cfg.seed + env.rank)
+        if cfg.model.init:
+            module.load_state_dict(ckpt.load_checkpoint(Path(cfg.model.init))["model"])
+        in_dtype = torch.float32
+        if cfg.dist.engine == "deepspeed" and cfg.dist.precision != "fp32":
+            in_dtype = autocast_dtype(cfg.dist.precision)  # DeepSpeed runs the module in that dtype
+        kw = dict(rank=env.rank, world_size=env.world_size, device=env.device)
+        self.train_pipe = build_pipeline(train_set, cfg, train=True, **kw)
+        self.test_pipe = build_pipeline(test_set, cfg, train=False, **kw)
+        self.train_pipe.spec.out_dtype = self.test_pipe.spec.out_dtype = in_dtype
+        steps = len(self.train_pipe)
+        if cfg.max_steps_per_epoch:
+            steps = min(steps, cfg.max_steps_per_epoch)
+        steps -= steps % cfg.dist.grad_accum  # whole optimizer steps only
+        if steps == 0:
+            raise ValueError(f"data.batch_size={cfg.data.batch_size} x dist.grad_accum={cfg.dist.grad_accum} "
+                             f"is larger than the training shard ({len(self.train_pipe.shard_indices())} samples "
+                             f"per rank): no full optimizer step to train on")
+        self.steps_per_epoch = steps
+        opt_steps_per_epoch = steps // cfg.dist.grad_accum
+        self.engine: Engine = build_engine(
+            cfg, env, module, lambda m: build_optimizer(cfg, m),
+            lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s / opt_steps_per_epoch)))
+        self.history: list = []
+        self.start_epoch, self.start_step = 0, 0
+        self.total_steps = 0
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save(self, epoch: int, step_in_epoch: int) -> None:
+        client = {"pipeline": {"epoch": epoch, "start_batch": step_in_epoch}, "rng": _all_rng_states(self.env),
+                  "config": to_dict(self.cfg), "history": self.history, "world_size": self.env.world_size}
+        self.engine.save(self.ckpt_dir, epoch, step_in_epoch, client)
+
+    def maybe_resume(self) -> None:
+        cfg = self.cfg
+        if not cfg.resume:
+            return
+        path = self.engine.find_latest(self.ckpt_dir) if cfg.resume == "auto" else Path(cfg.resume)
+        if path is None:
+            print0(f"resume=auto: no complete checkpoint in {self.ckpt_dir}; starting fresh")
+            return
+        if not path.exists():
+            raise FileNotFoundError(f"resume: checkpoint {path} not found")
+        state = self.engine.load(path)
+        self.start_epoch, self.start_step = int(state["epoch"]), int(state["step_in_epoch"])
+        self.history = state.get("history", [])
+        rngs = state.get("rng") or []
+        if len(rngs) == self.env.world_size:
+            _set_rng_states(rngs[self.env.rank])
+        else:  # a different world size: per-rank streams cannot carry over
+            seed_everything(cfg.seed + self.env.rank + 7919 * (self.start_epoch + 1))
+        print0(f"resumed from {path} at epoch {self.start_epoch + 1}, step {self.start_step}")
+
+    # -- training ----------------------------------------------------------------------------------
+    def train_one_epoch(self, epoch: int, stop_after_steps: Optional[int]) -> Dict[str, Any]:
+        cfg, env, engine, pipe = self.cfg, self.env, self.engine, self.train_pipe
+        engine.model.train()
+        start = pipe.start_batch
+        loss_sum = torch.zeros((), device=env.device)
+        step_losses = []
+        seen = 0
+        t0 = time.perf_counter()
+        bar = None
+        if cfg.progress and env.rank == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                       leave=False, mininterval=1.0, dynamic_ncols=True)
+        fault_step = int(os.environ.get(FAULT_STEP_ENV, "0") or 0)
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        for step, batch in enumerate(pipe, start=start):
+            if step >= self.steps_per_epoch:
+                break
+            with engine.autocast():
+                loss = compute_loss(engine.model, batch)
+            engine.backward_step(loss)
+            loss_sum += loss.detach()
+            step_losses.append(loss.detach())
+            seen += len(batch["label"])
+            self.total_steps += 1
+            if bar is not None:
+                bar.update(1)
+                if (step + 1) % cfg.log_interval == 0:
+                    bar.set_postfix(loss=f"{float(loss):.3f}")  # host sync: only at the log interval
+            if fault_step and self.total_steps == fault_step and first_attempt \
+                    and env.rank == int(os.environ.get(FAULT_RANK_ENV, "0")):
+                os._exit(17)  # simulated crash (tests of fault recovery)
+            mid_epoch = step + 1 < self.steps_per_epoch
+            boundary = (step + 1) % cfg.dist.grad_accum == 0
+            if mid_epoch and boundary and cfg.checkpoint_every_steps and (step + 1) % cfg.checkpoint_every_steps == 0:
+                self.save(epoch, step + 1)
+            if stop_after_steps is not None and self.total_steps >= stop_after_steps:
+                if mid_epoch:
+                    self.save(epoch, step + 1)
+                raise _StopRun
         if bar is not None:
-            bar.update(1)
-            if (step + 1) % cfg.log_interval == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}")  # host sync: only at the log interval
-        if on_step is not None:
-            on_step(epoch, step + 1, n_batches)
-    if bar is not None:
-        bar.close()
-    steps = len(step_losses)
-    dt = time.perf_counter() - t0
-    return {"loss": float(loss_sum) / max(steps, 1), "steps": steps, "samples_per_s": seen * env.world_size / dt,
-            "step_losses": [float(x) for x in step_losses], "seconds": dt}
+            bar.close()
+        dt = time.perf_counter() - t0
+        steps = len(step_losses)
+        return {"loss": float(loss_sum) / max(steps, 1), "steps": steps, "seconds": dt,
+                "samples_per_s": seen * env.world_size / dt, "step_losses": [float(x) for x in step_losses]}
 
-
-def _state(cfg, model, optimizer, scheduler, pipeline: Pipeline, epoch: int, step_in_epoch: int,
-           history) -> Dict[str, Any]:
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "pipeline": {"epoch": epoch, "start_batch": step_in_epoch},
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            "config": to_dict(cfg), "history": history}
+    def fit(self, stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+        cfg, env = self.cfg, self.env
+        self.maybe_resume()
+        self.total_steps = self.start_epoch * self.steps_per_epoch + self.start_step
+        t_start = time.perf_counter()
+        try:
+            for epoch in range(self.start_epoch, cfg.optim.epochs):
+                self.train_pipe.set_epoch(epoch)
+                if epoch == self.start_epoch and self.start_step:
+                    self.train_pipe.load_state_dict({"epoch": epoch, "start_batch": self.start_step})
+                stats = self.train_one_epoch(epoch, stop_after_steps)
+                self.test_pipe.set_epoch(0)
+                metrics = evaluate(self.engine.module, self.test_pipe)
+                record = {"epoch": epoch + 1, "train_loss": stats["loss"], "lr": self.engine.lr,
+                          "samples_per_s": stats["samples_per_s"], "test_top1": metrics["top1"],
+                          "test_top5": metrics["top5"], "step_losses": stats["step_losses"]}
+                self.history.append(record)
+                print0(f"epoch {epoch + 1:3d}  loss {stats['loss']:.4f}  test top-1 {metrics['top1']:.2f}%  "
+                       f"({stats['samples_per_s']:.0f} samples/s)")
+                if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.optim.epochs:
+                    self.save(epoch + 1, 0)
+                with open(self.out / f"log_rank{env.rank}.jsonl", "a") as f:
+                    f.write(json.dumps({k: v for k, v in record.items() if k != "step_losses"}) + "\n")
+        except _StopRun:
+            env.barrier()
+            return {"stopped_at_step": self.total_steps, "history": self.history}
+        final = self.history[-1] if self.history else {}
+        result = {"test_top1": final.get("test_top1"), "test_top5": final.get("test_top5"),
+                  "epochs": cfg.optim.epochs, "history": self.history, "seconds": time.perf_counter() - t_start,
+                  "world_size": env.world_size, "engine": cfg.dist.engine, "model": cfg.model.name,
+                  "plan": cfg.intervention.plan, "config": to_dict(cfg)}
+        if env.rank == 0:
+            atomic_write_json(self.out / "results.json", result)
+        env.barrier()
+        return result
 
 
 def main(cfg: TrainConfig, stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
-    """Train and evaluate as configured; returns (and writes) the results.
+    """Train and evaluate as configured; returns (and rank 0 writes) the results.
 
-    stop_after_steps: end the run after this many optimizer steps in total, having written a
-    checkpoint there (used to test exact resume).
+    stop_after_steps: end the run after this many micro-steps in total, having checkpointed there
+    (used to test exact resume).
     """
-    env = setup_distributed(cfg)
-    if cfg.threads and env.device.type == "cpu":
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed + env.rank)
-    out = Path(cfg.out_dir)
-    ckpt_dir = out / "checkpoints"
-    if env.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-
-    train_set, test_set = build_datasets(cfg.data)
-    num_classes = cfg.model.num_classes or train_set.num_classes
-    model = create_model(cfg.model.name, num_classes=num_classes).to(env.device)
-    if cfg.model.init:
-        state = ckpt.load_checkpoint(Path(cfg.model.init))
-        model.load_state_dict(state["model"])
-    train_pipe = build_pipeline(train_set, cfg, train=True, rank=env.rank, world_size=env.world_size, device=env.device)
-    test_pipe = build_pipeline(test_set, cfg, train=False, rank=env.rank, world_size=env.world_size, device=env.device)
-    steps_per_epoch = len(train_pipe)
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    if steps_per_epoch == 0:
-        raise ValueError(f"data.batch_size={cfg.data.batch_size} is larger than the training shard "
-                         f"({len(train_pipe.shard_indices())} samples per rank): no full batch to train on")
-    optimizer = build_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s / steps_per_epoch))
-    ddp_model = env.wrap(model)
-
-    history: list = []
-    start_epoch, start_step = 0, 0
-    resume_path = ckpt.resolve_resume(cfg.resume, ckpt_dir)
-    if resume_path is not None:
-        state = ckpt.load_checkpoint(resume_path, map_location=env.device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, start_step = int(state["epoch"]), int(state["step_in_epoch"])
-        history = state.get("history", [])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        print0(f"resumed from {resume_path} at epoch {start_epoch + 1}, step {start_step}")
-
-    total_steps = start_epoch * steps_per_epoch + start_step
-    stop = {"now": False}
-
-    def on_step(epoch: int, step_in_epoch: int, n_batches: int) -> None:
-        nonlocal total_steps
-        total_steps += 1
-        if stop_after_steps is not None and total_steps >= stop_after_steps:
-            if env.rank == 0 and step_in_epoch < n_batches:
-                ckpt.save_checkpoint(_state(cfg, model, optimizer, scheduler, train_pipe, epoch, step_in_epoch,
-                                            history), ckpt_dir, epoch, step_in_epoch)
-            stop["now"] = True
-            raise _StopRun
-
-    t_start = time.perf_counter()
-    result: Dict[str, Any] = {}
-    try:
-        for epoch in range(start_epoch, cfg.optim.epochs):
-            train_pipe.set_epoch(epoch)
-            if epoch == start_epoch and start_step:
-                train_pipe.load_state_dict({"epoch": epoch, "start_batch": start_step})
-            stats = train_one_epoch(cfg, env, ddp_model, optimizer, scheduler, train_pipe, epoch, on_step)
-            test_pipe.set_epoch(0)
-            metrics = evaluate(model, test_pipe)
-            record = {"epoch": epoch + 1, "train_loss": stats["loss"], "lr": optimizer.param_groups[0]["lr"],
-                      "samples_per_s": stats["samples_per_s"], "test_top1": metrics["top1"],
-                      "test_top5": metrics["top5"], "step_losses": stats["step_losses"]}
-            history.append(record)
-            print0(f"epoch {epoch + 1:3d}  loss {stats['loss']:.4f}  test top-1 {metrics['top1']:.2f}%  "
-                   f"({stats['samples_per_s']:.0f} samples/s)")
-            if env.rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.optim.epochs):
-                ckpt.save_checkpoint(_state(cfg, model, optimizer, scheduler, train_pipe, epoch + 1, 0, history),
-                                     ckpt_dir, epoch + 1, 0)
-            with open(out / f"log_rank{env.rank}.jsonl", "a") as f:
-                f.write(json.dumps({k: v for k, v in record.items() if k != "step_losses"}) + "\n")
-    except _StopRun:
-        pass
-    if stop["now"]:
-        env.barrier()
-        return {"stopped_at_step": total_steps, "history": history}
-    final = history[-1] if history else {}
-    result = {"test_top1": final.get("test_top1"), "test_top5": final.get("test_top5"),
-              "epochs": cfg.optim.epochs, "history": history, "seconds": time.perf_counter() - t_start,
-              "world_size": env.world_size, "model": cfg.model.name, "plan": cfg.intervention.plan,
-              "config": to_dict(cfg)}
-    if env.rank == 0:
-        atomic_write_json(out / "results.json", result)
-    env.barrier()
-    return result
+    return Trainer(cfg).fit(stop_after_steps)
 
 
 class _StopRun(Exception):

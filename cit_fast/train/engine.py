@@ -1,0 +1,232 @@
+"""Two training engines behind one small interface: ``ddp`` (torch DDP, also single-process) and
+``deepspeed`` (ZeRO 0-3, bf16/fp16, gradient accumulation and clipping).
+
+The loop only calls:
+    engine.model(*inputs)            forward (wrapped model)
+    engine.backward_step(loss)       backward; at an accumulation boundary: clip, step, LR step
+    engine.lr                        current learning rate
+    engine.save(dir, epoch, step, client_state) / engine.load(path) -> client_state
+    engine.find_latest(dir)          newest complete checkpoint (never a half-written one)
+Batch sizes are derived once: global = data.batch_size (micro, per rank) x world x grad_accum.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..utils import atomic_write_text
+from . import checkpoint as ckpt
+from .distributed import DistEnv
+
+_DS_TAG = re.compile(r"^ds_e(\d+)_s(\d+)$")
+_COMPLETE = "COMPLETE"
+
+
+def autocast_dtype(precision: str) -> Optional[torch.dtype]:
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class Engine(ABC):
+    def __init__(self, cfg, env: DistEnv, module: torch.nn.Module):
+        self.cfg, self.env, self.module = cfg, env, module
+
+    @property
+    def accum(self) -> int:
+        return self.cfg.dist.grad_accum
+
+    @abstractmethod
+    def backward_step(self, loss: torch.Tensor) -> None: ...
+
+    @property
+    @abstractmethod
+    def lr(self) -> float: ...
+
+    @abstractmethod
+    def save(self, directory: Path, epoch: int, step_in_epoch: int, client_state: Dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def load(self, path: Path) -> Dict[str, Any]: ...
+
+    @staticmethod
+    @abstractmethod
+    def find_latest(directory: Path) -> Optional[Path]: ...
+
+    def autocast(self):
+        dtype = autocast_dtype(self.cfg.dist.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=dtype)
+
+
+class DDPEngine(Engine):
+    """torch DistributedDataParallel (gloo on CPU, NCCL on GPU); plain module on one process."""
+
+    def __init__(self, cfg, env: DistEnv, module, optimizer, scheduler):
+        super().__init__(cfg, env, module)
+        if cfg.dist.sync_bn and env.distributed:
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            self.module = module
+        self.model = env.wrap(module)
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.dist.precision == "fp16")
+        self._micro = 0
+
+    def backward_step(self, loss: torch.Tensor) -> None:
+        # gradients are all-reduced at every micro-step (no no_sync): simpler, and exact
+        self.scaler.scale(loss / self.accum).backward()
+        self._micro += 1
+        if self._micro % self.accum:
+            return
+        if self.cfg.dist.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.dist.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def save(self, directory, epoch, step_in_epoch, client_state):
+        if self.env.rank == 0:
+            state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                     "epoch": epoch, "step_in_epoch": step_in_epoch, **client_state}
+            ckpt.save_checkpoint(state, Path(directory), epoch, step_in_epoch, keep=self.cfg.keep_checkpoints)
+        self.env.barrier()  # nobody moves on (or exits) before the checkpoint is complete
+
+    def load(self, path):
+        state = ckpt.load_checkpoint(Path(path), map_location=self.env.device)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        return state
+
+    @staticmethod
+    def find_latest(directory):
+        return ckpt.find_latest(Path(directory))
+
+
+def deepspeed_config(cfg, world_size: int) -> Dict[str, Any]:
+    """The DeepSpeed JSON config derived from ours; a user JSON (dist.deepspeed_config) overrides it."""
+    d = cfg.dist
+    micro = cfg.data.batch_size
+    conf: Dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": d.grad_accum,
+        "train_batch_size": micro * world_size * d.grad_accum,
+        "gradient_clipping": d.grad_clip,
+        "zero_optimization": {"stage": d.zero_stage},
+        "bf16": {"enabled": d.precision == "bf16"},
+        "fp16": {"enabled": d.precision == "fp16", "initial_scale_power": 16},
+        "zero_allow_untested_optimizer": True,  # our SGD + Nesterov, as the paper trains
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+    if d.deepspeed_config:
+        p = Path(d.deepspeed_config)
+        if not p.is_file():
+            raise FileNotFoundError(f"dist.deepspeed_config: {p} not found")
+        try:
+            user = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"dist.deepspeed_config {p}: not valid JSON ({e})") from None
+        conf = _deep_merge(conf, user)
+    return conf
+
+
+def _deep_merge(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class DeepSpeedEngine(Engine):
+    """deepspeed.initialize over our model, optimizer and LR schedule."""
+
+    def __init__(self, cfg, env: DistEnv, module, optimizer, scheduler):
+        super().__init__(cfg, env, module)
+        import deepspeed
+        from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                    UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
+        # recorded in every checkpoint so `ds_to_universal` can re-shard it for another world size
+        setattr(module, UNIVERSAL_CHECKPOINT_INFO, {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE})
+        self.ds_config = deepspeed_config(cfg, env.world_size)
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
+            dist_init_required=not dist.is_initialized())
+        self.module = self.model.module
+
+    def autocast(self):
+        return contextlib.nullcontext()  # DeepSpeed casts the model itself under bf16/fp16
+
+    def backward_step(self, loss):
+        self.model.backward(loss)  # scales by 1/grad_accum itself
+        self.model.step()  # steps optimizer and LR schedule at accumulation boundaries
+
+    @property
+    def lr(self):
+        return self.model.get_lr()[0]
+
+    def save(self, directory, epoch, step_in_epoch, client_state):
+        directory = Path(directory)
+        tag = f"ds_e{epoch:04d}_s{step_in_epoch:06d}"
+        self.model.save_checkpoint(str(directory), tag=tag, save_latest=False,
+                                   client_state={"epoch": epoch, "step_in_epoch": step_in_epoch, **client_state})
+        self.env.barrier()
+        if self.env.rank == 0:  # only now is the tag complete on every rank: mark it atomically
+            atomic_write_text(directory / tag / _COMPLETE, f"{epoch} {step_in_epoch}\n")
+            for old in self._complete_tags(directory)[:-self.cfg.keep_checkpoints]:
+                (old / _COMPLETE).unlink()  # unmark first: a crash mid-delete leaves no loadable half
+                shutil.rmtree(old, ignore_errors=True)
+        self.env.barrier()
+
+    def load(self, path):
+        path = Path(path)
+        if not (path / _COMPLETE).is_file():
+            raise ValueError(f"checkpoint {path}: incomplete DeepSpeed checkpoint (no {_COMPLETE} marker)")
+        _, client_state = self.model.load_checkpoint(str(path.parent), tag=path.name)
+        if client_state is None:
+            raise ValueError(f"checkpoint {path}: DeepSpeed could not load it")
+        return client_state
+
+    @staticmethod
+    def _complete_tags(directory: Path) -> list:
+        """Complete checkpoint tags, oldest first."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            return []
+        found = []
+        for p in directory.iterdir():
+            m = _DS_TAG.match(p.name)
+            if m and (p / _COMPLETE).is_file():
+                found.append((tuple(int(g) for g in m.groups()), p))
+        return [p for _, p in sorted(found)]
+
+    @staticmethod
+    def find_latest(directory):
+        tags = DeepSpeedEngine._complete_tags(directory)
+        return tags[-1] if tags else None
+
+
+def build_engine(cfg, env: DistEnv, module: torch.nn.Module,
+                 make_optimizer: Callable, make_scheduler: Callable) -> Engine:
+    optimizer = make_optimizer(module)
+    scheduler = make_scheduler(optimizer)
+    if cfg.dist.engine == "deepspeed":
+        return DeepSpeedEngine(cfg, env, module, optimizer, scheduler)
+    return DDPEngine(cfg, env, module, optimizer, scheduler)
