@@ -49,12 +49,18 @@ class PipelineSpec:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     out_dtype: torch.dtype = torch.float32
     channels_last: bool = False
+    decode_reuse: bool = False  # partners in the same batch, each image decoded once (balanced.py)
 
     def __post_init__(self) -> None:
         if self.output not in ("image", "double"):
             raise ValueError(f"pipeline output must be 'image' or 'double', got {self.output!r}")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.decode_reuse and self.train and self.plan not in ("none", "stratify_c", "random"):
+            raise ValueError(f"data.decode_reuse works with plans none, stratify_c and random, not "
+                             f"{self.plan!r}: its contexts are drawn by bias value, not from the batch")
+        if self.decode_reuse and self.train and self.plan != "none" and self.batch_size < 2:
+            raise ValueError("data.decode_reuse needs batch_size >= 2 (partners share a batch)")
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -78,6 +84,13 @@ def crop_offsets(spec: PipelineSpec, epoch: int, index: int, role: int) -> Tuple
     return int(dy), int(dx)
 
 
+def decode_set(index: np.ndarray, partner: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a batch must decode, each sample once: (ids, position of each index in ids, of each partner)."""
+    ids, inv = np.unique(np.concatenate([index, partner]), return_inverse=True)
+    inv = inv.reshape(-1)
+    return ids, inv[:len(index)], inv[len(index):]
+
+
 class Pipeline(ABC):
     """Iterates one rank's batches of one epoch; ``set_epoch`` first (as with DistributedSampler)."""
 
@@ -99,8 +112,14 @@ class Pipeline(ABC):
     def plan(self) -> InterventionPlan:
         if self._plan is None:
             s = self.samples
-            self._plan = make_plan(self.spec.plan, s.strata, self.spec.seed, self.epoch, s.bias,
-                                   shuffle=self.spec.train)
+            if self.spec.decode_reuse and self.spec.train:
+                from .balanced import make_balanced_plan
+
+                self._plan = make_balanced_plan(self.spec.plan, s.strata, self.spec.seed, self.epoch,
+                                                self.spec.batch_size, self.spec.world_size, s.bias)
+            else:
+                self._plan = make_plan(self.spec.plan, s.strata, self.spec.seed, self.epoch, s.bias,
+                                       shuffle=self.spec.train)
         return self._plan
 
     def shard_indices(self) -> np.ndarray:

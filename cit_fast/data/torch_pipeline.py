@@ -2,7 +2,8 @@
 
 The DataLoader's sampler yields whole batches of (index, partner) keys and the dataset fetches a
 batch per key, so in-memory data is gathered with one fancy-index per column and files
-are decoded in worker processes. The blend happens after the loader, in ``compose``.
+are decoded in worker processes, each sample of a batch once even when it is both an object and a
+context (with ``decode_reuse`` that is every sample). The blend happens after the loader, in ``compose``.
 """
 from __future__ import annotations
 
@@ -10,17 +11,25 @@ from typing import Dict, Iterator, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .pipeline import Batch, Pipeline, PipelineSpec, crop_offsets, flip_flags
+from .pipeline import Batch, Pipeline, PipelineSpec, crop_offsets, decode_set, flip_flags
 from .records import DataError, SampleSet
 
 
-def _resize(img: np.ndarray, size: int, resample: int) -> np.ndarray:
+def _resize(img: np.ndarray, msk: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Image (H,W,3) and its mask (H,W) -> (size,size): one antialiased bilinear pass over 4 channels.
+
+    torch's uint8 antialiased bilinear matches PIL's BILINEAR (and DALI's linear resize) within one
+    level, at a fraction of PIL's cost; the mask rides along as a 4th channel.
+    """
     if img.shape[0] == size and img.shape[1] == size:
-        return img
-    return np.asarray(Image.fromarray(img).resize((size, size), resample))
+        return img, msk
+    x = torch.from_numpy(np.concatenate([img, msk[..., None]], -1)).permute(2, 0, 1)[None]  # (1,4,H,W) channels-last
+    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    y = y.permute(1, 2, 0).numpy()  # (size, size, 4)
+    return y[..., :3], y[..., 3]
 
 
 def _crop(img: np.ndarray, pad: int, dy: int, dx: int) -> np.ndarray:
@@ -41,18 +50,23 @@ class CompositeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load(self, i: int, role: int) -> Tuple[np.ndarray, np.ndarray]:
+    def _load(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Decoded and resized image (H,W,3) and mask (H,W) of sample i."""
         s, spec = self.samples, self.spec
-        img, msk = s.image(i), s.mask(i)
+        img = s.image(i)
+        msk = s.mask(i) if s.masks is not None else np.full(img.shape[:2], 255, np.uint8)
         if img.shape[:2] != msk.shape[:2]:
             where = s.masks[i] if isinstance(s.masks, list) else f"{s.name}, sample {i}"
             raise DataError(f"mask {where}: size {msk.shape[1]}x{msk.shape[0]} does not match its image "
                             f"({img.shape[1]}x{img.shape[0]})")
         if spec.image_size:
-            img = _resize(img, spec.image_size, Image.BILINEAR)
-            msk = _resize(msk, spec.image_size, Image.BILINEAR)
-        dy, dx = crop_offsets(spec, self.epoch, i, role)
-        p = spec.crop_padding if spec.train else 0
+            img, msk = _resize(img, msk, spec.image_size)
+        return img, msk
+
+    def _cropped(self, img: np.ndarray, msk: np.ndarray, i: int, role: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The crop of sample i as object (role 0) or context (role 1), the same for image and mask."""
+        p = self.spec.crop_padding if self.spec.train else 0
+        dy, dx = crop_offsets(self.spec, self.epoch, i, role)
         return _crop(img, p, dy, dx), _crop(msk, p, dy, dx)
 
     def _fast_path(self) -> bool:
@@ -71,12 +85,14 @@ class CompositeDataset(Dataset):
             else:
                 mask, ctx_mask = s.masks[index], s.masks[partner]
         else:
-            objs = [self._load(int(i), 0) for i in index]
-            ctxs = [self._load(int(j), 1) for j in partner]
-            shapes = {o[0].shape for o in objs + ctxs}
+            ids, pos_i, pos_j = decode_set(index, partner)
+            loaded = [self._load(int(k)) for k in ids]  # each sample decoded once
+            shapes = {im.shape for im, _ in loaded}
             if len(shapes) > 1:
                 raise DataError(f"{s.name}: images of different sizes {sorted(shapes)} in one batch; "
                                 f"set data.image_size to resize them")
+            objs = [self._cropped(*loaded[p], int(i), 0) for p, i in zip(pos_i, index)]
+            ctxs = [self._cropped(*loaded[p], int(j), 1) for p, j in zip(pos_j, partner)]
             obj, mask = np.stack([o[0] for o in objs]), np.stack([o[1] for o in objs])
             ctx, ctx_mask = np.stack([c[0] for c in ctxs]), np.stack([c[1] for c in ctxs])
         return {"obj": obj, "mask": mask, "ctx": ctx, "ctx_mask": ctx_mask,

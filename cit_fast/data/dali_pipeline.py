@@ -1,0 +1,262 @@
+"""The NVIDIA DALI implementation of the pipeline contract (``data.pipeline=dali``).
+
+One DALI pipeline per DaliPipeline, fed by ``external_source`` with the samples the intervention
+plan puts in each batch: DALI decodes each of them once (image and mask; nvJPEG "mixed" decoding
+and GPU resizing when ``spec.device`` is CUDA, ``device_id=None`` CPU operators otherwise) and
+resizes them to ``spec.image_size``. The plan's pairing, the crops (``crop_offsets``) and the flips
+(``flip_flags``) are then applied on the decoded batch with index gathers, on the same device, so an
+image and its own mask always share their crop and the torch and DALI pipelines agree sample for
+sample. The blend stays in ``compose``.
+
+Why ``external_source`` rather than DALI readers: independent file readers for images and masks do
+not keep a shuffled image paired with its mask, and the plan, not a reader, decides the order,
+the partners and each rank's shard. The batch callback gets DALI's iteration number, so batch k of
+the epoch is always ``batch_keys()[k]`` however far DALI prefetches, and resuming mid-epoch is only
+``start_batch`` (the keys start there).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .pipeline import Batch, Pipeline, PipelineSpec, crop_offsets, decode_set, flip_flags
+from .records import DataError, SampleSet
+
+PREFETCH = 2  # batches DALI prepares ahead of the one being consumed
+
+
+def _import_dali():
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError as e:
+        raise ImportError("data.pipeline=dali needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
+                          "(or the [dali] extra of cit_fast)") from e
+
+
+@dataclass
+class _BatchFeed:
+    """What DALI decodes for one batch, and where each sample's object and context come from."""
+
+    index: np.ndarray  # (B,) object samples i
+    partner: np.ndarray  # (B,) context samples j
+    ids: np.ndarray  # (U,) distinct samples to decode (U <= 2B; U = B with decode reuse)
+    pos_i: np.ndarray  # (B,) position of each i in ids
+    pos_j: np.ndarray  # (B,) position of each j in ids
+
+
+def _read(path: str, kind: str) -> np.ndarray:
+    """Encoded file bytes as uint8, or a DataError naming the file."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{kind} {path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{kind} {path}: cannot read ({e})") from None
+    if data.size == 0:
+        raise DataError(f"{kind} {path}: empty file")
+    return data
+
+
+def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Source index of each padded index under numpy's 'reflect' padding (edge not repeated)."""
+    if n == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = torch.remainder(idx, period)
+    return torch.where(idx >= n, period - idx, idx)
+
+
+def crop_batch(x: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Per-sample crops of reflect-padded images back to their size, as one gather.
+
+    x: (B, H, W) or (B, H, W, C); offsets: (B, 2) int64 (dy, dx) in [0, 2*pad]. Equals, sample by
+    sample, ``np.pad(x[b], pad, mode="reflect")[dy:dy+H, dx:dx+W]`` (torch_pipeline._crop).
+    """
+    b, h, w = x.shape[:3]
+    offsets = offsets.to(x.device)
+    rows = _reflect(torch.arange(h, device=x.device)[None] + offsets[:, :1] - pad, h)  # (B, H)
+    cols = _reflect(torch.arange(w, device=x.device)[None] + offsets[:, 1:] - pad, w)  # (B, W)
+    return x[torch.arange(b, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+class DaliPipeline(Pipeline):
+    """Same batches as TorchPipeline (same plan, crops, flips); DALI decodes and resizes.
+
+    DALI runs ``max(1, spec.num_workers)`` threads. Decoding errors name the file: a file that
+    DALI cannot decode is decoded again with PIL to find it (see ``_diagnose``).
+    """
+
+    def __init__(self, samples: SampleSet, spec: PipelineSpec):
+        _import_dali()
+        super().__init__(samples, spec)
+        self._pipe = None  # built on first use; dropped after an error or an abandoned epoch
+        self._feed: List[_BatchFeed] = []
+        self._files = not samples.in_memory
+        if self._files and (isinstance(samples.images, np.ndarray) or isinstance(samples.masks, np.ndarray)):
+            raise DataError(f"{samples.name}: images and masks must both be files or both arrays")
+
+    # -- the DALI graph ----------------------------------------------------------------------------
+    @property
+    def _gpu(self) -> bool:
+        return self.spec.device.type == "cuda"
+
+    def _source(self, info):
+        """Batch callback: the encoded files (or arrays) of batch ``info.iteration`` of this epoch."""
+        if info.iteration >= len(self._feed):
+            raise StopIteration
+        ids = self._feed[info.iteration].ids
+        s = self.samples
+        if self._files:
+            images = [_read(s.images[k], "image") for k in ids]
+            if s.masks is None:
+                return (images,)
+            return images, [_read(s.masks[k], "mask") for k in ids]
+        images = [s.images[k] for k in ids]
+        if s.masks is None:
+            return (images,)
+        return images, [s.masks[k][..., None] for k in ids]
+
+    def _build(self):
+        from nvidia.dali import fn, pipeline_def, types
+
+        spec, s = self.spec, self.samples
+        has_masks = s.masks is not None
+        n_in = 2 if has_masks else 1
+        size = spec.image_size
+        device_id = (spec.device.index if spec.device.index is not None else torch.cuda.current_device()) \
+            if self._gpu else None
+
+        @pipeline_def(batch_size=2 * spec.batch_size, num_threads=max(1, spec.num_workers),
+                      device_id=device_id, prefetch_queue_depth=PREFETCH)
+        def graph():
+            if self._files:
+                enc = fn.external_source(source=self._source, num_outputs=n_in, batch=True, batch_info=True,
+                                         dtype=types.UINT8)
+                dec = "mixed" if self._gpu else "cpu"
+                # EXIF orientation is ignored, as PIL does in the torch pipeline: a mask is drawn on
+                # the stored pixels, and rotating only the image would misalign them
+                outs = [fn.decoders.image(enc[0], device=dec, output_type=types.RGB, adjust_orientation=False)]
+                if has_masks:
+                    outs.append(fn.decoders.image(enc[1], device=dec, output_type=types.GRAY,
+                                                  adjust_orientation=False))
+                shapes = [fn.peek_image_shape(e, adjust_orientation=False) for e in enc]  # (H, W, C), header only
+            else:
+                arr = fn.external_source(source=self._source, num_outputs=n_in, batch=True, batch_info=True,
+                                         dtype=types.UINT8, layout=["HWC"] * n_in)
+                outs = [a.gpu() if self._gpu else a for a in arr]
+                shapes = []
+            if size:
+                # linear with antialiasing: PIL's BILINEAR filter (within a level), like the torch pipeline
+                outs = [fn.resize(o, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR,
+                                  antialias=True) for o in outs]
+            return tuple(outs) + tuple(shapes)
+
+        pipe = graph()
+        pipe.build()
+        return pipe
+
+    # -- iteration -----------------------------------------------------------------------------------
+    def raw_batches(self) -> Iterator[Batch]:
+        keys = self.batch_keys()
+        if not keys:
+            return
+        self._feed = [_BatchFeed(i, j, *decode_set(i, j)) for i, j in keys]
+        if self._pipe is None:
+            self._pipe = self._build()
+        pipe = self._pipe
+        done = False
+        try:
+            for k, feed in enumerate(self._feed):
+                try:
+                    outs = pipe.run()
+                except (DataError, StopIteration):
+                    self._pipe = None
+                    raise
+                except Exception as e:  # DALI reports decoding errors as RuntimeError, without the file
+                    self._pipe = None
+                    self._diagnose(self._feed[k:k + PREFETCH + 1], e)
+                yield self._assemble(feed, outs)
+            try:  # the source is exhausted: DALI ends its epoch, ready for the next one
+                pipe.run()
+                raise RuntimeError("DALI pipeline produced more batches than the plan has")
+            except StopIteration:
+                pipe.reset()
+            done = True
+        finally:
+            if not done:  # an abandoned epoch leaves prefetched batches behind: rebuild next time
+                self._pipe = None
+
+    def _to_torch(self, tl, what: str, feed: _BatchFeed) -> torch.Tensor:
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        if not tl.is_dense_tensor():
+            shapes = sorted({tuple(sh) for sh in tl.shape()})
+            raise DataError(f"{self.samples.name}: {what}s of different sizes {shapes} in one batch; "
+                            f"set data.image_size to resize them")
+        t = tl.as_tensor()
+        out = torch.empty(t.shape(), dtype=torch.uint8, device=self.spec.device if self._gpu else "cpu")
+        feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(out.device) if self._gpu else None)
+        return out
+
+    def _check_sizes(self, feed: _BatchFeed, img_shapes, msk_shapes) -> None:
+        """A mask must match its image pixel for pixel (before resizing), or the blend is wrong."""
+        s = self.samples
+        ih = np.array(img_shapes.as_array())[:, :2]
+        mh = np.array(msk_shapes.as_array())[:, :2]
+        bad = np.nonzero((ih != mh).any(1))[0]
+        if len(bad):
+            k = int(feed.ids[bad[0]])
+            raise DataError(f"mask {s.masks[k]}: size {mh[bad[0], 1]}x{mh[bad[0], 0]} does not match its "
+                            f"image {s.images[k]} ({ih[bad[0], 1]}x{ih[bad[0], 0]})")
+
+    def _assemble(self, feed: _BatchFeed, outs) -> Batch:
+        spec, s = self.spec, self.samples
+        has_masks = s.masks is not None
+        if self._files and has_masks:
+            self._check_sizes(feed, outs[2], outs[3])
+        imgs = self._to_torch(outs[0], "image", feed)  # (U, H, W, 3)
+        if has_masks:
+            msks = self._to_torch(outs[1], "mask", feed)[..., 0]  # (U, H, W)
+        else:
+            msks = torch.full(imgs.shape[:3], 255, dtype=torch.uint8, device=imgs.device)
+        dev = imgs.device
+        pi = torch.from_numpy(feed.pos_i).to(dev)
+        pj = torch.from_numpy(feed.pos_j).to(dev)
+        obj, mask, ctx, ctx_mask = imgs[pi], msks[pi], imgs[pj], msks[pj]
+        pad = spec.crop_padding if spec.train else 0
+        if pad:
+            off_i = torch.tensor([crop_offsets(spec, self.epoch, int(i), 0) for i in feed.index])
+            off_j = torch.tensor([crop_offsets(spec, self.epoch, int(j), 1) for j in feed.partner])
+            obj, mask = crop_batch(obj, pad, off_i), crop_batch(mask, pad, off_i)
+            ctx, ctx_mask = crop_batch(ctx, pad, off_j), crop_batch(ctx_mask, pad, off_j)
+        return {"obj": obj, "mask": mask, "ctx": ctx, "ctx_mask": ctx_mask,
+                "flip": torch.from_numpy(flip_flags(spec, self.epoch, feed.index)),
+                "label": torch.from_numpy(np.ascontiguousarray(s.labels[feed.index])),
+                "index": torch.from_numpy(feed.index.astype(np.int64)),
+                "partner": torch.from_numpy(feed.partner.astype(np.int64))}
+
+    def _diagnose(self, pending: Sequence[_BatchFeed], err: Exception) -> None:
+        """Turn a DALI decoding error into a DataError naming the file.
+
+        DALI's message names the sample's place in a batch, not the file, and the failing batch may
+        be one of those prefetched; PIL decodes the files of those batches again to find it.
+        """
+        s = self.samples
+        if not self._files:
+            raise err
+        files: List[str] = []
+        for feed in pending:
+            for k in feed.ids:
+                k = int(k)
+                files.append(s.images[k])
+                s.image(k)  # raises a DataError naming the file if it cannot be decoded
+                if s.masks is not None:
+                    files.append(s.masks[k])
+                    s.mask(k)
+        first = next((ln.strip() for ln in str(err).splitlines() if "decode" in ln.lower()),
+                     str(err).splitlines()[0] if str(err) else type(err).__name__)
+        raise DataError(f"{s.name}: DALI could not decode one of {len(files)} files ({', '.join(files[:4])}"
+                        f"{', ...' if len(files) > 4 else ''}), which PIL reads: {first}") from err
