@@ -42,7 +42,7 @@ def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world
         epochwise=cfg.intervention.epochwise if train else False,
         train=train, image_size=d.image_size, hflip=d.hflip, crop_padding=d.crop_padding,
         mean=tuple(d.mean), std=tuple(d.std), seed=cfg.seed, rank=rank, world_size=world_size,
-        num_workers=d.num_workers, device=device)
+        num_workers=d.num_workers, device=device, decode_reuse=d.decode_reuse)
     if d.pipeline == "dali":
         from .dali_pipeline import DaliPipeline  # optional dependency: nvidia-dali
 

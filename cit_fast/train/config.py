@@ -46,6 +46,7 @@ class DataConfig:
     pipeline: str = "torch"  # one of PIPELINES
     num_workers: int = 0  # DataLoader worker processes
     batch_size: int = 128  # samples per rank per step
+    decode_reuse: bool = False  # training batches hold each sample's context partner: one decode per image
 
 
 @dataclass
