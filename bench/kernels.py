@@ -161,12 +161,14 @@ def bench_composite(args, device: torch.device, peak_gbs: Optional[float]) -> No
             nbytes = read + n_out * px * 3 * dtype.itemsize
             rows: Dict[str, Dict[str, float]] = {}
             if device.type == "cuda":
-                from cit_fast.kernels.composite import composite_triton
+                from cit_fast.kernels._composite import composite_triton
 
-                rows["triton"] = try_measure(lambda: composite_triton(obj, mask, ctx, ctx_mask, **kw), device, args)
+                rows["triton"] = try_measure(lambda: composite_triton(obj, mask, ctx, ctx_mask, **kw),
+                                             device, args)
             else:
                 rows["triton"] = {"error": "needs CUDA (not timed on the CPU)"}
-            rows["eager reference"] = try_measure(lambda: composite_ref(obj, mask, ctx, ctx_mask, **kw), device, args)
+            rows["eager reference"] = try_measure(lambda: composite_ref(obj, mask, ctx, ctx_mask, **kw),
+                                                  device, args)
             if compiled_ref is not None:
                 t0 = time.perf_counter()
                 try:
@@ -190,7 +192,8 @@ def sdpa_prior_in_v(q, k, v, prior, num_heads, scale=None, return_attn=False):
     kc, dh = k.shape[0], d // num_heads
     qh = q.view(b, c, num_heads, dh).transpose(1, 2)  # (B, H, C, dh)
     kh = k.view(kc, num_heads, dh).transpose(0, 1).unsqueeze(0).expand(b, -1, -1, -1)  # (B, H, Kc, dh)
-    vh = (prior.to(v.dtype)[:, None] * v).view(kc, num_heads, dh).transpose(0, 1).unsqueeze(0).expand(b, -1, -1, -1)
+    vp = prior.to(v.dtype)[:, None] * v  # (Kc, D)
+    vh = vp.view(kc, num_heads, dh).transpose(0, 1).unsqueeze(0).expand(b, -1, -1, -1)  # (B, H, Kc, dh)
     out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale)
     return out.transpose(1, 2).reshape(b, c, d)
 
@@ -208,7 +211,7 @@ def bench_attention(args, device: torch.device) -> None:
         grad_out = torch.randn(b, c, d, generator=g).to(device, dtype)
         impls: Dict[str, Callable] = {}
         if device.type == "cuda":
-            from cit_fast.kernels.causal_attention import causal_attention_triton
+            from cit_fast.kernels._causal_attention import causal_attention_triton
 
             impls["triton"] = causal_attention_triton
         else:

@@ -2,6 +2,11 @@
 
 Installed as ``cit_fast.kernels`` (setup.py maps this top-level folder). Triton is imported lazily,
 so this package imports on any machine.
+
+Layout: ``reference.py`` (PyTorch definitions, the CPU path), one private file per Triton op
+(``_composite.py``, ``_causal_attention.py``: kernels, launchers, autograd/custom op). The files are
+private on purpose: a submodule named ``composite`` would, once imported, rebind the package
+attribute ``kernels.composite`` from the function below to the module.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ def use_triton(t: torch.Tensor, backend: str = "auto") -> bool:
 def composite(obj, mask, ctx=None, ctx_mask=None, *, backend: str = "auto", **kw):
     """Blend + flip + normalize + layout + cast in one pass; see ``reference.composite_ref``."""
     if use_triton(obj, backend):
-        from .composite import composite_triton  # lazy: needs triton
+        from ._composite import composite_triton  # lazy: needs triton
 
         return composite_triton(obj, mask, ctx, ctx_mask, **kw)
     return composite_ref(obj, mask, ctx, ctx_mask, **kw)
@@ -50,7 +55,7 @@ def causal_attention(q, k, v, prior, num_heads, scale=None, return_attn=False, *
     Differentiable on both paths (Triton: forward and backward kernels).
     """
     if use_triton(q, backend):
-        from .causal_attention import causal_attention_triton  # lazy: needs triton
+        from ._causal_attention import causal_attention_triton  # lazy: needs triton
 
         return causal_attention_triton(q, k, v, prior, num_heads, scale, return_attn)
     return causal_attention_ref(q, k, v, prior, num_heads, scale, return_attn)

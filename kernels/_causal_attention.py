@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._triton_compat import interpreting, to_dtype
 from .reference import check_attention_args
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -35,13 +36,15 @@ _LOG2E = 1.4426950408889634
 # Triton kernels
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _mma(a, b, ELEM: tl.constexpr, DOT_T: tl.constexpr, PRECISION: tl.constexpr):
+def _mma(a, b, ELEM: tl.constexpr, DOT_T: tl.constexpr, PRECISION: tl.constexpr, RNE: tl.constexpr):
     """a @ b with operands rounded to the input dtype ELEM, fp32 accumulation.
 
-    DOT_T is ELEM on GPUs; fp32 under the CPU interpreter for bf16, whose tl.dot multiplies
-    bf16's raw uint16 storage (Triton 3.8) -- rounding through ELEM first keeps the numerics.
+    DOT_T is ELEM on GPUs, fp32 for bf16 under the interpreter; RNE: interpreter + bf16
+    (both: see _triton_compat). Rounding through ELEM first keeps the GPU's numerics.
     """
-    return tl.dot(a.to(ELEM).to(DOT_T), b.to(ELEM).to(DOT_T), input_precision=PRECISION)
+    a = to_dtype(a, ELEM, RNE).to(DOT_T)
+    b = to_dtype(b, ELEM, RNE).to(DOT_T)
+    return tl.dot(a, b, input_precision=PRECISION)
 
 
 @triton.jit
@@ -63,6 +66,7 @@ def _attn_fwd_kernel(
     ELEM: tl.constexpr,  # input dtype (tl.float32 / float16 / bfloat16)
     DOT_T: tl.constexpr,  # dtype handed to tl.dot (see _mma)
     PRECISION: tl.constexpr,  # tl.dot input_precision: "ieee" for fp32 inputs (no TF32)
+    RNE: tl.constexpr,  # interpreter + bf16: round fp32 -> bf16 like a GPU (_triton_compat)
     RETURN_ATTN: tl.constexpr,  # write the probabilities
     BLOCK_M: tl.constexpr,  # query rows per program
     BLOCK_N: tl.constexpr,  # confounders per inner step
@@ -89,17 +93,17 @@ def _attn_fwd_kernel(
         v = tl.load(v_ptr + offs_n[:, None] * s_vm + col[None, :] * s_vd, mask=kv_mask, other=0.0)
         pr = tl.load(p_ptr + offs_n * s_p, mask=n_ok, other=0.0).to(tl.float32)
         vp = v.to(tl.float32) * pr[:, None]  # (BN, BD) prior folded into V
-        s = _mma(q, tl.trans(k), ELEM, DOT_T, PRECISION) * qk_scale  # (BM, BN)
+        s = _mma(q, tl.trans(k), ELEM, DOT_T, PRECISION, RNE) * qk_scale  # (BM, BN)
         s = tl.where(n_ok[None, :], s, float("-inf"))  # ragged Kc tail
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile has a valid column
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _mma(p, vp, ELEM, DOT_T, PRECISION)
+        acc = acc * alpha[:, None] + _mma(p, vp, ELEM, DOT_T, PRECISION, RNE)
         m_i = m_new
     acc = acc / l_i[:, None]
     lse = m_i + tl.log2(l_i)
-    tl.store(o_ptr + offs_m[:, None] * s_om + col[None, :] * s_od, acc.to(ELEM),
+    tl.store(o_ptr + offs_m[:, None] * s_om + col[None, :] * s_od, to_dtype(acc, ELEM, RNE),
              mask=m_ok[:, None] & d_ok[None, :])
     tl.store(lse_ptr + h * M + offs_m, lse, mask=m_ok)
 
@@ -113,9 +117,9 @@ def _attn_fwd_kernel(
             n_ok = offs_n < KC
             k = tl.load(k_ptr + offs_n[:, None] * s_km + col[None, :] * s_kd,
                         mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-            s = _mma(q, tl.trans(k), ELEM, DOT_T, PRECISION) * qk_scale
+            s = _mma(q, tl.trans(k), ELEM, DOT_T, PRECISION, RNE) * qk_scale
             p = tl.exp2(s - lse[:, None])
-            tl.store(a_ptr + a_row[:, None] + offs_n[None, :] * s_ak, p.to(ELEM),
+            tl.store(a_ptr + a_row[:, None] + offs_n[None, :] * s_ak, to_dtype(p, ELEM, RNE),
                      mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -142,6 +146,7 @@ def _attn_bwd_dq_kernel(
     ELEM: tl.constexpr,  # input dtype
     DOT_T: tl.constexpr,  # dtype handed to tl.dot
     PRECISION: tl.constexpr,  # tl.dot input_precision
+    RNE: tl.constexpr,  # interpreter + bf16: round fp32 -> bf16 like a GPU (_triton_compat)
     HAS_DA: tl.constexpr,  # the probabilities have a gradient
     BLOCK_M: tl.constexpr,  # query rows per program
     BLOCK_N: tl.constexpr,  # confounders per inner step
@@ -169,7 +174,7 @@ def _attn_bwd_dq_kernel(
             n_ok = offs_n < KC
             k = tl.load(k_ptr + offs_n[:, None] * s_km + col[None, :] * s_kd,
                         mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-            s = _mma(q, tl.trans(k), ELEM, DOT_T, PRECISION) * qk_scale
+            s = _mma(q, tl.trans(k), ELEM, DOT_T, PRECISION, RNE) * qk_scale
             p = tl.where(n_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
             da = tl.load(da_ptr + a_row[:, None] + offs_n[None, :] * s_ak,
                          mask=m_ok[:, None] & n_ok[None, :], other=0.0)
@@ -185,15 +190,15 @@ def _attn_bwd_dq_kernel(
         v = tl.load(v_ptr + offs_n[:, None] * s_vm + col[None, :] * s_vd, mask=kv_mask, other=0.0)
         pr = tl.load(p_ptr + offs_n * s_p, mask=n_ok, other=0.0).to(tl.float32)
         vp = v.to(tl.float32) * pr[:, None]  # (BN, BD)
-        s = _mma(q, tl.trans(k), ELEM, DOT_T, PRECISION) * qk_scale  # (BM, BN)
+        s = _mma(q, tl.trans(k), ELEM, DOT_T, PRECISION, RNE) * qk_scale  # (BM, BN)
         p = tl.where(n_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
-        dp = _mma(do, tl.trans(vp), ELEM, DOT_T, PRECISION)  # (BM, BN)
+        dp = _mma(do, tl.trans(vp), ELEM, DOT_T, PRECISION, RNE)  # (BM, BN)
         if HAS_DA:
             dp += tl.load(da_ptr + a_row[:, None] + offs_n[None, :] * s_ak,
                           mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
         ds = p * (dp - delta[:, None])
-        dq += _mma(ds, k, ELEM, DOT_T, PRECISION)
-    tl.store(dq_ptr + offs_m[:, None] * s_dqm + col[None, :] * s_dqd, (dq * sm_scale).to(ELEM),
+        dq += _mma(ds, k, ELEM, DOT_T, PRECISION, RNE)
+    tl.store(dq_ptr + offs_m[:, None] * s_dqm + col[None, :] * s_dqd, to_dtype(dq * sm_scale, ELEM, RNE),
              mask=md_mask)
 
 
@@ -221,6 +226,7 @@ def _attn_bwd_dkv_kernel(
     ELEM: tl.constexpr,  # input dtype
     DOT_T: tl.constexpr,  # dtype handed to tl.dot
     PRECISION: tl.constexpr,  # tl.dot input_precision
+    RNE: tl.constexpr,  # interpreter + bf16: round fp32 -> bf16 like a GPU (_triton_compat)
     HAS_DA: tl.constexpr,  # the probabilities have a gradient
     BLOCK_M: tl.constexpr,  # query rows per inner step
     BLOCK_N: tl.constexpr,  # confounders per program
@@ -253,10 +259,10 @@ def _attn_bwd_dkv_kernel(
         lse = tl.load(lse_ptr + h * M + offs_m, mask=m_ok, other=0.0)
         delta = tl.load(delta_ptr + h * M + offs_m, mask=m_ok, other=0.0)
         # Transposed scores (BN, BM): keys on rows, so the reductions over M are dots.
-        st = _mma(k, tl.trans(q), ELEM, DOT_T, PRECISION) * qk_scale
+        st = _mma(k, tl.trans(q), ELEM, DOT_T, PRECISION, RNE) * qk_scale
         pt = tl.where(m_ok[None, :], tl.exp2(st - lse[None, :]), 0.0)
-        dvp += _mma(pt, do, ELEM, DOT_T, PRECISION)  # (BN, BD)
-        dpt = _mma(vp, tl.trans(do), ELEM, DOT_T, PRECISION)  # (BN, BM)
+        dvp += _mma(pt, do, ELEM, DOT_T, PRECISION, RNE)  # (BN, BD)
+        dpt = _mma(vp, tl.trans(do), ELEM, DOT_T, PRECISION, RNE)  # (BN, BM)
         if HAS_DA:
             b = (offs_m // C_LABELS).to(tl.int64)
             c = offs_m % C_LABELS
@@ -264,7 +270,7 @@ def _attn_bwd_dkv_kernel(
             dpt += tl.load(da_ptr + a_row[None, :] + offs_n[:, None] * s_ak,
                            mask=n_ok[:, None] & m_ok[None, :], other=0.0).to(tl.float32)
         dst = pt * (dpt - delta[None, :])
-        dk += _mma(dst, q, ELEM, DOT_T, PRECISION)
+        dk += _mma(dst, q, ELEM, DOT_T, PRECISION, RNE)
     part = split.to(tl.int64) * KC * D + offs_n[:, None] * D + col[None, :]
     tl.store(dk_part_ptr + part, dk * sm_scale, mask=nd_mask)
     tl.store(dvp_part_ptr + part, dvp, mask=nd_mask)
@@ -282,11 +288,12 @@ def _blocks(m: int, kc: int, dh: int) -> Tuple[int, int, int, int]:
 
 
 def _dot_types(q: torch.Tensor):
+    """(ELEM, DOT_T, PRECISION, RNE) constexprs for q's dtype and device."""
     elem = _TL_DTYPES[q.dtype]
-    # Triton 3.8's interpreter multiplies bf16's uint16 storage in tl.dot: give it fp32 there.
-    dot_t = tl.float32 if (not q.is_cuda and q.dtype == torch.bfloat16) else elem
+    emulate = interpreting(q) and q.dtype == torch.bfloat16  # see _triton_compat
+    dot_t = tl.float32 if emulate else elem
     # fp32 inputs must not be rounded to TF32: the reference (and the tests) use IEEE fp32.
-    return elem, dot_t, "ieee" if q.dtype == torch.float32 else "tf32"
+    return elem, dot_t, "ieee" if q.dtype == torch.float32 else "tf32", emulate
 
 
 def _bwd_split(m_blocks: int, n_blocks: int, heads: int, device: torch.device) -> int:
@@ -319,7 +326,7 @@ def causal_attention_forward(q, k, v, prior, num_heads: int, scale: float, retur
         return out, attn, lse
     a_t = attn if attn is not None else out.view(b, 1, c, d)  # placeholder, never written
     block_m, block_n, block_d, num_warps = _blocks(m, kc, dh)
-    elem, dot_t, precision = _dot_types(q)
+    elem, dot_t, precision, rne = _dot_types(q)
     o2 = out.view(m, d)
     grid = (triton.cdiv(m, block_m), num_heads)
     _attn_fwd_kernel[grid](
@@ -329,7 +336,7 @@ def causal_attention_forward(q, k, v, prior, num_heads: int, scale: float, retur
         o2.stride(0), o2.stride(1),
         *a_t.stride(),
         scale * _LOG2E,
-        DH=dh, ELEM=elem, DOT_T=dot_t, PRECISION=precision, RETURN_ATTN=return_attn,
+        DH=dh, ELEM=elem, DOT_T=dot_t, PRECISION=precision, RNE=rne, RETURN_ATTN=return_attn,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps, num_stages=2,
     )
     return out, attn, lse
@@ -350,8 +357,8 @@ def causal_attention_backward(q, k, v, prior, out, lse, dout, dattn, num_heads: 
     has_da = dattn is not None
     da = dattn if has_da else lse.view(1, 1, 1, -1)  # placeholder, never read
     block_m, block_n, block_d, num_warps = _blocks(m, kc, dh)
-    elem, dot_t, precision = _dot_types(q)
-    common = dict(DH=dh, ELEM=elem, DOT_T=dot_t, PRECISION=precision, HAS_DA=has_da,
+    elem, dot_t, precision, rne = _dot_types(q)
+    common = dict(DH=dh, ELEM=elem, DOT_T=dot_t, PRECISION=precision, RNE=rne, HAS_DA=has_da,
                   BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
                   num_stages=2)
     in_strides = (q2.stride(0), q2.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),

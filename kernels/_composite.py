@@ -5,7 +5,10 @@ One read of every input pixel and one write of every output pixel, for a whole b
     single -> normalize(m*obj + (1-m)*ctx)
     double -> normalize(m*obj), normalize((1-m_ctx)*ctx)
     pair   -> normalize(obj), normalize(m*obj + (1-m)*ctx)      (original and intervened, Eq. 12)
-with normalize(x) = (x - mean) / std on x in 0..1. ``reference.composite_ref`` is the definition.
+with normalize(x) = (x - mean) / std on x in 0..1. ``reference.composite_ref`` is the definition,
+and the kernel does the same fp32 operations in the same order (x / 255, blend, (y - mean) / std):
+under the interpreter the results are bitwise equal; on a GPU, Triton's fp32 division
+(div.full, <= 2 ulp) and FMA contraction may move the last bit.
 
 The launcher is wrapped as the custom op ``cit_fast::composite`` (with a fake implementation), so
 ``torch.compile`` treats it as one opaque node: a compiled model can consume its output, and a
@@ -20,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._triton_compat import interpreting, to_dtype
 from .reference import IMAGENET_MEAN, IMAGENET_STD, check_composite_args
 
 _MODE_IDS = {"none": 0, "single": 1, "double": 2, "pair": 3}
@@ -30,13 +34,21 @@ _N_OUT = {"none": 1, "single": 1, "double": 2, "pair": 2}
 # Triton kernel
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _unit(x, IS_U8: tl.constexpr):
+    """Loaded pixels/mask values -> fp32 in 0..1, with the reference's arithmetic (x / 255)."""
+    if IS_U8:
+        return x.to(tl.float32) / 255.0
+    return x.to(tl.float32)
+
+
+@triton.jit
 def _composite_fwd_kernel(
     obj_ptr,  # (N, H, W, C) object image: uint8 0..255 or float 0..1, any strides
     ctx_ptr,  # (N, H, W, C) context image, same conventions; ignored in MODE 0
     mask_ptr,  # (N, H, W) object mask (uint8 0..255, bool as uint8, or float 0..1), 1 = object
     ctx_mask_ptr,  # (N, H, W) the context image's own mask; read in MODE 2 only
     flip_ptr,  # (N,) uint8, nonzero = flip this sample horizontally; read if HAS_FLIP
-    norm_ptr,  # (2, C) fp32: row 0 = 1/std, row 1 = -mean/std
+    norm_ptr,  # (2, C) fp32: row 0 = mean, row 1 = std
     out1_ptr,  # (N, C, H, W) first output (any strides: NCHW or channels_last)
     out2_ptr,  # (N, C, H, W) second output in MODE 2/3 (same strides as out1); ignored otherwise
     H, W,  # image height and width (pixels)
@@ -47,11 +59,14 @@ def _composite_fwd_kernel(
     s_mn, s_mh, s_mw,  # mask strides
     s_kn, s_kh, s_kw,  # ctx_mask strides
     s_yn, s_yc, s_yh, s_yw,  # output strides, shared by out1 and out2
-    obj_scale, ctx_scale,  # to 0..1: 1/255 for uint8 images, 1 for float
-    mask_scale, ctx_mask_scale,  # to 0..1: 1/255 for uint8 masks, 1 for bool/float
     C: tl.constexpr,  # channels (3)
+    OBJ_U8: tl.constexpr,  # obj is uint8 0..255 (else float 0..1)
+    CTX_U8: tl.constexpr,  # ctx is uint8 0..255
+    MASK_U8: tl.constexpr,  # mask is uint8 0..255 (else bool-as-uint8 or float, 0..1)
+    CTX_MASK_U8: tl.constexpr,  # ctx_mask is uint8 0..255
     MODE: tl.constexpr,  # 0 none, 1 single, 2 double, 3 pair
     HAS_FLIP: tl.constexpr,  # whether flip_ptr is given
+    EMULATE_RNE: tl.constexpr,  # interpreter + bf16 output: round like a GPU (_triton_compat)
     BLOCK_H: tl.constexpr,  # rows per tile
     BLOCK_W: tl.constexpr,  # columns per tile
 ):
@@ -74,18 +89,18 @@ def _composite_fwd_kernel(
     if MODE != 0:
         x_base = ctx_ptr + n64 * s_xn + h * s_xh + w_src * s_xw
         m = tl.load(mask_ptr + n64 * s_mn + h * s_mh + w_src * s_mw, mask=valid, other=0)
-        m = m.to(tl.float32) * mask_scale
+        m = _unit(m, MASK_U8)
     if MODE == 2:
         mc = tl.load(ctx_mask_ptr + n64 * s_kn + h * s_kh + w_src * s_kw, mask=valid, other=0)
-        mc = mc.to(tl.float32) * ctx_mask_scale
+        mc = _unit(mc, CTX_MASK_U8)
     y_off = n64 * s_yn + h * s_yh + w * s_yw  # (BLOCK_H, BLOCK_W) output pixel offsets
 
     for c in tl.static_range(C):
-        inv_std = tl.load(norm_ptr + c)
-        shift = tl.load(norm_ptr + C + c)
-        o = tl.load(o_base + c * s_oc, mask=valid, other=0).to(tl.float32) * obj_scale
+        mean = tl.load(norm_ptr + c)
+        std = tl.load(norm_ptr + C + c)
+        o = _unit(tl.load(o_base + c * s_oc, mask=valid, other=0), OBJ_U8)
         if MODE != 0:
-            x = tl.load(x_base + c * s_xc, mask=valid, other=0).to(tl.float32) * ctx_scale
+            x = _unit(tl.load(x_base + c * s_xc, mask=valid, other=0), CTX_U8)
         if MODE == 0:
             y1 = o
         elif MODE == 1:
@@ -97,9 +112,10 @@ def _composite_fwd_kernel(
             y1 = o
             y2 = m * o + (1.0 - m) * x
         y_ptr = y_off + c * s_yc
-        tl.store(out1_ptr + y_ptr, (y1 * inv_std + shift).to(out1_ptr.dtype.element_ty), mask=valid)
+        out_t = out1_ptr.dtype.element_ty
+        tl.store(out1_ptr + y_ptr, to_dtype((y1 - mean) / std, out_t, EMULATE_RNE), mask=valid)
         if MODE >= 2:
-            tl.store(out2_ptr + y_ptr, (y2 * inv_std + shift).to(out2_ptr.dtype.element_ty), mask=valid)
+            tl.store(out2_ptr + y_ptr, to_dtype((y2 - mean) / std, out_t, EMULATE_RNE), mask=valid)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,15 +135,13 @@ def _composite_blocks(h: int, w: int) -> Tuple[int, int, int]:
 
 @functools.lru_cache(maxsize=16)
 def _norm_table(mean: Tuple[float, ...], std: Tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """(2, C) fp32 [1/std; -mean/std] on device, cached so a training step copies nothing H2D."""
-    m = torch.tensor(mean, dtype=torch.float64)
-    s = torch.tensor(std, dtype=torch.float64)
-    return torch.stack([1.0 / s, -m / s]).to(device=device, dtype=torch.float32)
+    """(2, C) fp32 [mean; std] on device, cached so a training step copies nothing H2D."""
+    return torch.tensor([mean, std], dtype=torch.float32).to(device)
 
 
-def _scale(t: Optional[torch.Tensor]) -> float:
-    # Of the caller's tensor, before any bool -> uint8 view (bool masks are 0/1, scale 1).
-    return 1.0 / 255.0 if t is not None and t.dtype == torch.uint8 else 1.0
+def _is_u8(t: Optional[torch.Tensor]) -> bool:
+    # Of the caller's tensor, before any bool -> uint8 view (bool masks are already 0/1).
+    return t is not None and t.dtype == torch.uint8
 
 
 def _as_loadable(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -174,9 +188,11 @@ def composite_forward(
         h, w, tiles_w, tiles_per_img,
         *obj.stride(), *ctx_t.stride(), *mask_t.stride(), *ctx_mask_t.stride(),
         out1.stride(0), out1.stride(1), out1.stride(2), out1.stride(3),
-        _scale(obj), _scale(ctx_t), _scale(mask if mode != "none" else None),
-        _scale(ctx_mask if mode == "double" else None),
-        C=c, MODE=_MODE_IDS[mode], HAS_FLIP=flip_t is not None,
+        C=c, OBJ_U8=_is_u8(obj), CTX_U8=_is_u8(ctx_t),
+        MASK_U8=_is_u8(mask if mode != "none" else None),
+        CTX_MASK_U8=_is_u8(ctx_mask if mode == "double" else None),
+        MODE=_MODE_IDS[mode], HAS_FLIP=flip_t is not None,
+        EMULATE_RNE=interpreting(obj) and out_dtype == torch.bfloat16,
         BLOCK_H=block_h, BLOCK_W=block_w, num_warps=num_warps,
     )
     return outs

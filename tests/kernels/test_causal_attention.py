@@ -100,7 +100,8 @@ def test_triton_strided_inputs_broadcast_grads_and_scale(dtype, atol, rtol, devi
     prior = (torch.rand(kc, generator=g) + 0.1).double()
 
     def run(fn, dt):
-        qb, kb, vb = (t.detach().to(device=device, dtype=dt).requires_grad_() for t in (q_base, k_base, v_base))
+        qb, kb, vb = (t.detach().to(device=device, dtype=dt).requires_grad_()
+                      for t in (q_base, k_base, v_base))
         p = prior.detach().to(device=device, dtype=torch.float32 if dt == torch.float32 else torch.float16)
         p.requires_grad_()
         q, k, v = qb.transpose(0, 1), kb.T, vb[:, ::2]  # (B, C, D), (Kc, D), (Kc, D), all strided
