@@ -15,6 +15,10 @@ Backward (dO given; dA too when the probabilities were returned and used):
 dQ is row-parallel (one kernel, no reductions). dK and dVp reduce over all M rows into only Kc
 rows, so a second kernel splits M into SPLIT chunks, each writing an fp32 partial that the
 launcher sums: deterministic, no atomics, and enough programs to fill the GPU although Kc is small.
+
+The two launchers are custom ops (``cit_fast::causal_attention_fwd`` / ``_bwd``, with fake
+versions) called by the autograd.Function, so ``torch.compile(fullgraph=True)`` of a model using
+this op traces it as two opaque nodes instead of failing inside Triton's launcher.
 """
 from __future__ import annotations
 
@@ -349,10 +353,10 @@ def causal_attention_backward(q, k, v, prior, out, lse, dout, dattn, num_heads: 
     m = b * c
     q2, o2 = q.reshape(m, d), out.reshape(m, d)
     do2 = dout.reshape(m, d)
-    dq = torch.empty_like(q2)
+    dq = torch.empty((m, d), dtype=q.dtype, device=q.device)
     if m == 0:
-        z = torch.zeros((kc, d), dtype=torch.float32, device=q.device)
-        return dq.view(b, c, d), z.to(k.dtype), z.to(v.dtype), z[:, 0].to(prior.dtype)
+        return (dq.view(b, c, d), torch.zeros_like(k, memory_format=torch.contiguous_format),
+                torch.zeros_like(v, memory_format=torch.contiguous_format), torch.zeros_like(prior))
     delta = torch.empty_like(lse)
     has_da = dattn is not None
     da = dattn if has_da else lse.view(1, 1, 1, -1)  # placeholder, never read
@@ -391,22 +395,55 @@ def causal_attention_backward(q, k, v, prior, out, lse, dout, dattn, num_heads: 
 
 
 # ----------------------------------------------------------------------------------------------
+# Custom ops: opaque to torch.compile (Dynamo cannot trace the launchers), with fake versions
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("cit_fast::causal_attention_fwd", mutates_args=())
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prior: torch.Tensor, num_heads: int,
+            scale: float, return_attn: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> out (B, C, D), attn (B, H, C, Kc) or an empty (0,) tensor, lse (H, B*C) fp32."""
+    out, attn, lse = causal_attention_forward(q, k, v, prior, num_heads, scale, return_attn)
+    return out, attn if attn is not None else q.new_empty((0,)), lse
+
+
+@_fwd_op.register_fake
+def _fwd_fake(q, k, v, prior, num_heads, scale, return_attn):
+    b, c, d = q.shape
+    attn_shape = (b, num_heads, c, k.shape[0]) if return_attn else (0,)
+    return (q.new_empty((b, c, d)), q.new_empty(attn_shape),
+            q.new_empty((num_heads, b * c), dtype=torch.float32))
+
+
+@torch.library.custom_op("cit_fast::causal_attention_bwd", mutates_args=())
+def _bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prior: torch.Tensor, out: torch.Tensor,
+            lse: torch.Tensor, dout: torch.Tensor, dattn: Optional[torch.Tensor], num_heads: int,
+            scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> dq, dk, dv, dprior (contiguous, in the dtypes of q, k, v, prior)."""
+    return causal_attention_backward(q, k, v, prior, out, lse, dout, dattn, num_heads, scale)
+
+
+@_bwd_op.register_fake
+def _bwd_fake(q, k, v, prior, out, lse, dout, dattn, num_heads, scale):
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            torch.empty(k.shape, dtype=k.dtype, device=k.device),
+            torch.empty(v.shape, dtype=v.dtype, device=v.device),
+            torch.empty(prior.shape, dtype=prior.dtype, device=prior.device))
+
+
+# ----------------------------------------------------------------------------------------------
 # Autograd
 # ----------------------------------------------------------------------------------------------
 class CausalAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, prior, num_heads, scale, return_attn):
-        out, attn, lse = causal_attention_forward(q, k, v, prior, num_heads, scale, return_attn)
+        out, attn, lse = _fwd_op(q, k, v, prior, num_heads, scale, return_attn)
         ctx.save_for_backward(q, k, v, prior, out, lse)
         ctx.num_heads, ctx.scale = num_heads, scale
         return (out, attn) if return_attn else out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dattn=None):
         q, k, v, prior, out, lse = ctx.saved_tensors
-        dq, dk, dv, dprior = causal_attention_backward(q, k, v, prior, out, lse, dout, dattn,
-                                                       ctx.num_heads, ctx.scale)
+        dq, dk, dv, dprior = _bwd_op(q, k, v, prior, out, lse, dout, dattn, ctx.num_heads, ctx.scale)
         return dq, dk, dv, dprior, None, None, None
 
 

@@ -134,6 +134,39 @@ def test_dispatch_and_default_scale(device):
     assert_close(tri, ref, 2e-5, 1e-4, "triton vs torch backend")
 
 
+def test_custom_ops_opcheck(device):
+    """Schemas and fake (meta) implementations of the forward and backward ops."""
+    from cit_fast.kernels._causal_attention import _bwd_op, _fwd_op  # noqa: F401  (registers them)
+
+    q, k, v, prior, grad_out, grad_attn = (t.to(device) for t in _make(2, 5, 7, 2, 16, seed=5))
+    for return_attn in (False, True):
+        fwd_args = (q, k, v, prior, 2, 0.25, return_attn)
+        torch.library.opcheck(torch.ops.cit_fast.causal_attention_fwd.default, fwd_args)
+        out, _, lse = torch.ops.cit_fast.causal_attention_fwd(*fwd_args)
+        bwd_args = (q, k, v, prior, out, lse, grad_out, grad_attn if return_attn else None, 2, 0.25)
+        torch.library.opcheck(torch.ops.cit_fast.causal_attention_bwd.default, bwd_args)
+
+
+def test_torch_compile_fullgraph_forward_backward(device):
+    """The causal head compiled as one graph: attention (custom ops) + a linear head, fwd and bwd."""
+    q, k, v, prior, _, _ = _make(2, 5, 7, 2, 16, seed=6)
+    head = torch.nn.Linear(32, 3).to(device)
+
+    def step(q, k, v, prior):
+        out, attn = causal_attention(q, k, v, prior, 2, return_attn=True, backend="triton")
+        return head(out).square().mean() + attn.max(-1).values.mean()
+
+    def grads(fn):
+        ins = [t.detach().to(device).requires_grad_() for t in (q, k, v, prior)]
+        loss = fn(*ins)
+        return [loss] + list(torch.autograd.grad(loss, ins))
+
+    got = grads(torch.compile(step, fullgraph=True))
+    want = grads(step)
+    for name, a, b in zip(("loss", "dq", "dk", "dv", "dprior"), got, want):
+        assert_close(a, b, 1e-5, 1e-4, name)
+
+
 BAD_CALLS = [  # (id, change q/k/v/prior/num_heads, message regex)
     ("q-2d", dict(q=lambda q: q[0]), "q must be \\(B, C, D\\)"),
     ("k-dim", dict(k=lambda k: k[:, :-1]), "k must be \\(Kc, D=8\\)"),
