@@ -1,9 +1,10 @@
-"""``cit-fast``: train | eval | synth | table4.
+"""``cit-fast``: train | eval | synth | table4 | masks.
 
     cit-fast train --config FILE.yaml [key=value ...]
     cit-fast eval  --checkpoint runs/x/checkpoints/ckpt_e0030_s000000.pt [key=value ...]
     cit-fast synth --version V2 --out data/v2  (writes train.npz and test.npz)
     cit-fast table4 --out bench/RESULTS.md    (the CIT paper's Table IV on the embedded data)
+    cit-fast masks data/birds data/birds      (object masks for images/<class>/* that lack one)
 """
 from __future__ import annotations
 
@@ -43,6 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--results-md", default="", help="append the table to this markdown file")
     b.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     b.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+
+    m = sub.add_parser("masks", help="compute object masks (the function g) for images that lack one")
+    m.add_argument("src", help="dataset root with images/<class>/<name>.<ext>")
+    m.add_argument("out", help="root for masks/<class>/<name>.png (often the same as SRC)")
+    m.add_argument("--method", default="spectral", choices=["spectral", "fine_grained"],
+                   help="built-in saliency detector (no weights)")
+    m.add_argument("--model", default="", help="local TorchScript file or state dict of a segmentation model")
+    m.add_argument("--arch", default="", help="torchvision segmentation architecture of a --model state dict")
+    m.add_argument("--num-classes", type=int, default=0, help="classes of a --model state dict (0: inferred)")
+    m.add_argument("--input-size", type=int, default=320, help="pixels (square) the --model sees")
+    m.add_argument("--threshold", type=float, default=0.5, help="foreground probability of a 1-channel --model")
+    m.add_argument("--device", default="", help="--model device (default: cuda if available)")
+    m.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
+    m.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -52,7 +67,9 @@ def _cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = main(cfg)
-    print(json.dumps({k: result[k] for k in ("test_top1", "test_top5", "seconds")}, indent=None))
+    from .utils import print0
+
+    print0(json.dumps({k: result[k] for k in ("test_top1", "test_top5", "seconds")}, indent=None))
     return 0
 
 
@@ -88,9 +105,21 @@ def _cmd_table4(args) -> int:
     return 0
 
 
+def _cmd_masks(args) -> int:
+    from .data.saliency import generate_masks, make_masker
+
+    masker = make_masker(args.method, args.model, args.arch, args.num_classes, args.input_size,
+                         args.threshold, args.device)
+    report = generate_masks(args.src, args.out, masker, overwrite=args.overwrite,
+                            progress=False if args.no_progress else None)
+    print(report.summary())
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "eval": _cmd_eval, "synth": _cmd_synth, "table4": _cmd_table4}
+    handlers = {"train": _cmd_train, "eval": _cmd_eval, "synth": _cmd_synth, "table4": _cmd_table4,
+                "masks": _cmd_masks}
     try:
         return handlers[args.command](args)
     except (ConfigError, ValueError, FileNotFoundError) as e:

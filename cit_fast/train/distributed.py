@@ -62,6 +62,8 @@ def setup_distributed(cfg) -> DistEnv:
         # DeepSpeed always needs a process group; give a lone process a private one on loopback
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+            os.environ.setdefault(key, value)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
     if world > 1 and not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:  # SLURM without torchrun: the launcher sets these

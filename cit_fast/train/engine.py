@@ -25,6 +25,7 @@ import torch.distributed as dist
 from ..utils import atomic_write_text
 from . import checkpoint as ckpt
 from .distributed import DistEnv
+from .sync_bn import convert_sync_batchnorm
 
 _DS_TAG = re.compile(r"^ds_e(\d+)_s(\d+)$")
 _COMPLETE = "COMPLETE"
@@ -71,9 +72,6 @@ class DDPEngine(Engine):
 
     def __init__(self, cfg, env: DistEnv, module, optimizer, scheduler):
         super().__init__(cfg, env, module)
-        if cfg.dist.sync_bn and env.distributed:
-            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-            self.module = module
         self.model = env.wrap(module)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.dist.precision == "fp16")
@@ -225,6 +223,8 @@ class DeepSpeedEngine(Engine):
 
 def build_engine(cfg, env: DistEnv, module: torch.nn.Module,
                  make_optimizer: Callable, make_scheduler: Callable) -> Engine:
+    if cfg.dist.sync_bn and env.distributed:
+        module = convert_sync_batchnorm(module, env.device)
     optimizer = make_optimizer(module)
     scheduler = make_scheduler(optimizer)
     if cfg.dist.engine == "deepspeed":

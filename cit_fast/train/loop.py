@@ -172,7 +172,6 @@ class Trainer:
         cfg, env, engine, pipe = self.cfg, self.env, self.engine, self.train_pipe
         engine.model.train()
         start = pipe.start_batch
-        loss_sum = torch.zeros((), device=env.device)
         step_losses = []
         seen = 0
         t0 = time.perf_counter()
@@ -190,7 +189,6 @@ class Trainer:
             with engine.autocast():
                 loss = compute_loss(engine.model, batch)
             engine.backward_step(loss)
-            loss_sum += loss.detach()
             step_losses.append(loss.detach())
             seen += len(batch["label"])
             self.total_steps += 1
@@ -212,9 +210,14 @@ class Trainer:
         if bar is not None:
             bar.close()
         dt = time.perf_counter() - t0
-        steps = len(step_losses)
-        return {"loss": float(loss_sum) / max(steps, 1), "steps": steps, "seconds": dt,
-                "samples_per_s": seen * env.world_size / dt, "step_losses": [float(x) for x in step_losses]}
+        # per-step losses averaged over ranks (= the global batch's loss): one collective per epoch
+        losses = torch.stack(step_losses).float() if step_losses else torch.zeros(0, device=env.device)
+        if env.distributed and dist.is_initialized():
+            dist.all_reduce(losses)
+            losses /= env.world_size
+        losses = losses.cpu().tolist()  # host sync: once per epoch
+        return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses), "seconds": dt,
+                "samples_per_s": seen * env.world_size / dt, "step_losses": losses}
 
     def fit(self, stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
         cfg, env = self.cfg, self.env
