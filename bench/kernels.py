@@ -55,8 +55,19 @@ def triton_version() -> str:
         return f"unavailable ({type(e).__name__})"
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def header(args, device: torch.device) -> None:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     peak = peak_bandwidth(name) if device.type == "cuda" else None
     print("# cit_fast kernel benchmark")
     print(f"# command : {' '.join(shlex.quote(a) for a in [sys.executable] + sys.argv)}")
