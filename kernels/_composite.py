@@ -249,7 +249,7 @@ def composite_triton(
     check_composite_args(obj, mask, ctx, ctx_mask, mode=mode, flip=flip, mean=mean, std=std,
                          out_dtype=out_dtype)
     if flip is not None:
-        flip = flip.to(obj.device)
+        flip = flip.to(obj.device).contiguous()  # the kernel reads flip[n] at offset n
     mean = [float(x) for x in (mean.tolist() if isinstance(mean, torch.Tensor) else mean)]
     std = [float(x) for x in (std.tolist() if isinstance(std, torch.Tensor) else std)]
     outs = _composite_op(obj, mask if mode != "none" else None, ctx if mode != "none" else None,

@@ -73,7 +73,7 @@ def test_flip_really_flips(device):
 
 
 def test_mixed_dtypes_strides_and_tensor_stats(device):
-    """uint8 object + fp16 context, bool mask + fp32 ctx mask, non-contiguous views, int flip,
+    """uint8 object + fp16 context, bool mask + fp32 ctx mask, non-contiguous views, strided int flip,
     mean/std as tensors, single-channel image with its own statistics."""
     g = torch.Generator().manual_seed(1)
     n, h, w = 3, 9, 11
@@ -81,7 +81,7 @@ def test_mixed_dtypes_strides_and_tensor_stats(device):
     ctx = torch.rand(n, h, w, 4, generator=g).half()[..., 1:]  # channel slice: stride 4
     mask = torch.rand(n, h, w, generator=g) > 0.5
     ctx_mask = torch.rand(n, h, w, generator=g)
-    flip = torch.tensor([1, 0, 1])
+    flip = torch.tensor([1, 7, 0, 7, 1, 7])[::2]  # integer 0/1, strided
     mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
     obj, ctx, mask, ctx_mask = (t.to(device) for t in (obj, ctx, mask, ctx_mask))
     for mode in COMPOSITE_MODES:
