@@ -87,12 +87,25 @@ class DistConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Prometheus exporter of every rank (see cit_fast/metrics.py)."""
+    enabled: bool = False  # serve Prometheus metrics from every rank
+    host: str = "127.0.0.1"  # bind address; 0.0.0.0 to let a remote Prometheus scrape
+    base_port: int = 9400  # rank with local_rank r serves on base_port + r; 0 = ephemeral ports
+    on_port_taken: str = "next"  # next (try the following ports) | disable | error
+    job: str = "cit_fast"  # value of the `job` label
+    sd_dir: str = ""  # write file-SD targets here ("" = <out_dir>/prometheus)
+    linger_seconds: float = 0.0  # keep serving this long after training ends (short jobs)
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     seed: int = 0
     out_dir: str = "runs/default"
     resume: str = ""  # "" = fresh start, "auto" = newest complete checkpoint in out_dir, or a path
@@ -296,6 +309,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("dist.zero_stage: ZeRO needs dist.engine=deepspeed")
     _positive(ds.grad_accum, "dist.grad_accum")
     _positive(ds.grad_clip, "dist.grad_clip", allow_zero=True)
+    m = cfg.metrics
+    _choice(m.on_port_taken, ("next", "disable", "error"), "metrics.on_port_taken")
+    if not 0 <= m.base_port < 65536:
+        raise ConfigError(f"metrics.base_port: expected a port in [0, 65535], got {m.base_port}")
+    _positive(m.linger_seconds, "metrics.linger_seconds", allow_zero=True)
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..data.build import build_datasets, build_pipeline
 from ..data.pipeline import Batch, Pipeline
 from ..models import create_model
+from ..metrics import TrainingMetrics
 from ..utils import atomic_write_json, print0
 from . import checkpoint as ckpt
 from .config import TrainConfig, save_config, to_dict
@@ -137,6 +138,8 @@ class Trainer:
         self.engine: Engine = build_engine(
             cfg, env, module, lambda m: build_optimizer(cfg, m),
             lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s / opt_steps_per_epoch)))
+        self.metrics = TrainingMetrics(cfg.metrics, env.rank, env.local_rank, cfg.model.name, cfg.out_dir,
+                                       env.device.type)
         self.history: list = []
         self.start_epoch, self.start_step = 0, 0
         self.total_steps = 0
@@ -145,7 +148,9 @@ class Trainer:
     def save(self, epoch: int, step_in_epoch: int) -> None:
         client = {"pipeline": {"epoch": epoch, "start_batch": step_in_epoch}, "rng": _all_rng_states(self.env),
                   "config": to_dict(self.cfg), "history": self.history, "world_size": self.env.world_size}
+        t0 = time.perf_counter()
         self.engine.save(self.ckpt_dir, epoch, step_in_epoch, client)
+        self.metrics.checkpoint(time.perf_counter() - t0)
 
     def maybe_resume(self) -> None:
         cfg = self.cfg
@@ -183,19 +188,27 @@ class Trainer:
                        leave=False, mininterval=1.0, dynamic_ncols=True)
         fault_step = int(os.environ.get(FAULT_STEP_ENV, "0") or 0)
         first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        t_prev = time.perf_counter()
         for step, batch in enumerate(pipe, start=start):
             if step >= self.steps_per_epoch:
                 break
+            t_batch = time.perf_counter()
             with engine.autocast():
                 loss = compute_loss(engine.model, batch)
             engine.backward_step(loss)
             step_losses.append(loss.detach())
             seen += len(batch["label"])
             self.total_steps += 1
+            t_end = time.perf_counter()
+            self.metrics.step(len(batch["label"]), t_end - t_prev, t_batch - t_prev)
+            t_prev = t_end
             if bar is not None:
                 bar.update(1)
-                if (step + 1) % cfg.log_interval == 0:
-                    bar.set_postfix(loss=f"{float(loss):.3f}")  # host sync: only at the log interval
+            if (step + 1) % cfg.log_interval == 0 and (bar is not None or self.metrics.enabled):
+                loss_value = float(loss.detach())  # host sync: only at the log interval
+                self.metrics.log_interval(loss_value, engine.lr)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_value:.3f}")
             if fault_step and self.total_steps == fault_step and first_attempt \
                     and env.rank == int(os.environ.get(FAULT_RANK_ENV, "0")):
                 os._exit(17)  # simulated crash (tests of fault recovery)
@@ -226,6 +239,7 @@ class Trainer:
         t_start = time.perf_counter()
         try:
             for epoch in range(self.start_epoch, cfg.optim.epochs):
+                self.metrics.set_epoch(epoch + 1)
                 self.train_pipe.set_epoch(epoch)
                 if epoch == self.start_epoch and self.start_step:
                     self.train_pipe.load_state_dict({"epoch": epoch, "start_batch": self.start_step})
@@ -236,6 +250,7 @@ class Trainer:
                           "samples_per_s": stats["samples_per_s"], "test_top1": metrics["top1"],
                           "test_top5": metrics["top5"], "step_losses": stats["step_losses"]}
                 self.history.append(record)
+                self.metrics.evaluation(top1=metrics["top1"], top5=metrics["top5"])
                 print0(f"epoch {epoch + 1:3d}  loss {stats['loss']:.4f}  test top-1 {metrics['top1']:.2f}%  "
                        f"({stats['samples_per_s']:.0f} samples/s)")
                 if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.optim.epochs:
@@ -245,6 +260,8 @@ class Trainer:
         except _StopRun:
             env.barrier()
             return {"stopped_at_step": self.total_steps, "history": self.history}
+        finally:
+            self.metrics.close()
         final = self.history[-1] if self.history else {}
         result = {"test_top1": final.get("test_top1"), "test_top5": final.get("test_top5"),
                   "epochs": cfg.optim.epochs, "history": self.history, "seconds": time.perf_counter() - t_start,
