@@ -6,6 +6,7 @@ version's own test set (whose bias B no longer tells the class).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -31,7 +32,9 @@ def _run_one(args: Tuple[str, List[str]]) -> Tuple[str, float, float]:
 
     cfg = load_config(str(DEFAULT_CONFIG), overrides)
     t0 = time.perf_counter()
-    res = main(cfg)
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(cfg.out_dir) / "train.log", "w") as log, contextlib.redirect_stdout(log):
+        res = main(cfg)  # per-epoch lines go to the run's own log, not the shared console
     return name, float(res["test_top1"]), time.perf_counter() - t0
 
 
