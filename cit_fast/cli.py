@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     b.add_argument("overrides", nargs="*", help="key=value overrides for every run")
 
+    r = sub.add_parser("report", help="HTML report (curves, Table IV, evaluations, composite grids) of a run dir")
+    r.add_argument("run_dir", help="a run's out_dir, or a directory of runs (e.g. a table4 sweep)")
+    r.add_argument("--out", default="", help="output directory (default: RUN_DIR/report)")
+
     m = sub.add_parser("masks", help="compute object masks (the function g) for images that lack one")
     m.add_argument("src", help="dataset root with images/<class>/<name>.<ext>")
     m.add_argument("out", help="root for masks/<class>/<name>.png (often the same as SRC)")
@@ -116,9 +120,17 @@ def _cmd_masks(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "eval": _cmd_eval, "synth": _cmd_synth, "table4": _cmd_table4,
+    handlers = {"report": _cmd_report, "train": _cmd_train, "eval": _cmd_eval, "synth": _cmd_synth, "table4": _cmd_table4,
                 "masks": _cmd_masks}
     try:
         return handlers[args.command](args)

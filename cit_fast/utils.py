@@ -25,6 +25,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -1,0 +1,207 @@
+"""``cit-fast report RUN_DIR``: a self-contained HTML page (and PNGs) of a run or a set of runs.
+
+It shows the loss / accuracy curves of every run found under RUN_DIR, the CIT Table IV when the
+directory holds a ``cit-fast table4`` sweep, any evaluation reports (``eval*.json``: BG-Gap,
+Exclusive / Co-occur mAP, ...), and grids of objects beside the contexts the intervention plan
+paired them with and the composites the model trained on (like the paper's Fig. 7), so a user sees
+at a glance whether masks and pairing are sane.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .utils import atomic_path, atomic_write_text
+
+
+def find_runs(root: Path) -> List[Path]:
+    """Run directories (holding results.json or a log) at root or one level below, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"report: run directory {root} not found")
+    cands = [root] + sorted(p for p in root.iterdir() if p.is_dir())
+    runs = [p for p in cands if (p / "results.json").is_file() or (p / "log_rank0.jsonl").is_file()]
+    if not runs:
+        raise ValueError(f"report: no run under {root} (expected results.json or log_rank0.jsonl)")
+    return runs
+
+
+def load_history(run: Path) -> List[Dict]:
+    if (run / "results.json").is_file():
+        return json.loads((run / "results.json").read_text()).get("history", [])
+    return [json.loads(l) for l in (run / "log_rank0.jsonl").read_text().splitlines() if l.strip()]
+
+
+def _save_png(fig, path: Path) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    data = buf.getvalue()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return data
+
+
+def plot_curves(runs: List[Path], out: Path) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        hist = load_history(run)
+        if not hist:
+            continue
+        ep = [h["epoch"] for h in hist]
+        label = run.name
+        ax_loss.plot(ep, [h["train_loss"] for h in hist], marker=".", label=label)
+        ax_acc.plot(ep, [h["test_top1"] for h in hist], marker=".", label=label)
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
+    ax_acc.set(title="test top-1 (%)", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    if len(runs) <= 16:
+        ax_acc.legend(fontsize=7, loc="lower right")
+    data = _save_png(fig, out)
+    plt.close(fig)
+    return data
+
+
+def composite_grid(run: Path, out: Path, n: int = 8) -> Optional[bytes]:
+    """Rows: object (with its mask outlined), the context partner, the intervened composite."""
+    from PIL import Image
+
+    from .data.build import build_datasets, build_pipeline
+    from .data.pipeline import compose
+    from .train.config import from_dict
+    import yaml
+
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        return None
+    cfg = from_dict(yaml.safe_load(cfg_path.read_text()))
+    if cfg.intervention.plan == "none":
+        cfg.intervention.plan = "stratify_c"  # show what CIT would pair, even for a baseline run
+    train_set, _ = build_datasets(cfg.data)
+    pipe = build_pipeline(train_set, cfg, train=True, batch_size=n)
+    pipe.set_epoch(0)
+    raw = next(iter(pipe.raw_batches()))
+    spec = pipe.spec
+    spec.epochwise, spec.output = False, "image"
+    comp = compose(raw, spec)["image"]
+    mean = np.asarray(spec.mean, np.float32)
+    std = np.asarray(spec.std, np.float32)
+    composite = np.clip((comp.permute(0, 2, 3, 1).float().numpy() * std + mean) * 255, 0, 255).astype(np.uint8)
+    obj, ctx = raw["obj"].numpy().copy(), raw["ctx"].numpy()
+    edge = _mask_edge(raw["mask"].numpy() > 127)
+    obj[edge] = (255, 255, 0)  # outline the mask on the object
+    flips = raw["flip"].numpy()
+    obj = np.stack([o[:, ::-1] if f else o for o, f in zip(obj, flips)])  # composites are flipped
+    ctx = np.stack([c[:, ::-1] if f else c for c, f in zip(ctx, flips)])
+    pad = 2
+    rows = []
+    for row in (obj, ctx, composite):
+        tiles = [np.pad(t, ((pad, pad), (pad, pad), (0, 0)), constant_values=255) for t in row]
+        rows.append(np.concatenate(tiles, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    scale = max(1, 96 // raw["obj"].shape[1])
+    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    data = buf.getvalue()
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+    return data
+
+
+def _mask_edge(m: np.ndarray) -> np.ndarray:
+    """(N,H,W) bool -> pixels on the mask's boundary."""
+    inner = m.copy()
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    inner[:, :, 1:] &= m[:, :, :-1]
+    inner[:, :, :-1] &= m[:, :, 1:]
+    return m & ~inner
+
+
+def _img_tag(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _table4(root: Path) -> Optional[str]:
+    from .table4 import ROWS, VERSIONS, format_table
+
+    acc = {}
+    for label, fixed, plan in ROWS:
+        for v in ([fixed] if fixed else VERSIONS):
+            f = root / f"{plan}-{v}" / "results.json"
+            if not f.is_file():
+                return None
+            acc[f"{plan}-{v}"] = json.loads(f.read_text())["test_top1"]
+    return format_table(acc)
+
+
+def _md_table_html(md: str) -> str:
+    lines = [l for l in md.splitlines() if l.startswith("|") and not set(l) <= set("|-")]
+    cells = [[c.strip().replace("\\|", "|") for c in l.strip("|").split(" | ")] for l in lines]
+    head, body = cells[0], cells[1:]
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+            + "</table>")
+
+
+def _flat(d: Dict, prefix: str = "") -> Dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def build_report(root: Path, out_dir: Optional[Path] = None) -> Path:
+    root = Path(root)
+    runs = find_runs(root)
+    out_dir = Path(out_dir) if out_dir else root / "report"
+    parts = [f"<h1>cit_fast report: {html.escape(str(root))}</h1>"]
+    summary = []
+    for run in runs:
+        res = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+        summary.append((run.name, res.get("model", "?"), res.get("plan", "?"), res.get("test_top1"), res.get("epochs")))
+    parts.append("<h2>Runs</h2><table><tr><th>run</th><th>model</th><th>plan</th><th>test top-1 (%)</th>"
+                 "<th>epochs</th></tr>" + "".join(
+                     f"<tr><td>{html.escape(str(n))}</td><td>{html.escape(str(m))}</td><td>{html.escape(str(p))}</td>"
+                     f"<td>{'' if a is None else f'{a:.2f}'}</td><td>{e or ''}</td></tr>" for n, m, p, a, e in summary)
+                 + "</table>")
+    t4 = _table4(root)
+    if t4:
+        parts.append("<h2>CIT Table IV (synthetic V1-V4)</h2>" + _md_table_html(t4))
+    for ev in sorted(root.glob("**/eval*.json")):
+        flat = _flat(json.loads(ev.read_text()))
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}"
+                       f"</td></tr>" for k, v in flat.items())
+        parts.append(f"<h2>Evaluation: {html.escape(str(ev.relative_to(root)))}</h2><table>{rows}</table>")
+    curves = plot_curves(runs, out_dir / "curves.png")
+    parts.append("<h2>Training curves</h2>" + _img_tag(curves, "training curves"))
+    shown = 0
+    for run in runs[:4]:
+        grid = composite_grid(run, out_dir / f"composites_{run.name}.png")
+        if grid is not None:
+            shown += 1
+            parts.append(f"<h2>Objects and their intervened contexts: {html.escape(run.name)}</h2>"
+                         "<p>rows: object (mask outlined) &middot; context partner &middot; composite</p>"
+                         + _img_tag(grid, f"composite grid {run.name}"))
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%}")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>cit_fast report</title><style>{style}</style>" \
+           f"</head><body>{''.join(parts)}</body></html>\n"
+    path = out_dir / "index.html"
+    atomic_write_text(path, page)
+    return path

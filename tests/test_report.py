@@ -1,0 +1,53 @@
+import base64
+import io
+from html.parser import HTMLParser
+
+import numpy as np
+from PIL import Image
+
+from cit_fast.cli import main
+
+
+class Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.tables = {}, 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images[a["alt"]] = a["src"]
+        self.tables += tag == "table"
+
+
+def decode_png(src: str) -> np.ndarray:
+    assert src.startswith("data:image/png;base64,")
+    data = base64.b64decode(src.split(",", 1)[1])
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_report_renders_curves_and_composite_grids(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "model.name=resnet8", "data.synthetic_version=V2", "data.synthetic_train_per_class=16",
+                 "data.synthetic_test_per_class=4", "data.batch_size=16", "optim.epochs=3", "progress=false",
+                 "intervention.plan=stratify_c", f"out_dir={run}"]) == 0
+    assert main(["report", str(run)]) == 0
+    page = (run / "report" / "index.html").read_text()
+    parser = Images()
+    parser.feed(page)
+    assert parser.tables >= 1 and "stratify_c" in page
+    curves = decode_png(parser.images["training curves"])
+    grid = decode_png(parser.images["composite grid run"])
+    for img in (curves, grid):
+        assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 10  # non-trivial pictures
+    # the grid has 3 rows of tiles: object, context partner, composite
+    assert grid.shape[0] > 2.5 * 32 and (run / "report" / "curves.png").stat().st_size > 5000
+    # composites really mix two images: the composite row differs from the object row's border
+    h = grid.shape[0] // 3
+    assert not np.array_equal(grid[:h], grid[2 * h: 3 * h])
+
+
+def test_report_on_missing_dir_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
