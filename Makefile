@@ -13,6 +13,8 @@ $(VENV)/.installed: setup.py
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PINS)
 	$(PIP) install -q -e '.[dev,dali,masks,report,coco]'
+	# DeepSpeed after torch, without building its CUDA ops (JIT where needed; CPU uses gloo)
+	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation deepspeed
 	touch $@
 
 venv: $(VENV)/.installed
