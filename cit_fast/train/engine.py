@@ -60,6 +60,10 @@ class Engine(ABC):
     @abstractmethod
     def find_latest(directory: Path) -> Optional[Path]: ...
 
+    def eval_context(self):
+        """Context in which ``self.module`` holds its full parameters on every rank."""
+        return contextlib.nullcontext()
+
     def autocast(self):
         dtype = autocast_dtype(self.cfg.dist.precision)
         if dtype is None:
@@ -168,9 +172,26 @@ class DeepSpeedEngine(Engine):
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
             dist_init_required=not dist.is_initialized())
         self.module = self.model.module
+        dtype = autocast_dtype(cfg.dist.precision)
+        if dtype is not None:
+            # DeepSpeed casts parameters but not buffers; batch norm wants its running statistics
+            # in the parameters' dtype
+            for m in self.module.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                    m.running_mean.data = m.running_mean.data.to(dtype)
+                    m.running_var.data = m.running_var.data.to(dtype)
 
     def autocast(self):
         return contextlib.nullcontext()  # DeepSpeed casts the model itself under bf16/fp16
+
+    def eval_context(self):
+        if self.cfg.dist.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        # ZeRO-3 partitions parameters: gather them once, so evaluation runs plain local forwards
+        # (ranks may evaluate different numbers of batches)
+        return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
 
     def backward_step(self, loss):
         self.model.backward(loss)  # scales by 1/grad_accum itself

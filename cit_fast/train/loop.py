@@ -245,7 +245,8 @@ class Trainer:
                     self.train_pipe.load_state_dict({"epoch": epoch, "start_batch": self.start_step})
                 stats = self.train_one_epoch(epoch, stop_after_steps)
                 self.test_pipe.set_epoch(0)
-                metrics = evaluate(self.engine.module, self.test_pipe)
+                with self.engine.eval_context():
+                    metrics = evaluate(self.engine.module, self.test_pipe)
                 record = {"epoch": epoch + 1, "train_loss": stats["loss"], "lr": self.engine.lr,
                           "samples_per_s": stats["samples_per_s"], "test_top1": metrics["top1"],
                           "test_top5": metrics["top5"], "step_losses": stats["step_losses"]}
