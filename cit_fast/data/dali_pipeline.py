@@ -16,13 +16,15 @@ the epoch is always ``batch_keys()[k]`` however far DALI prefetches, and resumin
 """
 from __future__ import annotations
 
+import os
+import weakref
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .pipeline import Batch, Pipeline, PipelineSpec, crop_offsets, decode_set, flip_flags
+from .pipeline import Batch, Pipeline, PipelineSpec, crop_pairs, decode_set, flip_flags
 from .records import DataError, SampleSet
 
 PREFETCH = 2  # batches DALI prepares ahead of the one being consumed
@@ -36,6 +38,14 @@ def _import_dali():
                           "(or the [dali] extra of cit_fast)") from e
 
 
+# A DALI pipeline owns threads; a process forked from this one (DataLoader workers) does not have
+# them, and DALI's destructor would abort it. Children therefore keep every DALI pipeline of the
+# parent alive, never destroying them (their workers leave through os._exit).
+_PIPES: "weakref.WeakSet" = weakref.WeakSet()
+_KEPT_IN_CHILD: list = []
+os.register_at_fork(after_in_child=lambda: _KEPT_IN_CHILD.extend(_PIPES))
+
+
 @dataclass
 class _BatchFeed:
     """What DALI decodes for one batch, and where each sample's object and context come from."""
@@ -45,6 +55,33 @@ class _BatchFeed:
     ids: np.ndarray  # (U,) distinct samples to decode (U <= 2B; U = B with decode reuse)
     pos_i: np.ndarray  # (B,) position of each i in ids
     pos_j: np.ndarray  # (B,) position of each j in ids
+
+
+class _Source:
+    """The external_source batch callback: the encoded files (or arrays) of batch ``iteration``.
+
+    A separate object, so that the DALI pipeline does not point back at its DaliPipeline: dropping
+    a DaliPipeline frees its DALI threads at once, without waiting for the cyclic garbage collector.
+    """
+
+    def __init__(self, samples: SampleSet, files: bool):
+        self.samples, self.files = samples, files
+        self.feed: List[_BatchFeed] = []
+
+    def __call__(self, info):
+        if info.iteration >= len(self.feed):
+            raise StopIteration
+        ids = self.feed[info.iteration].ids
+        s = self.samples
+        if self.files:
+            images = [_read(s.images[k], "image") for k in ids]
+            if s.masks is None:
+                return (images,)
+            return images, [_read(s.masks[k], "mask") for k in ids]
+        images = [s.images[k] for k in ids]
+        if s.masks is None:
+            return (images,)
+        return images, [s.masks[k][..., None] for k in ids]
 
 
 def _read(path: str, kind: str) -> np.ndarray:
@@ -60,28 +97,6 @@ def _read(path: str, kind: str) -> np.ndarray:
     return data
 
 
-def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:
-    """Source index of each padded index under numpy's 'reflect' padding (edge not repeated)."""
-    if n == 1:
-        return torch.zeros_like(idx)
-    period = 2 * (n - 1)
-    idx = torch.remainder(idx, period)
-    return torch.where(idx >= n, period - idx, idx)
-
-
-def crop_batch(x: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
-    """Per-sample crops of reflect-padded images back to their size, as one gather.
-
-    x: (B, H, W) or (B, H, W, C); offsets: (B, 2) int64 (dy, dx) in [0, 2*pad]. Equals, sample by
-    sample, ``np.pad(x[b], pad, mode="reflect")[dy:dy+H, dx:dx+W]`` (torch_pipeline._crop).
-    """
-    b, h, w = x.shape[:3]
-    offsets = offsets.to(x.device)
-    rows = _reflect(torch.arange(h, device=x.device)[None] + offsets[:, :1] - pad, h)  # (B, H)
-    cols = _reflect(torch.arange(w, device=x.device)[None] + offsets[:, 1:] - pad, w)  # (B, W)
-    return x[torch.arange(b, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
-
-
 class DaliPipeline(Pipeline):
     """Same batches as TorchPipeline (same plan, crops, flips); DALI decodes and resizes.
 
@@ -93,8 +108,8 @@ class DaliPipeline(Pipeline):
         _import_dali()
         super().__init__(samples, spec)
         self._pipe = None  # built on first use; dropped after an error or an abandoned epoch
-        self._feed: List[_BatchFeed] = []
         self._files = not samples.in_memory
+        self._source = _Source(samples, self._files)
         if self._files and (isinstance(samples.images, np.ndarray) or isinstance(samples.masks, np.ndarray)):
             raise DataError(f"{samples.name}: images and masks must both be files or both arrays")
 
@@ -102,22 +117,6 @@ class DaliPipeline(Pipeline):
     @property
     def _gpu(self) -> bool:
         return self.spec.device.type == "cuda"
-
-    def _source(self, info):
-        """Batch callback: the encoded files (or arrays) of batch ``info.iteration`` of this epoch."""
-        if info.iteration >= len(self._feed):
-            raise StopIteration
-        ids = self._feed[info.iteration].ids
-        s = self.samples
-        if self._files:
-            images = [_read(s.images[k], "image") for k in ids]
-            if s.masks is None:
-                return (images,)
-            return images, [_read(s.masks[k], "mask") for k in ids]
-        images = [s.images[k] for k in ids]
-        if s.masks is None:
-            return (images,)
-        return images, [s.masks[k][..., None] for k in ids]
 
     def _build(self):
         from nvidia.dali import fn, pipeline_def, types
@@ -156,6 +155,7 @@ class DaliPipeline(Pipeline):
 
         pipe = graph()
         pipe.build()
+        _PIPES.add(pipe)
         return pipe
 
     # -- iteration -----------------------------------------------------------------------------------
@@ -163,13 +163,14 @@ class DaliPipeline(Pipeline):
         keys = self.batch_keys()
         if not keys:
             return
-        self._feed = [_BatchFeed(i, j, *decode_set(i, j)) for i, j in keys]
+        feeds = [_BatchFeed(i, j, *decode_set(i, j)) for i, j in keys]
+        self._source.feed = feeds
         if self._pipe is None:
             self._pipe = self._build()
         pipe = self._pipe
         done = False
         try:
-            for k, feed in enumerate(self._feed):
+            for k, feed in enumerate(feeds):
                 try:
                     outs = pipe.run()
                 except (DataError, StopIteration):
@@ -177,7 +178,7 @@ class DaliPipeline(Pipeline):
                     raise
                 except Exception as e:  # DALI reports decoding errors as RuntimeError, without the file
                     self._pipe = None
-                    self._diagnose(self._feed[k:k + PREFETCH + 1], e)
+                    self._diagnose(feeds[k:k + PREFETCH + 1], e)
                 yield self._assemble(feed, outs)
             try:  # the source is exhausted: DALI ends its epoch, ready for the next one
                 pipe.run()
@@ -225,13 +226,8 @@ class DaliPipeline(Pipeline):
         dev = imgs.device
         pi = torch.from_numpy(feed.pos_i).to(dev)
         pj = torch.from_numpy(feed.pos_j).to(dev)
-        obj, mask, ctx, ctx_mask = imgs[pi], msks[pi], imgs[pj], msks[pj]
-        pad = spec.crop_padding if spec.train else 0
-        if pad:
-            off_i = torch.tensor([crop_offsets(spec, self.epoch, int(i), 0) for i in feed.index])
-            off_j = torch.tensor([crop_offsets(spec, self.epoch, int(j), 1) for j in feed.partner])
-            obj, mask = crop_batch(obj, pad, off_i), crop_batch(mask, pad, off_i)
-            ctx, ctx_mask = crop_batch(ctx, pad, off_j), crop_batch(ctx_mask, pad, off_j)
+        obj, mask, ctx, ctx_mask = crop_pairs(spec, self.epoch, feed.index, feed.partner,
+                                              imgs[pi], msks[pi], imgs[pj], msks[pj])
         return {"obj": obj, "mask": mask, "ctx": ctx, "ctx_mask": ctx_mask,
                 "flip": torch.from_numpy(flip_flags(spec, self.epoch, feed.index)),
                 "label": torch.from_numpy(np.ascontiguousarray(s.labels[feed.index])),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -82,6 +82,39 @@ def crop_offsets(spec: PipelineSpec, epoch: int, index: int, role: int) -> Tuple
     r = np.random.default_rng([spec.seed, epoch, index, role, 0xC0])
     dy, dx = r.integers(0, 2 * p + 1, 2)
     return int(dy), int(dx)
+
+
+def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Source index of each padded index under numpy's 'reflect' padding (edge not repeated)."""
+    if n == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = torch.remainder(idx, period)
+    return torch.where(idx >= n, period - idx, idx)
+
+
+def crop_batch(x: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Per-sample crops of reflect-padded images back to their size, as one gather (any device).
+
+    x: (B, H, W) or (B, H, W, C); offsets: (B, 2) int64 (dy, dx) in [0, 2*pad] from ``crop_offsets``.
+    Sample b equals ``np.pad(x[b], pad, mode="reflect")[dy:dy+H, dx:dx+W]`` (CIFAR-style crop).
+    """
+    b, h, w = x.shape[:3]
+    offsets = offsets.to(x.device)
+    rows = _reflect(torch.arange(h, device=x.device)[None] + offsets[:, :1] - pad, h)  # (B, H)
+    cols = _reflect(torch.arange(w, device=x.device)[None] + offsets[:, 1:] - pad, w)  # (B, W)
+    return x[torch.arange(b, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def crop_pairs(spec: PipelineSpec, epoch: int, index: np.ndarray, partner: np.ndarray, obj, mask, ctx, ctx_mask):
+    """The training crops: each object with its own mask (role 0), each context with its mask (role 1)."""
+    pad = spec.crop_padding if spec.train else 0
+    if not pad:
+        return obj, mask, ctx, ctx_mask
+    off_i = torch.tensor([crop_offsets(spec, epoch, int(i), 0) for i in index], dtype=torch.int64)
+    off_j = torch.tensor([crop_offsets(spec, epoch, int(j), 1) for j in partner], dtype=torch.int64)
+    return (crop_batch(obj, pad, off_i), crop_batch(mask, pad, off_i),
+            crop_batch(ctx, pad, off_j), crop_batch(ctx_mask, pad, off_j))
 
 
 def decode_set(index: np.ndarray, partner: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -164,24 +197,27 @@ class Pipeline(ABC):
         self.start_batch = 0
 
 
-def compose(raw: Batch, spec: PipelineSpec) -> Batch:
-    """Raw batch -> model inputs on spec.device, through kernels.composite (one pass)."""
+def compose(raw: Batch, spec: PipelineSpec, composite: Optional[Callable] = None) -> Batch:
+    """Raw batch -> model inputs on spec.device, through kernels.composite (one pass).
+
+    composite: another way to run the same op (e.g. ``torch.compile(kernels.composite_ref)`` on a
+    CPU, as bench/pipeline.py measures); the formula always comes from ``kernels``.
+    """
+    op = composite or kernels.composite
     dev = spec.device
     t = {k: v.to(dev, non_blocking=True) for k, v in raw.items()}
     kw = dict(flip=t["flip"], mean=spec.mean, std=spec.std, out_dtype=spec.out_dtype,
               channels_last=spec.channels_last)
     out: Batch = {"label": t["label"], "index": t["index"], "partner": t["partner"]}
     if spec.output == "double":
-        out["content"], out["context"] = kernels.composite(t["obj"], t["mask"], t["ctx"], t["ctx_mask"],
-                                                           mode="double", **kw)
+        out["content"], out["context"] = op(t["obj"], t["mask"], t["ctx"], t["ctx_mask"], mode="double", **kw)
         if spec.epochwise:  # the object with its own context
-            _, out["original_context"] = kernels.composite(t["obj"], t["mask"], t["obj"], t["mask"],
-                                                           mode="double", **kw)
+            _, out["original_context"] = op(t["obj"], t["mask"], t["obj"], t["mask"], mode="double", **kw)
         return out
     if spec.plan == "none" and not spec.epochwise:
-        out["image"] = kernels.composite(t["obj"], t["mask"], mode="none", **kw)
+        out["image"] = op(t["obj"], t["mask"], mode="none", **kw)
     elif spec.epochwise:
-        out["original"], out["image"] = kernels.composite(t["obj"], t["mask"], t["ctx"], mode="pair", **kw)
+        out["original"], out["image"] = op(t["obj"], t["mask"], t["ctx"], mode="pair", **kw)
     else:
-        out["image"] = kernels.composite(t["obj"], t["mask"], t["ctx"], mode="single", **kw)
+        out["image"] = op(t["obj"], t["mask"], t["ctx"], mode="single", **kw)
     return out
