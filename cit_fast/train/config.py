@@ -56,6 +56,14 @@ class InterventionConfig:
 
 
 @dataclass
+class MixConfig:
+    """Batch-level Mixup / CutMix on top of the intervention (CIT Table I, bottom rows)."""
+    mode: str = "none"  # none | mixup | cutmix
+    alpha: float = 1.0  # Beta(alpha, alpha) for the mixing coefficient
+    prob: float = 1.0  # probability that a batch is mixed
+
+
+@dataclass
 class ModelConfig:
     name: str = "resnet20"  # a name from cit_fast.models.list_models()
     num_classes: int = 0  # 0 = taken from the data
@@ -102,6 +110,7 @@ class MetricsConfig:
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     dist: DistConfig = field(default_factory=DistConfig)
@@ -309,6 +318,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("dist.zero_stage: ZeRO needs dist.engine=deepspeed")
     _positive(ds.grad_accum, "dist.grad_accum")
     _positive(ds.grad_clip, "dist.grad_clip", allow_zero=True)
+    _choice(cfg.mix.mode, ("none", "mixup", "cutmix"), "mix.mode")
+    _positive(cfg.mix.alpha, "mix.alpha", allow_zero=True)
+    if not 0 <= cfg.mix.prob <= 1:
+        raise ConfigError(f"mix.prob: expected a probability in [0, 1], got {cfg.mix.prob}")
     m = cfg.metrics
     _choice(m.on_port_taken, ("next", "disable", "error"), "metrics.on_port_taken")
     if not 0 <= m.base_port < 65536:

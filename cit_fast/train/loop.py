@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..data.build import build_datasets, build_pipeline
+from ..data.mix import mix_batch, soft_cross_entropy
 from ..data.pipeline import Batch, Pipeline
 from ..models import create_model
 from ..metrics import TrainingMetrics
@@ -60,17 +61,20 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
 
 
 def compute_loss(model, batch: Batch) -> torch.Tensor:
-    """Cross-entropy on the intervened sample, plus on the original one under Eq. 12."""
-    y = batch["label"]
+    """Cross-entropy on the intervened sample, plus on the original one under Eq. 12 (against the
+    soft ``target`` when Mixup/CutMix made one)."""
+    if "target" in batch:
+        def ce(logits):
+            return soft_cross_entropy(logits, batch["target"])
+    else:
+        def ce(logits):
+            return F.cross_entropy(logits.float(), batch["label"])
     if "original" in batch:  # epoch-wise augmentation: one forward over both halves
-        logits = model(torch.cat([batch["image"], batch["original"]]))
-        a, b = logits.float().chunk(2)
-        return F.cross_entropy(a, y) + F.cross_entropy(b, y)  # Eq. 12
+        a, b = model(torch.cat([batch["image"], batch["original"]])).chunk(2)
+        return ce(a) + ce(b)  # Eq. 12
     if "original_context" in batch:
-        la = model(batch["content"], batch["context"]).float()
-        lb = model(batch["content"], batch["original_context"]).float()
-        return F.cross_entropy(la, y) + F.cross_entropy(lb, y)
-    return F.cross_entropy(model(*model_inputs(batch)).float(), y)
+        return ce(model(batch["content"], batch["context"])) + ce(model(batch["content"], batch["original_context"]))
+    return ce(model(*model_inputs(batch)))
 
 
 def _rng_states() -> Dict[str, Any]:
@@ -193,6 +197,9 @@ class Trainer:
             if step >= self.steps_per_epoch:
                 break
             t_batch = time.perf_counter()
+            if cfg.mix.mode != "none":
+                batch = mix_batch(batch, cfg.mix.mode, cfg.mix.alpha, cfg.mix.prob, self.num_classes,
+                                  cfg.seed + 7 * env.rank, epoch, step)
             with engine.autocast():
                 loss = compute_loss(engine.model, batch)
             engine.backward_step(loss)
