@@ -58,6 +58,27 @@ def format_table(acc: Dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def run_many(runs: Dict[str, List[str]], jobs: int = 2) -> Dict[str, float]:
+    """Run named override lists (on the Table IV config) `jobs` at a time; name -> test top-1."""
+    acc: Dict[str, float] = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        for name, top1, secs in pool.map(_run_one, list(runs.items())):
+            acc[name] = top1
+            print(f"  {name:16s} test top-1 {top1:6.2f}%  ({secs:.0f} s)", flush=True)
+    return acc
+
+
+def append_results(results_md: str, title: str, cmd: str, body: str) -> None:
+    """Append a dated section to a markdown results file, atomically."""
+    from .utils import atomic_write_text
+
+    path = Path(results_md)
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    section = f"\n## {title} - {date.today().isoformat()}, {os.cpu_count()}-core CPU\n\nCommand: `{cmd}`\n\n{body}\n"
+    atomic_write_text(path, old.rstrip("\n") + "\n" + section)
+    print(f"appended to {path}")
+
+
 def run_table4(out_dir: Path, overrides: Sequence[str] = (), jobs: int = 2,
                results_md: Optional[str] = None) -> Dict[str, float]:
     from .train.config import load_config
@@ -65,25 +86,14 @@ def run_table4(out_dir: Path, overrides: Sequence[str] = (), jobs: int = 2,
     load_config(str(DEFAULT_CONFIG), overrides)  # fail fast on a bad override
     runs = plan_runs(out_dir, overrides)
     t0 = time.perf_counter()
-    acc: Dict[str, float] = {}
     print(f"CIT Table IV: {len(runs)} runs, {jobs} at a time, results under {out_dir}", flush=True)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        for name, top1, secs in pool.map(_run_one, list(runs.items())):
-            acc[name] = top1
-            print(f"  {name:16s} test top-1 {top1:6.2f}%  ({secs:.0f} s)", flush=True)
+    acc = run_many(runs, jobs)
     minutes = (time.perf_counter() - t0) / 60
     table = format_table(acc)
     print("\nTest accuracy (%) on the synthetic CIT benchmark (embedded shapes, 10 classes, ResNet-20):\n")
     print(table)
     print(f"\n{len(runs)} runs in {minutes:.1f} min")
     if results_md:
-        from .utils import atomic_write_text
-
-        cmd = "cit-fast table4 " + " ".join(sys.argv[2:]) if sys.argv[0].endswith("cit-fast") else "make demo"
-        path = Path(results_md)
-        old = path.read_text() if path.exists() else "# Benchmark results\n"
-        section = (f"\n## CIT Table IV (synthetic V1-V4) - {date.today().isoformat()}, "
-                   f"{os.cpu_count()}-core CPU, {minutes:.1f} min\n\nCommand: `{cmd}`\n\n{table}\n")
-        atomic_write_text(path, old.rstrip("\n") + "\n" + section)
-        print(f"appended to {path}")
+        cmd = "cit-fast " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("cit-fast") else "make demo"
+        append_results(results_md, f"CIT Table IV (synthetic V1-V4), {minutes:.1f} min", cmd, table)
     return acc
