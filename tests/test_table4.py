@@ -1,0 +1,21 @@
+from cit_fast.cli import main
+from cit_fast.table4 import ROWS, VERSIONS
+
+
+def test_table4_runs_all_cells_and_appends_results(tmp_path, capsys):
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmark results\n\n## an older section\n\nkept\n")
+    rc = main(["table4", "--out-dir", str(tmp_path / "t4"), "--results-md", str(md), "--jobs", "2",
+               "model.name=resnet8", "optim.epochs=1", "data.synthetic_train_per_class=4",
+               "data.synthetic_test_per_class=2", "data.batch_size=8"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    text = md.read_text()
+    assert "kept" in text and "CIT Table IV" in text  # appended, not rewritten
+    for label, _, _ in ROWS:
+        assert f"| {label} |" in text
+    assert "| Stratify B - Stratify C\\|A |" in text
+    # 13 distinct runs, each with its own results and log
+    runs = [p for p in (tmp_path / "t4").iterdir() if (p / "results.json").is_file()]
+    assert len(runs) == 1 + 3 * len(VERSIONS) and all((p / "train.log").stat().st_size > 0 for p in runs)
+    assert "13 runs in" in out
