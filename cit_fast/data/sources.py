@@ -1,9 +1,11 @@
 """Data sources -> SampleSet, each validated with errors that name the file or field.
 
 - ``arrays``:   one .npz with images uint8 (N,H,W,3) or (N,H,W), masks uint8/float (N,H,W),
-                labels int (N,), optional strata, bias.
+                labels int (N,) (or multi-hot (N, C) of 0/1), optional strata, bias.
 - ``folder``:   images/<class>/<name>.<ext> and masks/<class>/<name>.png (same stem).
-- ``manifest``: CSV or JSONL with columns image, mask, label and optional stratum, bias.
+- ``manifest``: CSV or JSONL with columns image, mask, label and optional stratum, bias; or, for
+                multi-hot labels, a ``labels`` column of ``;``-separated class names or indices
+                (a JSON list in JSONL) instead of ``label`` (multilabel.py).
 - ``synthetic``: the built-in CIT benchmark (see synthetic.py).
 """
 from __future__ import annotations
@@ -51,6 +53,8 @@ def load_arrays(path: str, classes: Optional[Sequence[str]] = None) -> SampleSet
     if images.ndim != 4 or images.shape[-1] != 3:
         raise DataError(f"{where}: 'images' must have shape [N,H,W,3] or [N,H,W], got {list(images.shape)}")
     n, h, w = images.shape[:3]
+    if labels.ndim == 2:  # multi-hot (N, C)
+        return _arrays_multilabel(images, masks, labels, strata, bias, names, classes, where)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{where}: 'labels' must be a 1-D integer array, got {labels.dtype} {list(labels.shape)}")
     if len(labels) != n:
@@ -66,6 +70,32 @@ def load_arrays(path: str, classes: Optional[Sequence[str]] = None) -> SampleSet
     classes = list(classes) if classes is not None else (names or [str(c) for c in range(int(labels.max(initial=-1)) + 1)])
     _check_labels(labels.astype(np.int64), len(classes), where, require_all=training_split)
     return SampleSet(images, masks, labels.astype(np.int64), classes, strata, bias, name=where)
+
+
+def _arrays_multilabel(images, masks, labels, strata, bias, names, classes, where) -> SampleSet:
+    """The multi-hot branch of load_arrays: labels (N, C) of 0/1."""
+    from .multilabel import check_multi_hot
+
+    n, h, w = images.shape[:3]
+    if len(labels) != n:
+        raise DataError(f"{where}: 'labels' has {len(labels)} rows but 'images' has {n}")
+    if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == bool) or not np.isin(labels, (0, 1)).all():
+        raise DataError(f"{where}: 2-D 'labels' must be multi-hot (0/1 values), got {labels.dtype}")
+    if masks is not None:
+        if masks.shape != (n, h, w):
+            raise DataError(f"{where}: 'masks' must have shape {[n, h, w]} to match 'images', got {list(masks.shape)}")
+        masks = as_uint8_mask(masks, f"{where}: 'masks'")
+    for key, col in (("strata", strata), ("bias", bias)):
+        if col is not None and (col.shape != (n,) or not np.issubdtype(col.dtype, np.integer)):
+            raise DataError(f"{where}: {key!r} must be an integer array of shape [{n}], got {col.dtype} {list(col.shape)}")
+    c = labels.shape[1]
+    training_split = classes is None
+    classes = list(classes) if classes is not None else (names or [str(i) for i in range(c)])
+    if len(classes) != c:
+        raise DataError(f"{where}: 'labels' has {c} columns but there are {len(classes)} classes")
+    labels = labels.astype(np.float32)
+    check_multi_hot(labels, classes, where, require_all=training_split)
+    return SampleSet(images, masks, labels, classes, strata, bias, name=where)
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, where: str, require_all: bool = True) -> None:
@@ -173,6 +203,10 @@ def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = 
     if not rows:
         raise DataError(f"manifest {path}: no rows")
     base = Path(root) if root else p.parent
+    if "labels" in rows[0] and "label" not in rows[0]:  # multi-hot labels: see multilabel.py
+        from .multilabel import manifest_multilabel
+
+        return manifest_multilabel(p, rows, base, classes, check_files)
     for col in ("image", "label"):
         if col not in rows[0]:
             raise DataError(f"manifest {path}: missing column {col!r} (has {', '.join(rows[0])})")

@@ -1,0 +1,180 @@
+"""Causal multi-label recognition (Chen et al., NeurIPS 2024), as we read it; no official code exists.
+
+    x -> backbone -> spatial map (B, F, h, w) -> 1x1 proj -> tokens M (B, T, D) (+ 2-D sine positions)
+    C learned label queries --TransformerDecoder(M)--> label-specific features X (B, C, D)
+    branch 1:  logits1[b, j] = w1_j . X[b, j] + c1_j                       (per-label linear heads)
+    intervention (backdoor adjustment over the confounders Z (K, Dz) with prior P(z)):
+        E[b, i]  = sum_z softmax_z(q(X_i) . k(z) / sqrt(d)) P(z) v(z)      (kernels.causal_attention)
+        H[b, i]  = X[b, i] + o(E[b, i])                                    intervened features ~ do(X_i)
+    causal label correlations:  R[b, i, j] = w2_j . H[b, i] + c2_j        effect of category i on j
+    branch 2:  logits2[b, j] = sum_i a[b, i] R[b, i, j]
+    merged:    sum      -> logits1 + logits2,   a = 1/C (every category's effect counts alike)
+               proposed -> logits1 + logits2,   a = softmax_i(logits1[b, :])-like weights: the
+                           categories branch 1 sees in the image (sigmoid, normalised) weigh their effect
+               linear   -> u_j logits1 + v_j logits2 + e_j, a = 1/C (learned per-class mix)
+
+``causal=False`` gives the decoder-only baseline (branch 1 alone) with the same backbone, decoder and
+heads, for comparisons. The confounders are buffers (``confounders.z``, ``confounders.prior``) filled
+by ``confounders.fit_confounders`` before training; see that module for the sources.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict
+
+import torch
+import torch.nn as nn
+
+from ..kernels import causal_attention
+from .confounders import CONFOUNDER_SOURCES, ConfounderBank
+from .double_branch import split_stages
+from .registry import create_model, register_model
+
+MERGES = ("sum", "linear", "proposed")
+
+
+def sine_positions(h: int, w: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(h*w, dim) 2-D sine/cosine positions (DETR style): half the channels for y, half for x."""
+    if dim % 4:
+        raise ValueError(f"sine positions need dim divisible by 4, got {dim}")
+    q = dim // 4
+    freq = 1.0 / (10000 ** (torch.arange(q, device=device, dtype=torch.float32) / q))  # (q,)
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 * math.pi
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 * math.pi
+    py = ys[:, None] * freq  # (h, q)
+    px = xs[:, None] * freq  # (w, q)
+    py = torch.cat([py.sin(), py.cos()], 1)[:, None, :].expand(h, w, 2 * q)
+    px = torch.cat([px.sin(), px.cos()], 1)[None, :, :].expand(h, w, 2 * q)
+    return torch.cat([py, px], -1).reshape(h * w, dim).to(dtype)
+
+
+class GroupLinear(nn.Module):
+    """C independent linear heads, one per label: (B, C, D) -> (B, C)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, dim))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        nn.init.uniform_(self.weight, -1 / math.sqrt(dim), 1 / math.sqrt(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.weight).sum(-1) + self.bias
+
+
+class CausalMultiLabel(nn.Module):
+    task = "multilabel"
+
+    def __init__(self, backbone: str = "resnet20", num_classes: int = 20, embed_dim: int = 128,
+                 num_heads: int = 4, decoder_layers: int = 1, ff_dim: int = 0, dropout: float = 0.1,
+                 causal: bool = True, num_confounders: int = 16, confounder_source: str = "kmeans",
+                 merge: str = "proposed"):
+        super().__init__()
+        if merge not in MERGES:
+            raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
+        if confounder_source not in CONFOUNDER_SOURCES:
+            raise ValueError(f"confounder_source must be one of {', '.join(CONFOUNDER_SOURCES)}, "
+                             f"got {confounder_source!r}")
+        if embed_dim % num_heads or embed_dim % 4:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads}) and by 4")
+        self.num_classes, self.embed_dim, self.num_heads = num_classes, embed_dim, num_heads
+        self.causal, self.merge, self.confounder_source = causal, merge, confounder_source
+        self.backbone = create_model(backbone, num_classes=1)
+        self.backbone.fc = nn.Identity()  # the trunk only: forward_features
+        self.stages = split_stages(self.backbone)  # shares the backbone's modules (for `early`)
+        self.num_features = self.backbone.num_features
+        d = embed_dim
+        self.proj = nn.Conv2d(self.num_features, d, 1)
+        self.queries = nn.Parameter(torch.randn(num_classes, d) * 0.02)
+        layer = nn.TransformerDecoderLayer(d, num_heads, ff_dim or 2 * d, dropout, batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, decoder_layers)
+        self.head = GroupLinear(num_classes, d)  # branch 1
+        if causal:
+            if confounder_source == "label":
+                num_confounders = num_classes  # one prototype per class
+            zdim = self._early_dim() if confounder_source == "early" else d
+            self.confounders = ConfounderBank(num_confounders, zdim)
+            self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(zdim, d), nn.Linear(zdim, d)
+            self.out_proj = nn.Linear(d, d)
+            self.norm = nn.LayerNorm(d)
+            self.head2 = GroupLinear(num_classes, d)  # classifier j applied to every intervened feature
+            if merge == "linear":
+                self.mix = nn.Parameter(torch.stack([torch.ones(num_classes), torch.ones(num_classes),
+                                                     torch.zeros(num_classes)]))  # (3, C): u, v, e
+
+    def _early_dim(self) -> int:
+        with torch.no_grad():
+            return int(self.stages[0](torch.zeros(1, 3, 16, 16)).shape[1])
+
+    # -- features ---------------------------------------------------------------------------------
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> projected spatial tokens (B, T, D), without positions."""
+        return self.proj(self.backbone.forward_features(x)).flatten(2).transpose(1, 2)
+
+    def confounder_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """What k-means clusters: projected tokens (kmeans) or stage-1 tokens (early), (B, T, Dz)."""
+        if self.confounder_source == "early":
+            return self.stages[0](x).flatten(2).transpose(1, 2)
+        return self.tokens(x)
+
+    def label_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> label-specific features X (B, C, D)."""
+        feats = self.proj(self.backbone.forward_features(x))  # (B, D, h, w)
+        b, d, h, w = feats.shape
+        mem = feats.flatten(2).transpose(1, 2) + sine_positions(h, w, d, feats.device, feats.dtype)
+        tgt = self.queries.to(mem.dtype).unsqueeze(0).expand(b, -1, -1)
+        return self.decoder(tgt, mem)
+
+    def intervene(self, feats: torch.Tensor) -> torch.Tensor:
+        """Label features X (B, C, D) -> intervened features H (B, C, D) (backdoor over Z)."""
+        z = self.confounders.z.to(feats.dtype)
+        e = causal_attention(self.q_proj(feats), self.k_proj(z), self.v_proj(z),
+                             self.confounders.prior.to(feats.dtype), self.num_heads)  # (B, C, D)
+        return self.norm(feats + self.out_proj(e))
+
+    def correlations(self, feats: torch.Tensor) -> torch.Tensor:
+        """Causal label correlations R (B, C, C): R[b, i, j] = effect of category i on category j."""
+        h = self.intervene(feats)
+        return torch.einsum("bid,jd->bij", h, self.head2.weight) + self.head2.bias
+
+    def forward_all(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Everything: features, branch logits, R and the merged logits."""
+        feats = self.label_features(x)
+        logits1 = self.head(feats)  # (B, C)
+        out = {"features": feats, "logits1": logits1}
+        if not self.causal:
+            out["logits"] = logits1
+            return out
+        r = self.correlations(feats)  # (B, C, C)
+        c = self.num_classes
+        if self.merge == "proposed":
+            a = torch.sigmoid(logits1)
+            a = a / a.sum(1, keepdim=True).clamp_min(1e-6)  # (B, C) weights of the present categories
+        else:
+            a = torch.full_like(logits1, 1.0 / c)
+        logits2 = torch.einsum("bi,bij->bj", a, r)
+        if self.merge == "linear":
+            u, v, e = self.mix
+            logits = u * logits1 + v * logits2 + e
+        else:
+            logits = logits1 + logits2
+        out.update(correlations=r, logits2=logits2, logits=logits)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(x)["logits"]
+
+
+def _variant(backbone: str, causal: bool) -> Callable[..., nn.Module]:
+    def fn(num_classes: int = 20, **kw) -> CausalMultiLabel:
+        return CausalMultiLabel(backbone, num_classes, causal=causal, **kw)
+
+    fn.__name__ = f"{'causal' if causal else 'decoder'}_{backbone}"
+    fn.__doc__ = (f"{'Causal multi-label model' if causal else 'Decoder-only baseline (branch 1)'} "
+                  f"over a {backbone} trunk.")
+    fn.task = "multilabel"
+    return fn
+
+
+for _b in ("resnet8", "resnet20", "resnet32", "resnet18", "resnet34", "resnet50"):
+    register_model(_variant(_b, True))
+    register_model(_variant(_b, False))
