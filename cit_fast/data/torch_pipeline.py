@@ -12,10 +12,18 @@ from typing import Dict, Iterator, List, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .pipeline import Batch, Pipeline, PipelineSpec, crop_pairs, decode_set, flip_flags
 from .records import DataError, SampleSet
+
+
+def _empty(shape: Tuple[int, ...]) -> np.ndarray:
+    """uint8 array for a batch; in a DataLoader worker it lives in shared memory already, so handing
+    it to the main process costs no copy."""
+    if get_worker_info() is None:
+        return np.empty(shape, np.uint8)
+    return torch.empty(shape, dtype=torch.uint8).share_memory_().numpy()
 
 
 def _resize(images: List[np.ndarray], masks: List[np.ndarray], size: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -25,8 +33,8 @@ def _resize(images: List[np.ndarray], masks: List[np.ndarray], size: int) -> Tup
     (and DALI's linear resize) within a level at a fraction of PIL's cost, and with more than one
     image in channels-last layout it writes (U,S,S,3) directly, no transposition.
     """
-    out_i = np.empty((len(images), size, size, 3), np.uint8)
-    out_m = np.empty((len(images), size, size), np.uint8)
+    out_i = _empty((len(images), size, size, 3))
+    out_m = _empty((len(images), size, size))
     groups: Dict[tuple, List[int]] = {}
     for k, im in enumerate(images):
         groups.setdefault(im.shape, []).append(k)
@@ -68,9 +76,17 @@ class CompositeDataset(Dataset):
         return s.in_memory and not spec.image_size and not (spec.train and spec.crop_padding)
 
     def __getitem__(self, key: Tuple[np.ndarray, np.ndarray]) -> Dict[str, np.ndarray]:
-        """key = (indices, partners) of one whole batch."""
+        """key = (indices, partners) of one whole batch.
+
+        In-memory data without resizing or cropping: the raw batch itself. Otherwise the batch's
+        distinct samples, each decoded (and resized) once -- "images" (U,H,W,3), "masks" (U,H,W)
+        and where each index/partner sits among them ("pos_i", "pos_j") -- which ``_assemble``
+        turns into the raw batch after the loader: half the transfer when partners share the batch.
+        """
         index, partner = key
         s = self.samples
+        out = {"flip": flip_flags(self.spec, self.epoch, index), "label": s.labels[index],
+               "index": index, "partner": partner}
         if self._fast_path():
             obj, ctx = s.images[index], s.images[partner]
             if s.masks is None:
@@ -78,26 +94,36 @@ class CompositeDataset(Dataset):
                 ctx_mask = mask
             else:
                 mask, ctx_mask = s.masks[index], s.masks[partner]
+            return dict(out, obj=obj, mask=mask, ctx=ctx, ctx_mask=ctx_mask)
+        ids, pos_i, pos_j = decode_set(index, partner)
+        loaded = [self._load(int(k)) for k in ids]  # each sample decoded once
+        if self.spec.image_size:
+            imgs, msks = _resize([im for im, _ in loaded], [m for _, m in loaded], self.spec.image_size)
         else:
-            ids, pos_i, pos_j = decode_set(index, partner)
-            loaded = [self._load(int(k)) for k in ids]  # each sample decoded once
-            if self.spec.image_size:
-                imgs, msks = _resize([im for im, _ in loaded], [m for _, m in loaded], self.spec.image_size)
-            else:
-                shapes = {im.shape for im, _ in loaded}
-                if len(shapes) > 1:
-                    raise DataError(f"{s.name}: images of different sizes {sorted(shapes)} in one batch; "
-                                    f"set data.image_size to resize them")
-                imgs, msks = np.stack([im for im, _ in loaded]), np.stack([m for _, m in loaded])
-            # np.take copies whole rows (memcpy); torch's advanced indexing is ~50x slower on uint8 here
-            obj, mask = np.take(imgs, pos_i, axis=0), np.take(msks, pos_i, axis=0)
-            ctx, ctx_mask = np.take(imgs, pos_j, axis=0), np.take(msks, pos_j, axis=0)
-            if self.spec.train and self.spec.crop_padding:
-                obj, mask, ctx, ctx_mask = crop_pairs(self.spec, self.epoch, index, partner,
-                                                      *map(torch.from_numpy, (obj, mask, ctx, ctx_mask)))
-        return {"obj": obj, "mask": mask, "ctx": ctx, "ctx_mask": ctx_mask,
-                "flip": flip_flags(self.spec, self.epoch, index), "label": s.labels[index],
-                "index": index, "partner": partner}
+            shapes = {im.shape for im, _ in loaded}
+            if len(shapes) > 1:
+                raise DataError(f"{s.name}: images of different sizes {sorted(shapes)} in one batch; "
+                                f"set data.image_size to resize them")
+            imgs, msks = _empty((len(ids),) + loaded[0][0].shape), _empty((len(ids),) + loaded[0][1].shape)
+            np.stack([im for im, _ in loaded], out=imgs)
+            np.stack([m for _, m in loaded], out=msks)
+        return dict(out, images=imgs, masks=msks, pos_i=pos_i, pos_j=pos_j)
+
+
+def _assemble(b: Batch, spec: PipelineSpec, epoch: int) -> Batch:
+    """Distinct decoded samples -> the raw batch: pair each object and context with its mask, crop."""
+    if "images" not in b:
+        return b
+    imgs, msks, pi, pj = b.pop("images"), b.pop("masks"), b.pop("pos_i"), b.pop("pos_j")
+    if imgs.is_cuda:  # gather on the GPU: only the distinct images crossed the bus
+        pi, pj = pi.to(imgs.device), pj.to(imgs.device)
+        obj, mask, ctx, ctx_mask = imgs[pi], msks[pi], imgs[pj], msks[pj]
+    else:  # np.take copies whole rows (memcpy); torch's uint8 advanced indexing is far slower here
+        i, m, pi, pj = imgs.numpy(), msks.numpy(), pi.numpy(), pj.numpy()
+        obj, mask, ctx, ctx_mask = (torch.from_numpy(np.take(a, p, axis=0)) for a, p in ((i, pi), (m, pi), (i, pj), (m, pj)))
+    obj, mask, ctx, ctx_mask = crop_pairs(spec, epoch, b["index"].numpy(), b["partner"].numpy(),
+                                          obj, mask, ctx, ctx_mask)
+    return dict(b, obj=obj, mask=mask, ctx=ctx, ctx_mask=ctx_mask)
 
 
 def _to_tensors(batch: Dict[str, np.ndarray]) -> Batch:
@@ -115,4 +141,9 @@ class TorchPipeline(Pipeline):
                             num_workers=self.spec.num_workers,
                             pin_memory=self.spec.device.type == "cuda",
                             prefetch_factor=4 if self.spec.num_workers else None)
-        yield from loader
+        gpu = self.spec.device.type == "cuda"
+        for b in loader:
+            if gpu and "images" in b:
+                b["images"] = b["images"].to(self.spec.device, non_blocking=True)
+                b["masks"] = b["masks"].to(self.spec.device, non_blocking=True)
+            yield _assemble(b, self.spec, self.epoch)
