@@ -28,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint on its config's test data")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", help="write the JSON report here")
+    e.add_argument("--pairs", default="", help="multi-label: biased pairs 'b:c,b2:c2' (class names or indices) "
+                   "for Exclusive / Co-occur AP")
+    e.add_argument("--top-k", type=int, default=3, help="multi-label: k of the top-k recall")
+    e.add_argument("--bg-challenge", action="store_true",
+                   help="also Mixed-Same / Mixed-Rand / Only-FG accuracy and BG-Gap (needs masks)")
+    e.add_argument("--table2", action="store_true", help="double-branch models: CIT Table II (only object / only bg)")
+    e.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     e.add_argument("overrides", nargs="*", help="key=value overrides of the checkpoint's config (e.g. data.test=...)")
 
     s = sub.add_parser("synth", help="write the synthetic CIT benchmark as arrays .npz files")
@@ -80,8 +87,11 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     from .train.eval_cli import run_eval
 
-    report = run_eval(args.checkpoint, args.overrides, args.out)
-    print(json.dumps(report, indent=2))
+    from .train.metrics_eval import format_report
+
+    report = run_eval(args.checkpoint, args.overrides, args.out, pairs=args.pairs, bg_challenge=args.bg_challenge,
+                      table2=args.table2, top_k=args.top_k)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 

@@ -20,7 +20,8 @@ def build_datasets(d) -> Tuple[SampleSet, SampleSet]:
     else:
         load = {"arrays": lambda p, classes=None: load_arrays(p, classes),
                 "folder": lambda p, classes=None: load_folder(p, classes),
-                "manifest": lambda p, classes=None: load_manifest(p, d.root, classes)}[d.source]
+                "manifest": lambda p, classes=None: load_manifest(p, d.root, classes),
+                "coco": lambda p, classes=None: _load_coco(p, d.root, classes)}[d.source]
         train = load(d.train)
         if not d.test:
             raise DataError(f"data.test: a path is required for data.source={d.source}")
@@ -29,6 +30,12 @@ def build_datasets(d) -> Tuple[SampleSet, SampleSet]:
         train = apply_strata_file(train, d.strata_file)
         test = apply_strata_file(test, d.strata_file)
     return train, test
+
+
+def _load_coco(path: str, root: str, classes=None) -> SampleSet:
+    from .coco import load_coco  # optional dependency: pycocotools
+
+    return load_coco(path, root, classes)
 
 
 def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world_size: int = 1,

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-SOURCES = ("synthetic", "arrays", "folder", "manifest")
+SOURCES = ("synthetic", "arrays", "folder", "manifest", "coco")
 SYNTHETIC_VERSIONS = ("original", "V1", "V2", "V3", "V4")
 PLANS = ("none", "stratify_c", "stratify_b", "random")
 PIPELINES = ("torch", "dali")
@@ -27,9 +27,10 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     source: str = "synthetic"  # one of SOURCES
-    train: str = ""  # path to the training data (arrays: .npz; folder: root; manifest: .csv/.jsonl)
+    train: str = ""  # path to the training data (arrays: .npz; folder: root; manifest: .csv/.jsonl; coco: .json)
     test: str = ""  # path to the test data, same kind as `train`
-    root: str = ""  # manifest only: directory that relative paths are resolved against (default: the manifest's)
+    root: str = ""  # manifest: directory relative paths are resolved against (default: the manifest's);
+    # coco: the image directory ({split} -> e.g. val2017; default: beside the JSON, then ../<split>/)
     strata_file: str = ""  # optional YAML/JSON {class name or index: group}: common-sense groups A
     # synthetic source: the CIT CIFAR-style benchmark (Table III) over the embedded shapes dataset
     synthetic_version: str = "V4"  # one of SYNTHETIC_VERSIONS
@@ -68,6 +69,22 @@ class ModelConfig:
     name: str = "resnet20"  # a name from cit_fast.models.list_models()
     num_classes: int = 0  # 0 = taken from the data
     init: str = ""  # optional local checkpoint path to initialise from (never downloaded)
+    task: str = "auto"  # auto (from the model and data) | single | double (content/context) | multilabel
+    # double-branch models (double_*, CIT Fig. 4b)
+    shared_low: bool = True  # stem and low blocks shared by the content and context branches
+    freeze_low: bool = False  # train only the top two blocks and the FC (CIT Sec. IV)
+    init_single: str = ""  # local single-branch checkpoint that initialises both branches
+    # multi-label transformer models (causal_* and decoder_*)
+    embed_dim: int = 128  # D of the projected tokens and label features
+    num_heads: int = 4  # attention heads (decoder and intervention)
+    decoder_layers: int = 1
+    dropout: float = 0.1
+    num_confounders: int = 16  # K (k-means clusters); `label` uses one per class
+    confounder_source: str = "kmeans"  # kmeans | early | label | random
+    merge: str = "proposed"  # how branch 1 and the causal branch combine: sum | linear | proposed
+    kmeans_iters: int = 20  # Lloyd iterations
+    confounder_tokens: int = 16  # spatial tokens per training image clustered (0 = all)
+    confounder_refresh: int = 0  # re-fit the confounders every N epochs (0 = once, before training)
 
 
 @dataclass
@@ -81,6 +98,10 @@ class OptimConfig:
     milestones: List[int] = field(default_factory=lambda: [15, 23])  # epochs at which lr *= gamma
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warm-up from lr/10
+    loss: str = "auto"  # auto (ce; bce for multi-hot labels) | ce | bce | asl
+    asl_gamma_neg: float = 4.0  # ASL focusing on negatives (Ridnik et al.)
+    asl_gamma_pos: float = 0.0  # ASL focusing on positives
+    asl_clip: float = 0.05  # ASL probability margin for negatives
 
 
 @dataclass
@@ -307,6 +328,22 @@ def validate(cfg: TrainConfig) -> None:
     _positive(cfg.checkpoint_every, "checkpoint_every")
     _positive(cfg.threads, "threads", allow_zero=True)
     _positive(cfg.model.num_classes, "model.num_classes", allow_zero=True)
+    mc = cfg.model
+    _choice(mc.task, ("auto", "single", "double", "multilabel"), "model.task")
+    _choice(mc.confounder_source, ("kmeans", "early", "label", "random"), "model.confounder_source")
+    _choice(mc.merge, ("sum", "linear", "proposed"), "model.merge")
+    for key in ("embed_dim", "num_heads", "decoder_layers", "num_confounders", "kmeans_iters"):
+        _positive(getattr(mc, key), f"model.{key}")
+    for key in ("confounder_tokens", "confounder_refresh"):
+        _positive(getattr(mc, key), f"model.{key}", allow_zero=True)
+    if mc.embed_dim % mc.num_heads or mc.embed_dim % 4:
+        raise ConfigError(f"model.embed_dim: {mc.embed_dim} must be divisible by model.num_heads "
+                          f"({mc.num_heads}) and by 4")
+    if not 0 <= mc.dropout < 1:
+        raise ConfigError(f"model.dropout: expected a value in [0, 1), got {mc.dropout}")
+    _choice(o.loss, ("auto", "ce", "bce", "asl"), "optim.loss")
+    for key in ("asl_gamma_neg", "asl_gamma_pos", "asl_clip"):
+        _positive(getattr(o, key), f"optim.{key}", allow_zero=True)
     _positive(cfg.checkpoint_every_steps, "checkpoint_every_steps", allow_zero=True)
     _positive(cfg.keep_checkpoints, "keep_checkpoints")
     ds = cfg.dist

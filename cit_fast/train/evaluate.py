@@ -1,4 +1,4 @@
-"""Evaluation: top-1 / top-5 accuracy over a pipeline, reduced over ranks."""
+"""Evaluation: top-1 / top-5 accuracy over a pipeline, reduced over ranks (and mAP for multi-hot labels)."""
 from __future__ import annotations
 
 from typing import Callable, Dict
@@ -27,6 +27,8 @@ def evaluate(model: torch.nn.Module, pipeline: Pipeline,
     correct1 = torch.zeros((), dtype=torch.float64, device=device)
     correct5 = torch.zeros((), dtype=torch.float64, device=device)
     total = torch.zeros((), dtype=torch.float64, device=device)
+    if pipeline.samples.multilabel:
+        return _evaluate_multilabel(model, pipeline, forward, was_training)
     for batch in pipeline:
         logits = forward(*model_inputs(batch)).float()
         y = batch["label"]
@@ -43,3 +45,14 @@ def evaluate(model: torch.nn.Module, pipeline: Pipeline,
     model.train(was_training)
     n = float(total)  # host sync: once per evaluation
     return {"top1": 100.0 * float(correct1) / max(n, 1), "top5": 100.0 * float(correct5) / max(n, 1), "n": int(n)}
+
+
+def _evaluate_multilabel(model, pipeline: Pipeline, forward, was_training: bool) -> Dict[str, float]:
+    """Multi-hot labels: mAP (%), and top-1 / top-5 as "the top-k scores hold a true label" (%)."""
+    from .metrics_eval import collect, mean_ap, multilabel_hits
+
+    try:
+        scores, targets = collect(model, pipeline, lambda b: forward(*model_inputs(b)))  # all ranks
+    finally:
+        model.train(was_training)
+    return {**multilabel_hits(scores, targets), "mAP": mean_ap(scores, targets)[0], "n": int(len(scores))}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..data.build import build_datasets, build_pipeline
 from ..data.mix import mix_batch, soft_cross_entropy
 from ..data.pipeline import Batch, Pipeline
-from ..models import create_model
+from ..models import build_model, model_task
 from ..metrics import TrainingMetrics
 from ..utils import atomic_write_json, print0
 from . import checkpoint as ckpt
@@ -31,6 +31,7 @@ from .config import TrainConfig, save_config, to_dict
 from .distributed import DistEnv, setup_distributed
 from .engine import Engine, autocast_dtype, build_engine
 from .evaluate import evaluate, model_inputs
+from .losses import build_loss
 
 # Fault injection for the recovery tests: the given rank exits hard at this global step, on the
 # first attempt only (torchrun counts restarts in TORCHELASTIC_RESTART_COUNT).
@@ -60,12 +61,15 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
 
 
-def compute_loss(model, batch: Batch) -> torch.Tensor:
-    """Cross-entropy on the intervened sample, plus on the original one under Eq. 12 (against the
-    soft ``target`` when Mixup/CutMix made one)."""
+def compute_loss(model, batch: Batch, criterion=None) -> torch.Tensor:
+    """Cross-entropy (or ``criterion``: BCE / ASL for multi-hot labels) on the intervened sample, plus
+    on the original one under Eq. 12 (against the soft ``target`` when Mixup/CutMix made one)."""
     if "target" in batch:
         def ce(logits):
             return soft_cross_entropy(logits, batch["target"])
+    elif criterion is not None:
+        def ce(logits):
+            return criterion(logits, batch["label"])
     else:
         def ce(logits):
             return F.cross_entropy(logits.float(), batch["label"])
@@ -118,7 +122,8 @@ class Trainer:
         train_set, test_set = build_datasets(cfg.data)
         self.num_classes = cfg.model.num_classes or train_set.num_classes
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        module = create_model(cfg.model.name, num_classes=self.num_classes).to(env.device)
+        self.task = model_task(cfg.model.name, train_set.multilabel, cfg.model.task)
+        module = build_model(cfg.model, self.num_classes).to(env.device)
         seed_everything(cfg.seed + env.rank)
         if cfg.model.init:
             module.load_state_dict(ckpt.load_checkpoint(Path(cfg.model.init))["model"])
@@ -126,8 +131,12 @@ class Trainer:
         if cfg.dist.engine == "deepspeed" and cfg.dist.precision != "fp32":
             in_dtype = autocast_dtype(cfg.dist.precision)  # DeepSpeed runs the module in that dtype
         kw = dict(rank=env.rank, world_size=env.world_size, device=env.device)
-        self.train_pipe = build_pipeline(train_set, cfg, train=True, **kw)
-        self.test_pipe = build_pipeline(test_set, cfg, train=False, **kw)
+        output = "double" if self.task == "double" else "image"  # content/context for double-branch models
+        self.train_pipe = build_pipeline(train_set, cfg, train=True, output=output, **kw)
+        self.test_pipe = build_pipeline(test_set, cfg, train=False, output=output, **kw)
+        self.train_set = train_set  # the confounders are fitted over it
+        o = cfg.optim
+        self.criterion = build_loss(o.loss, train_set.multilabel, o.asl_gamma_neg, o.asl_gamma_pos, o.asl_clip)
         self.train_pipe.spec.out_dtype = self.test_pipe.spec.out_dtype = in_dtype
         steps = len(self.train_pipe)
         if cfg.max_steps_per_epoch:
@@ -176,6 +185,28 @@ class Trainer:
             seed_everything(cfg.seed + self.env.rank + 7919 * (self.start_epoch + 1))
         print0(f"resumed from {path} at epoch {self.start_epoch + 1}, step {self.start_step}")
 
+    def maybe_fit_confounders(self, epoch: int) -> None:
+        """Causal multi-label models: k-means confounders over the training set, before the first epoch
+        (and every model.confounder_refresh epochs); a run resumed mid-epoch has them in its checkpoint."""
+        module, refresh = self.engine.module, self.cfg.model.confounder_refresh
+        if not hasattr(module, "confounders") or (epoch == self.start_epoch and self.start_step):
+            return
+        if not (epoch == 0 or (refresh and epoch % refresh == 0)):
+            return
+        from ..models.confounders import fit_confounders
+
+        cfg, env = self.cfg, self.env
+        pipe = build_pipeline(self.train_set, cfg, train=False, rank=env.rank, world_size=env.world_size,
+                              device=env.device)  # every rank its shard, no augmentation
+        pipe.spec.out_dtype = self.test_pipe.spec.out_dtype
+        t0 = time.perf_counter()
+        with self.engine.eval_context():
+            stats = fit_confounders(module, pipe, seed=cfg.seed + epoch, iters=cfg.model.kmeans_iters,
+                                    tokens_per_image=cfg.model.confounder_tokens)
+        print0(f"confounders ({module.confounder_source}, K={module.confounders.num}) fitted in "
+               f"{time.perf_counter() - t0:.1f} s" + (f", inertia {stats['inertia']:.4g}"
+                                                      if stats["inertia"] == stats["inertia"] else ""))
+
     # -- training ----------------------------------------------------------------------------------
     def train_one_epoch(self, epoch: int, stop_after_steps: Optional[int]) -> Dict[str, Any]:
         cfg, env, engine, pipe = self.cfg, self.env, self.engine, self.train_pipe
@@ -201,7 +232,7 @@ class Trainer:
                 batch = mix_batch(batch, cfg.mix.mode, cfg.mix.alpha, cfg.mix.prob, self.num_classes,
                                   cfg.seed + 7 * env.rank, epoch, step)
             with engine.autocast():
-                loss = compute_loss(engine.model, batch)
+                loss = compute_loss(engine.model, batch, self.criterion)
             engine.backward_step(loss)
             step_losses.append(loss.detach())
             seen += len(batch["label"])
@@ -248,6 +279,7 @@ class Trainer:
             for epoch in range(self.start_epoch, cfg.optim.epochs):
                 self.metrics.set_epoch(epoch + 1)
                 self.train_pipe.set_epoch(epoch)
+                self.maybe_fit_confounders(epoch)
                 if epoch == self.start_epoch and self.start_step:
                     self.train_pipe.load_state_dict({"epoch": epoch, "start_batch": self.start_step})
                 stats = self.train_one_epoch(epoch, stop_after_steps)
@@ -257,9 +289,12 @@ class Trainer:
                 record = {"epoch": epoch + 1, "train_loss": stats["loss"], "lr": self.engine.lr,
                           "samples_per_s": stats["samples_per_s"], "test_top1": metrics["top1"],
                           "test_top5": metrics["top5"], "step_losses": stats["step_losses"]}
+                if "mAP" in metrics:
+                    record["test_mAP"] = metrics["mAP"]
                 self.history.append(record)
                 self.metrics.evaluation(top1=metrics["top1"], top5=metrics["top5"])
                 print0(f"epoch {epoch + 1:3d}  loss {stats['loss']:.4f}  test top-1 {metrics['top1']:.2f}%  "
+                       + (f"mAP {metrics['mAP']:.2f}  " if "mAP" in metrics else "") +
                        f"({stats['samples_per_s']:.0f} samples/s)")
                 if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.optim.epochs:
                     self.save(epoch + 1, 0)
@@ -272,6 +307,7 @@ class Trainer:
             self.metrics.close()
         final = self.history[-1] if self.history else {}
         result = {"test_top1": final.get("test_top1"), "test_top5": final.get("test_top5"),
+                  "test_mAP": final.get("test_mAP"), "task": self.task,
                   "epochs": cfg.optim.epochs, "history": self.history, "seconds": time.perf_counter() - t_start,
                   "world_size": env.world_size, "engine": cfg.dist.engine, "model": cfg.model.name,
                   "plan": cfg.intervention.plan, "config": to_dict(cfg)}

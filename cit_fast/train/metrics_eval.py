@@ -169,6 +169,14 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> Dict[str
     return out
 
 
+def multilabel_hits(scores: np.ndarray, targets: np.ndarray) -> Dict[str, float]:
+    """top-1 / top-5 for multi-hot labels: % of images whose k best-scored classes hold a true label."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    t = np.asarray(targets) > 0
+    rows = np.arange(len(t))[:, None]
+    return {f"top{k}": float(100 * t[rows, order[:, :min(k, scores.shape[1])]].any(1).mean()) for k in (1, 5)}
+
+
 def multilabel_report(scores: np.ndarray, targets: np.ndarray, classes: Sequence[str],
                       pairs: Sequence[Tuple[int, int]] = (), k: int = 3) -> Dict[str, Any]:
     """mAP, per-class AP, top-k recall and (with pairs) Exclusive / Co-occur AP and recall."""
