@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     b.add_argument("overrides", nargs="*", help="key=value overrides for every run")
 
+    x = sub.add_parser("explain", help="Grad-CAM maps of a checkpoint on chosen test images")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--indices", type=int, nargs="+", default=list(range(8)), help="test sample indices")
+    x.add_argument("--classes", type=int, nargs="+", help="class to explain per image (default: predicted)")
+    x.add_argument("--out", required=True, help="output PNG")
+    x.add_argument("overrides", nargs="*", help="key=value overrides of the checkpoint's config")
+
     r = sub.add_parser("report", help="HTML report (curves, Table IV, evaluations, composite grids) of a run dir")
     r.add_argument("run_dir", help="a run's out_dir, or a directory of runs (e.g. a table4 sweep)")
     r.add_argument("--out", default="", help="output directory (default: RUN_DIR/report)")
@@ -130,6 +137,23 @@ def _cmd_masks(args) -> int:
     return 0
 
 
+def _cmd_explain(args) -> int:
+    from PIL import Image
+
+    from .explain import explain_images
+    from .utils import atomic_path
+
+    if args.classes and len(args.classes) != len(args.indices):
+        raise ValueError(f"--classes: expected one class per index ({len(args.indices)}), got {len(args.classes)}")
+    grid = explain_images(args.checkpoint, args.indices, args.classes, args.overrides)
+    scale = max(1, 128 // grid.shape[0] * 2)
+    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    with atomic_path(Path(args.out)) as tmp:
+        img.save(tmp, format="PNG")
+    print(f"wrote {args.out}: images (top) and Grad-CAM overlays (bottom)")
+    return 0
+
+
 def _cmd_report(args) -> int:
     from .report import build_report
 
@@ -140,7 +164,7 @@ def _cmd_report(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"report": _cmd_report, "train": _cmd_train, "eval": _cmd_eval, "synth": _cmd_synth, "table4": _cmd_table4,
+    handlers = {"explain": _cmd_explain, "report": _cmd_report, "train": _cmd_train, "eval": _cmd_eval, "synth": _cmd_synth, "table4": _cmd_table4,
                 "masks": _cmd_masks}
     try:
         return handlers[args.command](args)

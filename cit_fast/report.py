@@ -130,6 +130,64 @@ def _mask_edge(m: np.ndarray) -> np.ndarray:
     return m & ~inner
 
 
+def _png_bytes(arr: np.ndarray, path: Path, min_height: int = 160) -> bytes:
+    from PIL import Image
+
+    scale = max(1, -(-min_height // arr.shape[0]))
+    img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def _latest_ckpt(run: Path) -> Optional[Path]:
+    from .train.checkpoint import find_latest
+
+    return find_latest(run / "checkpoints")
+
+
+def gradcam_figure(run: Path, out: Path, n: int = 8) -> Optional[bytes]:
+    from .explain import explain_images
+
+    ck = _latest_ckpt(run)
+    if ck is None:
+        return None
+    return _png_bytes(explain_images(ck, list(range(n))), out)
+
+
+def per_class_change_figure(pairs: List[tuple], out: Path) -> Optional[bytes]:
+    """Bar charts of per-class test accuracy, CIT minus baseline, one panel per (name, base, cit)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .data.build import build_pipeline
+    from .explain import load_run_model, per_class_accuracy
+
+    deltas = []
+    for name, base, cit in pairs:
+        accs = []
+        for run in (base, cit):
+            ck = _latest_ckpt(run)
+            if ck is None:
+                return None
+            model, cfg, test_set = load_run_model(ck)
+            accs.append(per_class_accuracy(model, build_pipeline(test_set, cfg, train=False)))
+        deltas.append((name, test_set.classes, accs[1] - accs[0]))
+    fig, axes = plt.subplots(1, len(deltas), figsize=(4 * len(deltas), 3.2), squeeze=False)
+    for ax, (name, classes, d) in zip(axes[0], deltas):
+        ax.bar(range(len(d)), d, color=["tab:green" if v >= 0 else "tab:red" for v in d])
+        ax.set_xticks(range(len(d)), classes, rotation=60, fontsize=7)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set(title=f"{name}: CIT - baseline", ylabel="accuracy change (points)")
+    data = _save_png(fig, out)
+    plt.close(fig)
+    return data
+
+
 def _img_tag(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
@@ -198,6 +256,24 @@ def build_report(root: Path, out_dir: Optional[Path] = None) -> Path:
             parts.append(f"<h2>Objects and their intervened contexts: {html.escape(run.name)}</h2>"
                          "<p>rows: object (mask outlined) &middot; context partner &middot; composite</p>"
                          + _img_tag(grid, f"composite grid {run.name}"))
+    # diagnostics (the paper's Grad-CAM figure; per-class accuracy change of CIT over the baseline)
+    by_name = {r.name: r for r in runs}
+    from .table4 import VERSIONS
+
+    pairs = [(v, by_name[f"none-{v}"], by_name[f"stratify_c-{v}"]) for v in VERSIONS
+             if f"none-{v}" in by_name and f"stratify_c-{v}" in by_name]
+    cam_runs = [r for p in pairs[-1:] for r in p[1:]] if pairs else runs[:2]
+    for run in cam_runs:
+        fig = gradcam_figure(run, out_dir / f"gradcam_{run.name}.png")
+        if fig is not None:
+            parts.append(f"<h2>Grad-CAM: {html.escape(run.name)}</h2><p>top: test images &middot; bottom: "
+                         "Grad-CAM of the predicted class (red = most important)</p>"
+                         + _img_tag(fig, f"grad-cam {run.name}"))
+    if pairs:
+        fig = per_class_change_figure(pairs, out_dir / "per_class_change.png")
+        if fig is not None:
+            parts.append("<h2>Per-class accuracy change, CIT (Stratify C|A) - baseline</h2>"
+                         + _img_tag(fig, "per-class accuracy change"))
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%}")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>cit_fast report</title><style>{style}</style>" \

@@ -39,7 +39,8 @@ def test_report_renders_curves_and_composite_grids(tmp_path):
     assert parser.tables >= 1 and "stratify_c" in page
     curves = decode_png(parser.images["training curves"])
     grid = decode_png(parser.images["composite grid run"])
-    for img in (curves, grid):
+    cam = decode_png(parser.images["grad-cam run"])
+    for img in (curves, grid, cam):
         assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 10  # non-trivial pictures
     # the grid has 3 rows of tiles: object, context partner, composite
     assert grid.shape[0] > 2.5 * 32 and (run / "report" / "curves.png").stat().st_size > 5000

@@ -1,4 +1,5 @@
 from cit_fast.cli import main
+from tests.test_report import Images, decode_png
 from cit_fast.table4 import ROWS, VERSIONS
 
 
@@ -19,3 +20,13 @@ def test_table4_runs_all_cells_and_appends_results(tmp_path, capsys):
     runs = [p for p in (tmp_path / "t4").iterdir() if (p / "results.json").is_file()]
     assert len(runs) == 1 + 3 * len(VERSIONS) and all((p / "train.log").stat().st_size > 0 for p in runs)
     assert "13 runs in" in out
+
+    # the report of the sweep: Table IV, Grad-CAM of baseline vs CIT, per-class accuracy change
+    assert main(["report", str(tmp_path / "t4")]) == 0
+    page = (tmp_path / "t4" / "report" / "index.html").read_text()
+    parser = Images()
+    parser.feed(page)
+    assert "CIT Table IV" in page
+    for alt in ("grad-cam none-V4", "grad-cam stratify_c-V4", "per-class accuracy change"):
+        img = decode_png(parser.images[alt])
+        assert img.shape[0] > 100 and img.std() > 10, alt
