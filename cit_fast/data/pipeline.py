@@ -197,14 +197,41 @@ class Pipeline(ABC):
         self.start_batch = 0
 
 
+CPU_CHUNK_BYTES = 2 << 20  # float32 bytes per temporary of the composite reference on a CPU
+
+
+def _chunked(op: Callable, dev: torch.device) -> Callable:
+    """On a CPU, run the composite over cache-sized chunks of the batch and concatenate.
+
+    The PyTorch reference (the CPU path) makes several full-size float32 temporaries; chunks of
+    ~2 MB keep them in cache: ~3x less CPU time on a 224^2 batch, bitwise the same result (the op
+    is per sample). On CUDA the Triton kernel is one pass already.
+    """
+    if dev.type != "cpu":
+        return op
+
+    def run(obj, *args, flip=None, **kw):
+        n = obj.shape[0]
+        chunk = max(1, CPU_CHUNK_BYTES // max(1, obj[0].numel() * 4))
+        if n <= chunk:
+            return op(obj, *args, flip=flip, **kw)
+        parts = [op(obj[k:k + chunk], *(a[k:k + chunk] for a in args),
+                    flip=None if flip is None else flip[k:k + chunk], **kw) for k in range(0, n, chunk)]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(p) for p in zip(*parts))
+        return torch.cat(parts)
+
+    return run
+
+
 def compose(raw: Batch, spec: PipelineSpec, composite: Optional[Callable] = None) -> Batch:
     """Raw batch -> model inputs on spec.device, through kernels.composite (one pass).
 
     composite: another way to run the same op (e.g. ``torch.compile(kernels.composite_ref)`` on a
     CPU, as bench/pipeline.py measures); the formula always comes from ``kernels``.
     """
-    op = composite or kernels.composite
     dev = spec.device
+    op = _chunked(composite or kernels.composite, dev)
     t = {k: v.to(dev, non_blocking=True) for k, v in raw.items()}
     kw = dict(flip=t["flip"], mean=spec.mean, std=spec.std, out_dtype=spec.out_dtype,
               channels_last=spec.channels_last)
