@@ -224,14 +224,10 @@ def _chunked(op: Callable, dev: torch.device) -> Callable:
     return run
 
 
-def compose(raw: Batch, spec: PipelineSpec, composite: Optional[Callable] = None) -> Batch:
-    """Raw batch -> model inputs on spec.device, through kernels.composite (one pass).
-
-    composite: another way to run the same op (e.g. ``torch.compile(kernels.composite_ref)`` on a
-    CPU, as bench/pipeline.py measures); the formula always comes from ``kernels``.
-    """
+def compose(raw: Batch, spec: PipelineSpec) -> Batch:
+    """Raw batch -> model inputs on spec.device, through kernels.composite (one pass)."""
     dev = spec.device
-    op = _chunked(composite or kernels.composite, dev)
+    op = _chunked(kernels.composite, dev)
     t = {k: v.to(dev, non_blocking=True) for k, v in raw.items()}
     kw = dict(flip=t["flip"], mean=spec.mean, std=spec.std, out_dtype=spec.out_dtype,
               channels_last=spec.channels_last)
