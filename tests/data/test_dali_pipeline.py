@@ -176,3 +176,20 @@ def test_mixed_gpu_decoding_matches_cpu(files):
     assert_same_batches(cpu, [{k: v.cpu() for k, v in b.items()} for b in gpu], 4, 1.0, 32)
     out = next(iter(DaliPipeline(files, spec_gpu)))
     assert out["image"].is_cuda and out["image"].shape == (4, 3, 24, 24)
+
+
+def test_dropping_a_pipeline_frees_dali_at_once():
+    """No reference cycle through the DALI callback: DALI's threads go with the DaliPipeline, not at
+    some later garbage collection (which could run in a forked DataLoader worker)."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        p = DaliPipeline(arrays_set(24), PipelineSpec(batch_size=4, plan="stratify_c", image_size=8))
+        assert len(list(p)) == len(p)
+        dali_ref, ref = weakref.ref(p._pipe), weakref.ref(p)
+        del p
+        assert ref() is None and dali_ref() is None
+    finally:
+        gc.enable()
