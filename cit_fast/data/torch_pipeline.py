@@ -12,18 +12,10 @@ from typing import Dict, Iterator, List, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from .pipeline import Batch, Pipeline, PipelineSpec, crop_pairs, decode_set, flip_flags
 from .records import DataError, SampleSet
-
-
-def _empty(shape: Tuple[int, ...]) -> np.ndarray:
-    """uint8 array for a batch; in a DataLoader worker it lives in shared memory already, so handing
-    it to the main process costs no copy."""
-    if get_worker_info() is None:
-        return np.empty(shape, np.uint8)
-    return torch.empty(shape, dtype=torch.uint8).share_memory_().numpy()
 
 
 def _resize(images: List[np.ndarray], masks: List[np.ndarray], size: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -33,8 +25,8 @@ def _resize(images: List[np.ndarray], masks: List[np.ndarray], size: int) -> Tup
     (and DALI's linear resize) within a level at a fraction of PIL's cost, and with more than one
     image in channels-last layout it writes (U,S,S,3) directly, no transposition.
     """
-    out_i = _empty((len(images), size, size, 3))
-    out_m = _empty((len(images), size, size))
+    out_i = np.empty((len(images), size, size, 3), np.uint8)
+    out_m = np.empty((len(images), size, size), np.uint8)
     groups: Dict[tuple, List[int]] = {}
     for k, im in enumerate(images):
         groups.setdefault(im.shape, []).append(k)
@@ -104,9 +96,7 @@ class CompositeDataset(Dataset):
             if len(shapes) > 1:
                 raise DataError(f"{s.name}: images of different sizes {sorted(shapes)} in one batch; "
                                 f"set data.image_size to resize them")
-            imgs, msks = _empty((len(ids),) + loaded[0][0].shape), _empty((len(ids),) + loaded[0][1].shape)
-            np.stack([im for im, _ in loaded], out=imgs)
-            np.stack([m for _, m in loaded], out=msks)
+            imgs, msks = np.stack([im for im, _ in loaded]), np.stack([m for _, m in loaded])
         return dict(out, images=imgs, masks=msks, pos_i=pos_i, pos_j=pos_j)
 
 
