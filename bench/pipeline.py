@@ -22,10 +22,11 @@ decode reuse: the raw batches alone, the host data path that feeds an accelerato
 is the Triton kernel).
 
 Timing: per configuration one epoch, the first --warmup batches (worker start-up, pipeline build)
-untimed; --repeats rounds with the configurations interleaved, the best round reported (the
-machine may be shared: the best round is the least disturbed). Ratios are to (a). CPU ms/sample:
-user+system time of this process and its workers over the whole epoch (warm-up included), the
-least of the rounds: the work each pipeline does, however busy the machine is.
+untimed; --repeats rounds with the configurations interleaved. samples/s and ms/batch: the median
+round; "vs baseline": the median over rounds of the ratio to the same round's baseline (the
+machine may be shared, and its load drifts between rounds). CPU ms/sample: user+system time of
+this process and its workers over the whole epoch (warm-up included), the least of the rounds:
+the work each pipeline does, whatever else runs on the machine.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import datetime as dt
 import os
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -242,33 +244,31 @@ def main(argv=None) -> int:
         print(f"data: {len(samples)} images {w}x{h} JPEG + PNG masks, {samples.num_classes} classes -> "
               f"{args.size}x{args.size}; batch {args.batch_size}, workers {args.workers}, plan stratify_c",
               flush=True)
-        best: Dict[str, Tuple[float, int]] = {}
+        rates: Dict[str, List[float]] = {}
         cpu: Dict[str, List[float]] = {}
         for r in range(args.repeats):
             for name, fn in configs.items():
                 secs, n, cpu_s, n_all = measure(fn(samples, args, epoch=r), args.warmup)
-                rate = n / secs if secs > 0 else 0.0
-                if name not in best or rate > best[name][1] / max(best[name][0], 1e-9):
-                    best[name] = (secs, n)
+                rates.setdefault(name, []).append(n / secs if secs > 0 else 0.0)
                 cpu.setdefault(name, []).append(1e3 * cpu_s / max(n_all, 1))
-                print(f"  round {r + 1}: {name:48s} {rate:8.1f} samples/s  {cpu[name][-1]:6.2f} CPU ms/sample",
-                      flush=True)
+                print(f"  round {r + 1}: {name:48s} {rates[name][-1]:8.1f} samples/s  "
+                      f"{cpu[name][-1]:6.2f} CPU ms/sample", flush=True)
 
     base_name = next(iter(configs))
-    base = best[base_name][1] / best[base_name][0]
     base_cpu = min(cpu[base_name])
     rows = []
-    for name, (secs, n) in best.items():
-        rate = n / secs
-        ms_batch = 1e3 * secs / max(n // args.batch_size, 1)
-        rows.append((name, rate, ms_batch, rate / base, min(cpu[name]), base_cpu / min(cpu[name])))
+    for name in configs:
+        # the same round's baseline as reference: rounds see different machine load
+        paired = statistics.median(r / b for r, b in zip(rates[name], rates[base_name]))
+        rate = statistics.median(rates[name])
+        rows.append((name, rate, 1e3 * args.batch_size / rate, paired, min(cpu[name]), base_cpu / min(cpu[name])))
     table = ["| pipeline | samples/s | ms/batch | vs baseline | CPU ms/sample | CPU vs baseline |",
              "|---|---:|---:|---:|---:|---:|"]
     table += [f"| {n} | {r:.1f} | {m:.1f} | {x:.2f}x | {c:.2f} | {cx:.2f}x |" for n, r, m, x, c, cx in rows]
     print("\n" + "\n".join(table))
-    end_to_end = [(n, r) for n, r, *_ in rows if n != base_name and "raw batches" not in n]
-    best_name, best_rate = max(end_to_end, key=lambda t: t[1], default=(base_name, base))
-    verdict = f"best end-to-end (model inputs): {best_name}, {best_rate / base:.2f}x the baseline's samples/s"
+    end_to_end = [(n, x) for n, _, _, x, *_ in rows if n != base_name and "raw batches" not in n]
+    best_name, best_x = max(end_to_end, key=lambda t: t[1], default=(base_name, 1.0))
+    verdict = f"best end-to-end (model inputs): {best_name}, {best_x:.2f}x the baseline's samples/s"
     print(verdict)
 
     if not args.no_write:
@@ -276,8 +276,8 @@ def main(argv=None) -> int:
         section = [f"\n## Data pipeline throughput ({dt.date.today().isoformat()}, bench/pipeline.py)\n",
                    *[f"- {line}" for line in header],
                    f"- data: {len(samples)} generated images {w}x{h} JPEG q90 + PNG masks -> {args.size}x{args.size}, "
-                   f"batch {args.batch_size}, workers/threads {args.workers}, plan stratify_c, best of "
-                   f"{args.repeats} interleaved rounds after {args.warmup} warm-up batches",
+                   f"batch {args.batch_size}, workers/threads {args.workers}, plan stratify_c, "
+                   f"{args.repeats} interleaved rounds (medians; ratios paired by round) after {args.warmup} warm-up batches",
                    "- end-to-end rows yield normalised float32 model inputs (compose = kernels.composite; "
                    "on a CPU its PyTorch reference); raw-batch rows stop before compose (the host work "
                    "that feeds a GPU, where compose is the Triton kernel)",
