@@ -59,17 +59,24 @@ def load_arrays(path: str, classes: Optional[Sequence[str]] = None) -> SampleSet
         raise DataError(f"{where}: 'labels' must be a 1-D integer array, got {labels.dtype} {list(labels.shape)}")
     if len(labels) != n:
         raise DataError(f"{where}: 'labels' has {len(labels)} entries but 'images' has {n}")
-    if masks is not None:
-        if masks.shape != (n, h, w):
-            raise DataError(f"{where}: 'masks' must have shape {[n, h, w]} to match 'images', got {list(masks.shape)}")
-        masks = as_uint8_mask(masks, f"{where}: 'masks'")
-    for key, col in (("strata", strata), ("bias", bias)):
-        if col is not None and (col.shape != (n,) or not np.issubdtype(col.dtype, np.integer)):
-            raise DataError(f"{where}: {key!r} must be an integer array of shape [{n}], got {col.dtype} {list(col.shape)}")
+    masks = _check_side_columns(masks, strata, bias, (n, h, w), where)
     training_split = classes is None  # a test split is checked against the training classes
     classes = list(classes) if classes is not None else (names or [str(c) for c in range(int(labels.max(initial=-1)) + 1)])
     _check_labels(labels.astype(np.int64), len(classes), where, require_all=training_split)
     return SampleSet(images, masks, labels.astype(np.int64), classes, strata, bias, name=where)
+
+
+def _check_side_columns(masks, strata, bias, nhw, where):
+    """Masks of the images' shape (returned as uint8) and integer strata / bias of length N."""
+    n = nhw[0]
+    if masks is not None:
+        if masks.shape != tuple(nhw):
+            raise DataError(f"{where}: 'masks' must have shape {list(nhw)} to match 'images', got {list(masks.shape)}")
+        masks = as_uint8_mask(masks, f"{where}: 'masks'")
+    for key, col in (("strata", strata), ("bias", bias)):
+        if col is not None and (col.shape != (n,) or not np.issubdtype(col.dtype, np.integer)):
+            raise DataError(f"{where}: {key!r} must be an integer array of shape [{n}], got {col.dtype} {list(col.shape)}")
+    return masks
 
 
 def _arrays_multilabel(images, masks, labels, strata, bias, names, classes, where) -> SampleSet:
@@ -81,13 +88,7 @@ def _arrays_multilabel(images, masks, labels, strata, bias, names, classes, wher
         raise DataError(f"{where}: 'labels' has {len(labels)} rows but 'images' has {n}")
     if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == bool) or not np.isin(labels, (0, 1)).all():
         raise DataError(f"{where}: 2-D 'labels' must be multi-hot (0/1 values), got {labels.dtype}")
-    if masks is not None:
-        if masks.shape != (n, h, w):
-            raise DataError(f"{where}: 'masks' must have shape {[n, h, w]} to match 'images', got {list(masks.shape)}")
-        masks = as_uint8_mask(masks, f"{where}: 'masks'")
-    for key, col in (("strata", strata), ("bias", bias)):
-        if col is not None and (col.shape != (n,) or not np.issubdtype(col.dtype, np.integer)):
-            raise DataError(f"{where}: {key!r} must be an integer array of shape [{n}], got {col.dtype} {list(col.shape)}")
+    masks = _check_side_columns(masks, strata, bias, (n, h, w), where)
     c = labels.shape[1]
     training_split = classes is None
     classes = list(classes) if classes is not None else (names or [str(i) for i in range(c)])
