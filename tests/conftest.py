@@ -1,6 +1,15 @@
 """Shared fixtures: small generated datasets in every layout the sources accept."""
 from __future__ import annotations
 
+import os
+
+import torch
+
+# Triton kernels run under the interpreter without a GPU. Set here, in the root conftest, so it
+# holds before any test module (of any folder) imports triton; @triton.jit reads it at decoration.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import json
 from pathlib import Path
 
