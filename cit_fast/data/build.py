@@ -18,18 +18,32 @@ def build_datasets(d) -> Tuple[SampleSet, SampleSet]:
                                   seed=d.synthetic_seed, test_bias=d.synthetic_test_bias)
         train, test = sets["train"], sets["test"]
     else:
-        load = {"arrays": lambda p, classes=None: load_arrays(p, classes),
-                "folder": lambda p, classes=None: load_folder(p, classes),
-                "manifest": lambda p, classes=None: load_manifest(p, d.root, classes),
-                "coco": lambda p, classes=None: _load_coco(p, d.root, classes)}[d.source]
-        train = load(d.train)
+        train = load_split(d, d.train)
         if not d.test:
             raise DataError(f"data.test: a path is required for data.source={d.source}")
-        test = load(d.test, classes=train.classes)
+        test = load_split(d, d.test, classes=train.classes)
     if d.strata_file:
         train = apply_strata_file(train, d.strata_file)
         test = apply_strata_file(test, d.strata_file)
     return train, test
+
+
+def load_split(d, path: str, classes=None) -> SampleSet:
+    """One split of a file-based source; ``classes`` (the training classes) reads a test split."""
+    load = {"arrays": lambda p, classes=None: load_arrays(p, classes),
+            "folder": lambda p, classes=None: load_folder(p, classes),
+            "manifest": lambda p, classes=None: load_manifest(p, d.root, classes),
+            "coco": lambda p, classes=None: _load_coco(p, d.root, classes),
+            "nuswide": lambda p, classes=None: _load_nuswide(p, d.root, classes)}
+    if d.source not in load:
+        raise DataError(f"data.source={d.source}: not a file-based source ({', '.join(load)})")
+    return load[d.source](path, classes=classes)
+
+
+def _load_nuswide(path: str, root: str, classes=None) -> SampleSet:
+    from .nuswide import load_nuswide
+
+    return load_nuswide(path, root, classes)
 
 
 def _load_coco(path: str, root: str, classes=None) -> SampleSet:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-SOURCES = ("synthetic", "arrays", "folder", "manifest", "coco")
+SOURCES = ("synthetic", "arrays", "folder", "manifest", "coco", "nuswide")
 SYNTHETIC_VERSIONS = ("original", "V1", "V2", "V3", "V4")
 PLANS = ("none", "stratify_c", "stratify_b", "random")
 PIPELINES = ("torch", "dali")
