@@ -66,12 +66,12 @@ def load_run_model(checkpoint, overrides=()):
     from .data.build import build_datasets
     from .models import create_model
     from .train.checkpoint import load_checkpoint
-    from .train.config import _merge, from_dict, parse_overrides
+    from .train.config import from_dict
 
     state = load_checkpoint(Path(checkpoint))
     if "config" not in state:
         raise ValueError(f"checkpoint {checkpoint}: has no config; cannot rebuild its data and model")
-    cfg = from_dict(_merge(state["config"], parse_overrides(overrides)))
+    cfg = from_dict(state["config"], overrides)
     train_set, test_set = build_datasets(cfg.data)
     model = create_model(cfg.model.name, num_classes=cfg.model.num_classes or train_set.num_classes)
     model.load_state_dict(state["model"])

@@ -251,11 +251,12 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
     return tree
 
 
-def _merge(base: Dict[str, Any], upd: Dict[str, Any]) -> Dict[str, Any]:
+def merge_trees(base: Dict[str, Any], upd: Dict[str, Any]) -> Dict[str, Any]:
+    """Nested dicts: ``upd`` over ``base`` (sections merged key by key)."""
     out = dict(base)
     for k, v in upd.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_trees(out[k], v)
         else:
             out[k] = v
     return out
@@ -274,14 +275,15 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
             raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
-    tree = _merge(tree, parse_overrides(overrides))
+    tree = merge_trees(tree, parse_overrides(overrides))
     cfg = _build(TrainConfig, tree, "")
     validate(cfg)
     return cfg
 
 
-def from_dict(tree: Dict[str, Any]) -> TrainConfig:
-    cfg = _build(TrainConfig, tree, "")
+def from_dict(tree: Dict[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
+    """TrainConfig from a saved tree (config.yaml, a checkpoint's config) plus overrides."""
+    cfg = _build(TrainConfig, merge_trees(tree, parse_overrides(overrides)), "")
     validate(cfg)
     return cfg
 

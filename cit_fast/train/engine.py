@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from ..utils import atomic_write_text
 from . import checkpoint as ckpt
+from .config import merge_trees
 from .distributed import DistEnv
 from .sync_bn import convert_sync_batchnorm
 
@@ -145,15 +146,9 @@ def deepspeed_config(cfg, world_size: int) -> Dict[str, Any]:
             user = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"dist.deepspeed_config {p}: not valid JSON ({e})") from None
-        conf = _deep_merge(conf, user)
+        conf = merge_trees(conf, user)
     return conf
 
-
-def _deep_merge(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 class DeepSpeedEngine(Engine):

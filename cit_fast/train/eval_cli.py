@@ -17,7 +17,7 @@ from ..data.build import build_datasets, build_pipeline
 from ..models import build_model, model_task
 from ..utils import atomic_write_json
 from .checkpoint import load_checkpoint
-from .config import from_dict, parse_overrides, to_dict, _merge
+from .config import from_dict, to_dict
 from .evaluate import evaluate
 from .metrics_eval import bg_challenge as run_bg_challenge
 from .metrics_eval import collect, multilabel_hits, multilabel_report, parse_pairs
@@ -29,7 +29,7 @@ def run_eval(checkpoint: str, overrides: Sequence[str] = (), out: Optional[str] 
     state = load_checkpoint(Path(checkpoint))
     if "config" not in state:
         raise ValueError(f"checkpoint {checkpoint}: has no config; cannot rebuild its data and model")
-    cfg = from_dict(_merge(state["config"], parse_overrides(overrides)))
+    cfg = from_dict(state["config"], overrides)
     cfg.model.init_single = ""  # the checkpoint holds every weight; the init file may be long gone
     train_set, test_set = build_datasets(cfg.data)
     task = model_task(cfg.model.name, train_set.multilabel, cfg.model.task)
