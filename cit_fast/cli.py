@@ -1,7 +1,8 @@
-"""``cit-fast``: train | eval | synth | table4 | masks.
+"""``cit-fast``: train | eval | cross-eval | synth | table4 | explain | report | masks.
 
     cit-fast train --config FILE.yaml [key=value ...]
     cit-fast eval  --checkpoint runs/x/checkpoints/ckpt_e0030_s000000.pt [key=value ...]
+    cit-fast cross-eval --checkpoint CKPT --mapping MAP.yaml data.source=nuswide data.test=DIR
     cit-fast synth --version V2 --out data/v2  (writes train.npz and test.npz)
     cit-fast table4 --out bench/RESULTS.md    (the CIT paper's Table IV on the embedded data)
     cit-fast masks data/birds data/birds      (object masks for images/<class>/* that lack one)
@@ -59,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output PNG")
     x.add_argument("overrides", nargs="*", help="key=value overrides of the checkpoint's config")
 
+    c = sub.add_parser("cross-eval", help="multi-label: evaluate a checkpoint on another dataset over the common classes")
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--mapping", required=True, help="YAML/JSON {source class name: target class name}")
+    c.add_argument("--out", help="write the JSON report here")
+    c.add_argument("--source-too", action="store_true",
+                   help="also the mAP of the same classes on the checkpoint's own test set")
+    c.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    c.add_argument("overrides", nargs="*", help="key=value overrides selecting the target test data "
+                   "(e.g. data.source=nuswide data.test=data/nuswide/test)")
+
     r = sub.add_parser("report", help="HTML report (curves, Table IV, evaluations, composite grids) of a run dir")
     r.add_argument("run_dir", help="a run's out_dir, or a directory of runs (e.g. a table4 sweep)")
     r.add_argument("--out", default="", help="output directory (default: RUN_DIR/report)")
@@ -99,6 +110,14 @@ def _cmd_eval(args) -> int:
     report = run_eval(args.checkpoint, args.overrides, args.out, pairs=args.pairs, bg_challenge=args.bg_challenge,
                       table2=args.table2, top_k=args.top_k)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _cmd_cross_eval(args) -> int:
+    from .cross_dataset import format_cross_report, run_cross_eval
+
+    report = run_cross_eval(args.checkpoint, args.mapping, args.overrides, args.out, source_too=args.source_too)
+    print(json.dumps(report, indent=2) if args.json else format_cross_report(report))
     return 0
 
 
@@ -164,7 +183,7 @@ def _cmd_report(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"explain": _cmd_explain, "report": _cmd_report, "train": _cmd_train, "eval": _cmd_eval, "synth": _cmd_synth, "table4": _cmd_table4,
+    handlers = {"explain": _cmd_explain, "report": _cmd_report, "train": _cmd_train, "eval": _cmd_eval, "cross-eval": _cmd_cross_eval, "synth": _cmd_synth, "table4": _cmd_table4,
                 "masks": _cmd_masks}
     try:
         return handlers[args.command](args)
