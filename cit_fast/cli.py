@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--indices", type=int, nargs="+", default=list(range(8)), help="test sample indices")
     x.add_argument("--classes", type=int, nargs="+", help="class to explain per image (default: predicted)")
-    x.add_argument("--out", required=True, help="output PNG")
+    x.add_argument("--out", required=True, help="output PNG (a directory with --diagnostics)")
+    x.add_argument("--diagnostics", action="store_true",
+                   help="multi-label causal_*/decoder_* models: instead of Grad-CAM, write OUT/embedding.png (label "
+                   "features and confounders in 2-D) and OUT/confounder_attention.png (classes x confounders)")
+    x.add_argument("--embedding", default="pca", choices=["pca", "tsne"], help="--diagnostics: 2-D embedding method")
+    x.add_argument("--max-images", type=int, default=256, help="--diagnostics: test images used")
     x.add_argument("overrides", nargs="*", help="key=value overrides of the checkpoint's config")
 
     c = sub.add_parser("cross-eval", help="multi-label: evaluate a checkpoint on another dataset over the common classes")
@@ -162,6 +167,12 @@ def _cmd_explain(args) -> int:
     from .explain import explain_images
     from .utils import atomic_path
 
+    if args.diagnostics:
+        from .diagnostics import run_diagnostics
+
+        paths = run_diagnostics(args.checkpoint, args.out, args.overrides, args.embedding, args.max_images)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
     if args.classes and len(args.classes) != len(args.indices):
         raise ValueError(f"--classes: expected one class per index ({len(args.indices)}), got {len(args.classes)}")
     grid = explain_images(args.checkpoint, args.indices, args.classes, args.overrides)

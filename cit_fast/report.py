@@ -188,6 +188,26 @@ def per_class_change_figure(pairs: List[tuple], out: Path) -> Optional[bytes]:
     return data
 
 
+def multilabel_section(run: Path, out_dir: Path) -> List[str]:
+    """Causal multi-label runs: PCA of label features and confounders, confounder attention per label."""
+    from .diagnostics import run_diagnostics
+
+    ck = _latest_ckpt(run)
+    if ck is None:
+        return []
+    paths = run_diagnostics(ck, out_dir, prefix=f"{run.name}_")
+    parts = [f"<h2>Label features and confounders: {html.escape(run.name)}</h2><p>PCA of the label-specific "
+             "features of test images (a point per label present in the image, coloured by class) and, for a "
+             "causal model, the confounder prototypes (stars, sized by P(z)), in the intervention's attention "
+             "space q(X), k(Z)</p>"
+             + _img_tag(paths["embedding"].read_bytes(), f"embedding {run.name}")]
+    if "attention" in paths:
+        parts.append(f"<h2>Confounder attention of each label: {html.escape(run.name)}</h2><p>rows: classes "
+                     "&middot; columns: confounders (with P(z)); mean attention over heads and test images</p>"
+                     + _img_tag(paths["attention"].read_bytes(), f"confounder attention {run.name}"))
+    return parts
+
+
 def _img_tag(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
@@ -262,7 +282,10 @@ def build_report(root: Path, out_dir: Optional[Path] = None) -> Path:
 
     pairs = [(v, by_name[f"none-{v}"], by_name[f"stratify_c-{v}"]) for v in VERSIONS
              if f"none-{v}" in by_name and f"stratify_c-{v}" in by_name]
-    cam_runs = [r for p in pairs[-1:] for r in p[1:]] if pairs else runs[:2]
+    from .diagnostics import run_is_multilabel_transformer
+
+    multilabel_runs = [r for r in runs[:4] if run_is_multilabel_transformer(r)]
+    cam_runs = [r for p in pairs[-1:] for r in p[1:]] if pairs else [r for r in runs[:2] if r not in multilabel_runs]
     for run in cam_runs:
         fig = gradcam_figure(run, out_dir / f"gradcam_{run.name}.png")
         if fig is not None:
@@ -274,6 +297,8 @@ def build_report(root: Path, out_dir: Optional[Path] = None) -> Path:
         if fig is not None:
             parts.append("<h2>Per-class accuracy change, CIT (Stratify C|A) - baseline</h2>"
                          + _img_tag(fig, "per-class accuracy change"))
+    for run in multilabel_runs:  # the multi-label paper's embedding and the confounder attention of each label
+        parts += multilabel_section(run, out_dir)
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%}")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>cit_fast report</title><style>{style}</style>" \

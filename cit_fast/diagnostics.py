@@ -1,0 +1,259 @@
+"""Multi-label diagnostics of the causal model (Chen et al., NeurIPS 2024): what the intervention sees.
+
+- ``embedding_figure``: a 2-D embedding (PCA, or t-SNE) of the confounder prototypes Z and the
+  label-specific features X[b, c] of test images (the paper's t-SNE figure: with the intervention,
+  label features should separate from each other and from the confounders). Features of labels
+  present in the image are coloured by class; confounders are black stars sized by their prior P(z).
+  Both live in the model's D-dim feature space when Z does (``kmeans``, ``label``, ``random``
+  confounders); for ``early`` confounders (another width) the embedding is of the attention space
+  instead: the queries q(X) and keys k(Z) whose dot products weigh the confounders.
+- ``attention_figure``: the confounder attention of each label, softmax_z(q(X_c) . k(z)) of the
+  intervention (``kernels.causal_attention(..., return_attn=True)``), averaged over heads and test
+  images: a C x K heat-map of which contexts each class attends to; beside it the same average over
+  the images that hold the class.
+
+``run_diagnostics(checkpoint, out_dir)`` renders both PNGs for a ``causal_*`` checkpoint (only the
+embedding, without confounders, for a ``decoder_*`` baseline); ``cit-fast report`` and
+``cit-fast explain --diagnostics`` call it.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .utils import atomic_path
+
+EMBEDDINGS = ("pca", "tsne")
+SPACES = ("attention", "features")
+
+
+def is_label_feature_model(model: torch.nn.Module) -> bool:
+    """A multi-label transformer model (``causal_*`` / ``decoder_*``): it has label-specific features."""
+    return hasattr(model, "label_features") and hasattr(model, "causal")
+
+
+def run_is_multilabel_transformer(run: Path) -> bool:
+    """From a run directory's config.yaml, without loading anything heavy."""
+    import yaml
+
+    from .models import registry
+
+    cfg = run / "config.yaml"
+    if not cfg.is_file():
+        return False
+    name = (yaml.safe_load(cfg.read_text()) or {}).get("model", {}).get("name", "")
+    return name.startswith(("causal_", "decoder_")) and name in registry._MODELS
+
+
+@torch.no_grad()
+def attention_probs(model: torch.nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """Label features X (B, C, D) -> the intervention's attention over the confounders (B, H, C, K)."""
+    from .kernels import causal_attention
+
+    z = model.confounders.z.to(feats.dtype)
+    _, attn = causal_attention(model.q_proj(feats), model.k_proj(z), model.v_proj(z),
+                               model.confounders.prior.to(feats.dtype), model.num_heads, return_attn=True)
+    return attn
+
+
+@torch.no_grad()
+def collect(model: torch.nn.Module, batches) -> Dict[str, np.ndarray]:
+    """Over composed evaluation batches: features (N, C, D), targets (N, C), queries q(X) (N, C, D)
+    and, for a causal model, attention (N, C, K) (mean over heads)."""
+    was = model.training
+    model.eval()
+    feats, targets, queries, attn = [], [], [], []
+    try:
+        for batch in batches:
+            f = model.label_features(batch["image"])  # (B, C, D)
+            feats.append(f.float().cpu())
+            targets.append(batch["label"].float().cpu())
+            if model.causal:
+                queries.append(model.q_proj(f).float().cpu())
+                attn.append(attention_probs(model, f).float().mean(1).cpu())  # (B, C, K)
+    finally:
+        model.train(was)
+    if not feats:
+        raise ValueError("diagnostics: no test batches")
+    out = {"features": torch.cat(feats).numpy(), "targets": torch.cat(targets).numpy()}
+    if attn:
+        out["queries"] = torch.cat(queries).numpy()
+        out["attention"] = torch.cat(attn).numpy()
+    return out
+
+
+def confounder_points(model: torch.nn.Module, space: str) -> np.ndarray:
+    """Z (K, Dz) in the feature space, or k(Z) (K, D) in the attention space."""
+    z = model.confounders.z.detach().float()
+    with torch.no_grad():
+        return (model.k_proj(z) if space == "attention" else z).cpu().numpy()
+
+
+def embed_2d(points: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """(M, D) -> (M, 2) by scikit-learn's PCA or t-SNE (perplexity capped for small M)."""
+    if method not in EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got {method!r}")
+    x = np.asarray(points, np.float64)
+    if len(x) < 3:
+        raise ValueError(f"embedding: need at least 3 points, got {len(x)}")
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(x)
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
+                random_state=seed).fit_transform(x)
+
+
+def _png(fig, out: Path) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    data = buf.getvalue()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+    return data
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def embedding_figure(diag: Dict[str, np.ndarray], classes: Sequence[str], out: Path,
+                     confounders: Optional[np.ndarray] = None, prior: Optional[np.ndarray] = None,
+                     method: str = "pca", space: str = "features", show: Optional[Sequence[str]] = None,
+                     max_classes: int = 10, seed: int = 0, title: str = "") -> bytes:
+    """Scatter of the positive labels' features (coloured by class) and the confounders (stars).
+
+    show: class names to plot (default: the ``max_classes`` classes with most positives).
+    """
+    plt = _plt()
+    feats = diag["queries"] if space == "attention" else diag["features"]  # (N, C, D)
+    y = diag["targets"] > 0
+    counts = y.sum(0)
+    if show is not None:
+        unknown = [c for c in show if c not in classes]
+        if unknown:
+            raise ValueError(f"embedding: class(es) {unknown} are not among the model's classes")
+        chosen = [list(classes).index(c) for c in show]
+    else:
+        chosen = [int(j) for j in np.argsort(-counts, kind="stable")[:max_classes] if counts[j] > 0]
+    rows, cols = np.nonzero(y[:, chosen])
+    pts = feats[rows, np.asarray(chosen)[cols]] if len(rows) else np.zeros((0, feats.shape[-1]))
+    k = 0 if confounders is None else len(confounders)
+    allp = np.concatenate([pts] + ([confounders] if k else []), 0)
+    xy = embed_2d(allp, method, seed)
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    cmap = plt.get_cmap("tab10" if len(chosen) <= 10 else "tab20")
+    for i, j in enumerate(chosen):
+        sel = cols == i
+        ax.scatter(xy[:len(pts)][sel, 0], xy[:len(pts)][sel, 1], s=10, alpha=0.7, color=cmap(i % cmap.N),
+                   label=f"{classes[j]} ({int(sel.sum())})")
+    if k:
+        p = np.full(k, 1.0 / k) if prior is None else np.asarray(prior, np.float64)
+        zxy = xy[len(pts):]
+        ax.scatter(zxy[:, 0], zxy[:, 1], marker="*", s=60 + 600 * p, color="k", edgecolor="w", linewidth=0.6,
+                   label=f"confounders ({k})", zorder=3)
+        for i, (a, b) in enumerate(zxy):
+            ax.annotate(f"z{i}", (a, b), xytext=(3, 3), textcoords="offset points", fontsize=7)
+    what = "q(X), k(Z): attention space" if space == "attention" else "label features X and confounders Z"
+    ax.set(title=title or f"{method.upper()} of {what}", xlabel=f"{method} 1", ylabel=f"{method} 2")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", markerscale=1.5)
+    data = _png(fig, out)
+    plt.close(fig)
+    return data
+
+
+def attention_figure(diag: Dict[str, np.ndarray], classes: Sequence[str], out: Path,
+                     prior: Optional[np.ndarray] = None) -> bytes:
+    """C x K heat-maps of the mean confounder attention of every label: over all test images, and
+    over the images that hold the label."""
+    plt = _plt()
+    attn = diag["attention"]  # (N, C, K)
+    y = diag["targets"] > 0
+    c, k = attn.shape[1:]
+    mean_all = attn.mean(0)
+    pos = y.sum(0)
+    mean_pos = np.where(pos[:, None] > 0, (attn * y[..., None]).sum(0) / np.maximum(pos, 1)[:, None], np.nan)
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.9 * max(k, 4), 1.6 + 0.28 * c), squeeze=False)
+    vals = np.concatenate([mean_all.ravel(), mean_pos[~np.isnan(mean_pos)]])
+    lo, hi = float(vals.min()), float(vals.max())  # a near-uniform attention still shows its structure
+    xt = [f"z{i}" + (f"\n{prior[i]:.2f}" if prior is not None else "") for i in range(k)]
+    for ax, m, title in ((axes[0, 0], mean_all, "all test images"), (axes[0, 1], mean_pos, "images with the label")):
+        im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
+        ax.set_yticks(range(c), [f"{n} ({int(p)})" if m is mean_pos else n for n, p in zip(classes, pos)], fontsize=7)
+        ax.set_xticks(range(k), xt, fontsize=6)
+        ax.set(title=title, xlabel="confounder z" + (" / prior P(z)" if prior is not None else ""))
+    fig.suptitle(f"confounder attention of each label (uniform = {1 / k:.3f})", fontsize=10)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="attention (mean over heads)")
+    data = _png(fig, out)
+    plt.close(fig)
+    return data
+
+
+def load_model(checkpoint, overrides: Sequence[str] = ()):
+    """(model, cfg, train SampleSet, test SampleSet) of a checkpoint, the model built with its own options."""
+    from .data.build import build_datasets
+    from .models import build_model
+    from .train.checkpoint import load_checkpoint
+    from .train.config import from_dict
+
+    state = load_checkpoint(Path(checkpoint))
+    if "config" not in state:
+        raise ValueError(f"checkpoint {checkpoint}: has no config; cannot rebuild its data and model")
+    cfg = from_dict(state["config"], overrides)
+    cfg.model.init_single = ""
+    train_set, test_set = build_datasets(cfg.data)
+    model = build_model(cfg.model, cfg.model.num_classes or train_set.num_classes)
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg, train_set, test_set
+
+
+def run_diagnostics(checkpoint, out_dir, overrides: Sequence[str] = (), method: str = "pca",
+                    max_images: int = 256, show: Optional[Sequence[str]] = None, prefix: str = "",
+                    space: str = "attention") -> Dict[str, Path]:
+    """Render ``{prefix}embedding.png`` and (causal models) ``{prefix}confounder_attention.png``."""
+    from .data.build import build_pipeline
+
+    if method not in EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got {method!r}")
+    model, cfg, train_set, test_set = load_model(checkpoint, overrides)
+    if not is_label_feature_model(model):
+        raise ValueError(f"diagnostics need a multi-label transformer model (causal_* or decoder_*), "
+                         f"not {cfg.model.name}")
+    if not test_set.multilabel:
+        raise ValueError(f"{test_set.name}: diagnostics need multi-hot test labels")
+    sub = test_set.subset(np.arange(min(len(test_set), max_images)))
+    diag = collect(model, build_pipeline(sub, cfg, train=False))
+    classes = train_set.classes
+    out_dir = Path(out_dir)
+    paths: Dict[str, Path] = {}
+    name = f"{cfg.model.name}, {len(sub)} test images"
+    if model.causal:
+        if space not in SPACES:
+            raise ValueError(f"embedding space must be one of {', '.join(SPACES)}, got {space!r}")
+        if space == "features" and model.confounders.z.shape[1] != diag["features"].shape[-1]:
+            space = "attention"  # `early` confounders have another width than the label features
+        prior = model.confounders.prior.detach().cpu().numpy()
+        paths["embedding"] = out_dir / f"{prefix}embedding.png"
+        embedding_figure(diag, classes, paths["embedding"], confounder_points(model, space), prior, method, space,
+                         show, seed=cfg.seed, title=f"{method.upper()}: label features and confounders ({name})")
+        paths["attention"] = out_dir / f"{prefix}confounder_attention.png"
+        attention_figure(diag, classes, paths["attention"], prior)
+    else:
+        paths["embedding"] = out_dir / f"{prefix}embedding.png"
+        embedding_figure(diag, classes, paths["embedding"], method=method, show=show, seed=cfg.seed,
+                         title=f"{method.upper()}: label features ({name}; no confounders)")
+    return paths
