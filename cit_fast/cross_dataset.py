@@ -13,6 +13,7 @@ side when the training data were in memory and ``data.image_size`` is neither se
 """
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -123,19 +124,28 @@ def run_cross_eval(checkpoint: str, mapping: str, overrides: Sequence[str] = (),
     from .data.build import build_datasets
     from .models import build_model, model_task
     from .train.checkpoint import load_checkpoint
-    from .train.config import from_dict, parse_overrides, to_dict
+    from .train.config import from_dict, merge_trees, parse_overrides, to_dict
     from .utils import atomic_write_json
 
     state = load_checkpoint(Path(checkpoint))
     if "config" not in state:
         raise ValueError(f"checkpoint {checkpoint}: has no config; cannot rebuild its classes and model")
     src_cfg = from_dict(state["config"])
-    tgt_cfg = from_dict(state["config"], overrides)
-    tgt_cfg.data.strata_file = ""  # common-sense groups of the source mean nothing on the target
+    upd = parse_overrides(overrides)
+    tree = merge_trees(copy.deepcopy(state["config"]), upd)
+    data, given = tree.setdefault("data", {}), upd.get("data", {})
+    if data.get("source") != state["config"].get("data", {}).get("source"):
+        for key in ("root", "strata_file"):  # the source's image root and groups mean nothing on the target
+            if key not in given:
+                data[key] = ""
+        if not data.get("train"):
+            data["train"] = data.get("test", "")  # validation wants one; only data.test is read
+    tgt_cfg = from_dict(tree)
+    tgt_cfg.data.strata_file = ""  # common-sense groups of the source's classes
     src_train, src_test = build_datasets(src_cfg.data)
     target = _target_set(tgt_cfg)
     pairs = match_classes(load_mapping(mapping), src_train.classes, target.classes, f"mapping {mapping}")
-    if not tgt_cfg.data.image_size and "image_size" not in parse_overrides(overrides).get("data", {}) and src_train.in_memory:
+    if not tgt_cfg.data.image_size and "image_size" not in given and src_train.in_memory:
         h, w = src_train.image(0).shape[:2]
         if h == w:
             tgt_cfg.data.image_size = int(h)  # the side the model was trained at
