@@ -40,7 +40,8 @@ def trained(tmp_path_factory):
                              "model.name=causal_resnet8", "model.embed_dim=16", "model.num_heads=2",
                              "model.num_confounders=4", "model.confounder_tokens=4", "model.dropout=0",
                              "optim.lr=0.02", "optim.epochs=1", "optim.milestones=[1]", "progress=false",
-                             "threads=1", "data.batch_size=16", f"out_dir={d / 'run'}"])
+                             "threads=1", "data.batch_size=16", f"out_dir={d / 'run'}",
+                             "data.root=/nonexistent"])  # unused by arrays; must not leak to the target
     main(cfg)
     (d / "map.yaml").write_text("".join(f"{s}: {t}\n" for s, t in RENAME.items()))
     return d, sets, str(ckpt.find_latest(d / "run" / "checkpoints"))
