@@ -98,6 +98,7 @@ class OptimConfig:
     milestones: List[int] = field(default_factory=lambda: [15, 23])  # epochs at which lr *= gamma
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warm-up from lr/10
+    optimizer: str = "sgd"  # sgd (momentum, nesterov: the papers' ResNet recipe) | adamw (momentum unused)
     loss: str = "auto"  # auto (ce; bce for multi-hot labels) | ce | bce | asl
     asl_gamma_neg: float = 4.0  # ASL focusing on negatives (Ridnik et al.)
     asl_gamma_pos: float = 0.0  # ASL focusing on positives
@@ -316,6 +317,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.std: expected positive values, got {list(d.std)}")
     o = cfg.optim
     _choice(o.schedule, ("multistep", "cosine"), "optim.schedule")
+    _choice(o.optimizer, ("sgd", "adamw"), "optim.optimizer")
     _positive(o.lr, "optim.lr")
     _positive(o.epochs, "optim.epochs")
     _positive(o.weight_decay, "optim.weight_decay", allow_zero=True)

@@ -58,6 +58,8 @@ def lr_factor(cfg: TrainConfig, epoch_float: float) -> float:
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
+    if o.optimizer == "adamw":  # an option for the transformer heads; SGD is both papers' recipe
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
 
 

@@ -95,3 +95,13 @@ def test_multilabel_loss_on_single_label_data_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="needs multi-hot labels"):
         main(load_config(None, ["model.name=resnet8", "optim.loss=bce", "data.synthetic_train_per_class=4",
                                 "data.synthetic_test_per_class=2", f"out_dir={tmp_path}", *COMMON]))
+
+
+def test_adamw_option():
+    from cit_fast.train.loop import build_optimizer
+
+    cfg = load_config(None, ["optim.optimizer=adamw", "optim.lr=0.001"])
+    opt = build_optimizer(cfg, torch.nn.Linear(3, 2))
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 0.001
+    with pytest.raises(ConfigError, match="optim.optimizer"):
+        load_config(None, ["optim.optimizer=lion"])
