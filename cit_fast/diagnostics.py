@@ -40,13 +40,13 @@ def run_is_multilabel_transformer(run: Path) -> bool:
     """From a run directory's config.yaml, without loading anything heavy."""
     import yaml
 
-    from .models import registry
+    from .models import list_models
 
     cfg = run / "config.yaml"
     if not cfg.is_file():
         return False
     name = (yaml.safe_load(cfg.read_text()) or {}).get("model", {}).get("name", "")
-    return name.startswith(("causal_", "decoder_")) and name in registry._MODELS
+    return name.startswith(("causal_", "decoder_")) and name in list_models()
 
 
 @torch.no_grad()
