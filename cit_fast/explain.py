@@ -64,7 +64,7 @@ def load_run_model(checkpoint, overrides=()):
     from pathlib import Path
 
     from .data.build import build_datasets
-    from .models import create_model
+    from .models.build import build_model
     from .train.checkpoint import load_checkpoint
     from .train.config import from_dict
 
@@ -73,7 +73,7 @@ def load_run_model(checkpoint, overrides=()):
         raise ValueError(f"checkpoint {checkpoint}: has no config; cannot rebuild its data and model")
     cfg = from_dict(state["config"], overrides)
     train_set, test_set = build_datasets(cfg.data)
-    model = create_model(cfg.model.name, num_classes=cfg.model.num_classes or train_set.num_classes)
+    model = build_model(cfg.model, cfg.model.num_classes or train_set.num_classes)  # the saved options too
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, test_set

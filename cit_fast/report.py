@@ -285,12 +285,12 @@ def build_report(root: Path, out_dir: Optional[Path] = None) -> Path:
     from .diagnostics import run_is_multilabel_transformer
 
     multilabel_runs = [r for r in runs[:4] if run_is_multilabel_transformer(r)]
-    cam_runs = [r for p in pairs[-1:] for r in p[1:]] if pairs else [r for r in runs[:2] if r not in multilabel_runs]
+    cam_runs = [r for p in pairs[-1:] for r in p[1:]] if pairs else runs[:2]
     for run in cam_runs:
         fig = gradcam_figure(run, out_dir / f"gradcam_{run.name}.png")
         if fig is not None:
             parts.append(f"<h2>Grad-CAM: {html.escape(run.name)}</h2><p>top: test images &middot; bottom: "
-                         "Grad-CAM of the predicted class (red = most important)</p>"
+                         "Grad-CAM of the top-scoring class (red = most important)</p>"
                          + _img_tag(fig, f"grad-cam {run.name}"))
     if pairs:
         fig = per_class_change_figure(pairs, out_dir / "per_class_change.png")

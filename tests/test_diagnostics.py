@@ -44,7 +44,8 @@ def test_report_renders_multilabel_figures(run):
     assert_nontrivial_png(out / "run_embedding.png")
     assert_nontrivial_png(out / "run_confounder_attention.png")
     assert "Confounder attention of each label" in page and "Label features and confounders" in page
-    assert "Grad-CAM" not in page  # the causal model has no single feature map to explain
+    assert "Grad-CAM" in page  # on the trunk's last map, through decoder and intervention
+    assert_nontrivial_png(out / "gradcam_run.png", min_side=150)
     assert (out / "curves.png").is_file()
 
 
@@ -55,6 +56,15 @@ def test_explain_diagnostics_tsne(run, tmp_path, capsys):
     assert "confounder_attention.png" in capsys.readouterr().out
     assert_nontrivial_png(tmp_path / "embedding.png")
     assert_nontrivial_png(tmp_path / "confounder_attention.png")
+
+
+def test_explain_grad_cam_for_chosen_labels_of_a_multilabel_model(run, tmp_path):
+    """The multi-label paper's negative-label figure: Grad-CAM of chosen classes on chosen images."""
+    ck = str(ckpt.find_latest(run / "checkpoints"))
+    out = tmp_path / "cam.png"
+    assert cli(["explain", "--checkpoint", ck, "--indices", "0", "1", "2", "--classes", "0", "3", "5",
+                "--out", str(out)]) == 0
+    assert_nontrivial_png(out, min_side=60)
 
 
 def _fixed_model(c=4, k=4, d=16):

@@ -20,7 +20,7 @@ by ``confounders.fit_confounders`` before training; see that module for the sour
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict
+from typing import Optional, Callable, Dict
 
 import torch
 import torch.nn as nn
@@ -116,9 +116,13 @@ class CausalMultiLabel(nn.Module):
             return self.stages[0](x).flatten(2).transpose(1, 2)
         return self.tokens(x)
 
-    def label_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> label-specific features X (B, C, D)."""
-        feats = self.proj(self.backbone.forward_features(x))  # (B, D, h, w)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the trunk's last spatial map (B, K, h, w) (Grad-CAM hooks here)."""
+        return self.backbone.forward_features(x)
+
+    def label_features(self, x: torch.Tensor, fmap: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, 3, H, W) (or the trunk's map ``fmap``) -> label-specific features X (B, C, D)."""
+        feats = self.proj(self.backbone.forward_features(x) if fmap is None else fmap)  # (B, D, h, w)
         b, d, h, w = feats.shape
         mem = feats.flatten(2).transpose(1, 2) + sine_positions(h, w, d, feats.device, feats.dtype)
         tgt = self.queries.to(mem.dtype).unsqueeze(0).expand(b, -1, -1)
@@ -136,9 +140,10 @@ class CausalMultiLabel(nn.Module):
         h = self.intervene(feats)
         return torch.einsum("bid,jd->bij", h, self.head2.weight) + self.head2.bias
 
-    def forward_all(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Everything: features, branch logits, R and the merged logits."""
-        feats = self.label_features(x)
+    def forward_all(self, x: Optional[torch.Tensor], fmap: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Everything: features, branch logits, R and the merged logits (from x, or from the
+        trunk's map ``fmap``)."""
+        feats = self.label_features(x, fmap)
         logits1 = self.head(feats)  # (B, C)
         out = {"features": feats, "logits1": logits1}
         if not self.causal:
@@ -159,6 +164,10 @@ class CausalMultiLabel(nn.Module):
             logits = logits1 + logits2
         out.update(correlations=r, logits2=logits2, logits=logits)
         return out
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The trunk's map (B, K, h, w) -> merged logits (B, C)."""
+        return self.forward_all(None, fmap)["logits"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x)["logits"]
