@@ -61,7 +61,8 @@ def plot_curves(runs: List[Path], out: Path) -> bytes:
         ep = [h["epoch"] for h in hist]
         label = run.name
         ax_loss.plot(ep, [h["train_loss"] for h in hist], marker=".", label=label)
-        ax_acc.plot(ep, [h["test_top1"] for h in hist], marker=".", label=label)
+        evaluated = [h for h in hist if h.get("test_top1") is not None]  # eval_every may skip epochs
+        ax_acc.plot([h["epoch"] for h in evaluated], [h["test_top1"] for h in evaluated], marker=".", label=label)
     ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
     ax_acc.set(title="test top-1 (%)", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (ax_loss, ax_acc):

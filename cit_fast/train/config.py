@@ -143,6 +143,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     log_interval: int = 50  # steps between host syncs for logging
+    eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
     checkpoint_every: int = 1  # epochs
     checkpoint_every_steps: int = 0  # also checkpoint every N steps inside an epoch; 0 = off
     keep_checkpoints: int = 3
@@ -330,6 +331,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.milestones: expected increasing positive epochs, got {o.milestones}")
     _positive(cfg.log_interval, "log_interval")
     _positive(cfg.checkpoint_every, "checkpoint_every")
+    _positive(cfg.eval_every, "eval_every")
     _positive(cfg.threads, "threads", allow_zero=True)
     _positive(cfg.model.num_classes, "model.num_classes", allow_zero=True)
     mc = cfg.model

@@ -71,3 +71,9 @@ def test_checkpoint_rotation_and_bad_files(tmp_path):
         ckpt.load_checkpoint(bad)
     with pytest.raises(FileNotFoundError, match="resume: checkpoint .* not found"):
         ckpt.resolve_resume(str(tmp_path / "missing.pt"), tmp_path)
+
+
+def test_eval_every_skips_epochs_but_always_evaluates_the_last(tmp_path):
+    res = main(cfg_for(tmp_path, "optim.epochs=3", "eval_every=2"))
+    evaluated = [h["epoch"] for h in res["history"] if "test_top1" in h]
+    assert evaluated == [2, 3] and res["test_top1"] is not None
