@@ -52,7 +52,7 @@ def format_table(acc: Dict[str, float]) -> str:
     lines = ["| Training method | V1 | V2 | V3 | V4 |", "|---|---|---|---|---|"]
     for label, fixed_version, plan in ROWS:
         cells = [acc[f"{plan}-{fixed_version or v}"] for v in VERSIONS]
-        lines.append(f"| {label} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+        lines.append(f"| {label.replace('|', chr(92) + '|')} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
     diff = [acc[f"stratify_b-{v}"] - acc[f"stratify_c-{v}"] for v in VERSIONS]
     lines.append("| Stratify B - Stratify C\\|A | " + " | ".join(f"{d:+.1f}" for d in diff) + " |")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ def test_table4_runs_all_cells_and_appends_results(tmp_path, capsys):
     text = md.read_text()
     assert "kept" in text and "CIT Table IV" in text  # appended, not rewritten
     for label, _, _ in ROWS:
-        assert f"| {label} |" in text
+        assert "| " + label.replace("|", "\\|") + " |" in text  # a | inside a cell is escaped
     assert "| Stratify B - Stratify C\\|A |" in text
     # 13 distinct runs, each with its own results and log
     runs = [p for p in (tmp_path / "t4").iterdir() if (p / "results.json").is_file()]
