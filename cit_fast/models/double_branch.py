@@ -101,8 +101,19 @@ class DoubleBranchResNet(nn.Module):
         return self
 
     def forward_branches(self, content: torch.Tensor, context: torch.Tensor) -> tuple:
-        """Spatial features of both branches: ((B, F, h, w), (B, F, h, w))."""
-        return (self.high_content(self.low_content(content)), self.high_context(self.low_context(context)))
+        """Spatial features of both branches: ((B, F, h, w), (B, F, h, w)).
+
+        Shared low blocks run once over [content; context]: their batch norm then normalises
+        training batches with the statistics of the mixture its running averages track, so training
+        and evaluation agree. (Run separately, the running averages would end up dominated by
+        whichever input came last, and in eval mode the content would be normalised with context
+        statistics: a model that trains well but evaluates at chance.)
+        """
+        if self.shared_low:
+            low_c, low_x = self.low_content(torch.cat([content, context])).split([len(content), len(context)])
+        else:
+            low_c, low_x = self.low_content(content), self.low_context(context)
+        return self.high_content(low_c), self.high_context(low_x)
 
     def forward_features(self, content: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) x 2 -> (B, 2F) pooled content features joined with pooled context features."""

@@ -92,3 +92,21 @@ def test_blank_is_normalised_zero():
     x = torch.randn(2, 3, 4, 4)
     b = blank_like(x, (0.5, 0.4, 0.3), (0.25, 0.2, 0.1))
     torch.testing.assert_close(b[1, :, 2, 3], torch.tensor([-2.0, -2.0, -3.0]))
+
+
+def test_shared_low_blocks_normalise_content_and_context_alike_in_train_and_eval():
+    """Content (object on black) and context differ in distribution; with shared low blocks the
+    batch-norm statistics seen in training must be the ones used in evaluation."""
+    torch.manual_seed(0)
+    m = create_model("double_resnet8", num_classes=3, shared_low=True)
+    content = torch.randn(16, 3, 12, 12) * 0.1 - 2.0  # mostly "black" after normalisation
+    context = torch.randn(16, 3, 12, 12) * 2.0 + 1.0
+    m.train()
+    with torch.no_grad():
+        for _ in range(200):  # converge the running statistics
+            m(content, context)
+        train_feats = m.forward_features(content, context)
+    m.eval()
+    with torch.no_grad():
+        eval_feats = m.forward_features(content, context)
+    torch.testing.assert_close(eval_feats, train_feats, atol=0.05, rtol=0.05)
