@@ -52,6 +52,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _init_process_group(backend: str, rank: int, world: int) -> None:
+    """init_process_group; under torchrun, with keys private to this restart attempt.
+
+    torchrun's agent keeps one store across elastic restarts, so a restarted rank could read a
+    peer's address left by the previous (dead) attempt and fail with "Connection refused". A
+    prefix per attempt (TORCHELASTIC_RESTART_COUNT) keeps every attempt's rendezvous keys apart.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        return
+    from datetime import timedelta
+
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent_hosts and rank == 0, timeout=timedelta(minutes=30))
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"cit_fast/attempt_{attempt}", store),
+                            rank=rank, world_size=world)
+
+
 def setup_distributed(cfg) -> DistEnv:
     rank, world, local_rank = dist_info()
     device = pick_device(cfg.device, local_rank)
@@ -69,5 +89,5 @@ def setup_distributed(cfg) -> DistEnv:
         if "MASTER_ADDR" not in os.environ:  # SLURM without torchrun: the launcher sets these
             raise RuntimeError("distributed run without MASTER_ADDR/MASTER_PORT; launch with torchrun or launchers/")
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        _init_process_group(backend, rank, world)
     return DistEnv(rank, world, local_rank, device)
