@@ -130,7 +130,10 @@ class TorchPipeline(Pipeline):
         loader = DataLoader(ds, batch_size=None, sampler=keys, collate_fn=_to_tensors,
                             num_workers=self.spec.num_workers,
                             pin_memory=self.spec.device.type == "cuda",
-                            prefetch_factor=4 if self.spec.num_workers else None)
+                            prefetch_factor=4 if self.spec.num_workers else None,
+                            # its own generator: drawing worker seeds from the global RNG would
+                            # shift a resumed run's dropout stream by one draw
+                            generator=torch.Generator().manual_seed(self.spec.seed * 1000003 + self.epoch))
         gpu = self.spec.device.type == "cuda"
         for b in loader:
             if gpu and "images" in b:

@@ -59,8 +59,8 @@ def _init_process_group(backend: str, rank: int, world: int) -> None:
     peer's address left by the previous (dead) attempt and fail with "Connection refused". A
     prefix per attempt (TORCHELASTIC_RESTART_COUNT) keeps every attempt's rendezvous keys apart.
     """
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None:
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0":  # a first attempt has no stale keys: torch's own env:// rendezvous
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
         return
     from datetime import timedelta
