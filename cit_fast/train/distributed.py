@@ -30,6 +30,12 @@ class DistEnv:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DDP(model, device_ids=ids)
 
+    def shutdown(self) -> None:
+        """Destroy the process group before the interpreter exits: a live gloo group's threads
+        otherwise abort the process at exit ("terminate called without an active exception")."""
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
     def barrier(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.barrier()

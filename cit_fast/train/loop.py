@@ -326,7 +326,11 @@ def main(cfg: TrainConfig, stop_after_steps: Optional[int] = None) -> Dict[str, 
     stop_after_steps: end the run after this many micro-steps in total, having checkpointed there
     (used to test exact resume).
     """
-    return Trainer(cfg).fit(stop_after_steps)
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit(stop_after_steps)
+    finally:
+        trainer.env.shutdown()
 
 
 class _StopRun(Exception):
