@@ -67,7 +67,7 @@ def check_multi_hot(labels: np.ndarray, classes: Sequence[str], where: str, requ
 def manifest_multilabel(path: Path, rows: List[dict], base: Path, classes: Optional[Sequence[str]],
                         check_files: bool) -> SampleSet:
     """The multi-label branch of ``sources.load_manifest`` (rows already read)."""
-    from .sources import check_pairs
+    from .sources import check_pairs, manifest_row_fields
 
     if "image" not in rows[0]:
         raise DataError(f"manifest {path}: missing column 'image' (has {', '.join(rows[0])})")
@@ -83,24 +83,12 @@ def manifest_multilabel(path: Path, rows: List[dict], base: Path, classes: Optio
     has_mask = "mask" in rows[0]
     images, masks, strata, bias = [], [], [], []
     for row, where in zip(rows, wheres):
-        img = str(row.get("image", "") or "").strip()
-        if not img:
-            raise DataError(f"{where}: empty 'image'")
-        images.append(str(base / img))
+        img, msk, stratum, b = manifest_row_fields(row, where, base, has_mask)
+        images.append(img)
         if has_mask:
-            m = str(row.get("mask", "") or "").strip()
-            if not m:
-                raise DataError(f"{where}: empty 'mask' for image {img}")
-            masks.append(str(base / m))
-        for col, out in (("stratum", strata), ("bias", bias)):
-            v = row.get(col)
-            if v is not None and str(v).strip() != "":
-                try:
-                    out.append(int(v))
-                except ValueError:
-                    raise DataError(f"{where}: {col!r} must be an integer, got {v!r}") from None
-            else:
-                out.append(None)
+            masks.append(msk)
+        strata.append(stratum)
+        bias.append(b)
     if check_files:
         check_pairs(images, masks if has_mask else [None] * len(images))
     check_multi_hot(labels, classes, f"manifest {path}", require_all=training_split)

@@ -197,6 +197,30 @@ def _read_manifest_rows(path: Path) -> List[Dict[str, str]]:
     raise DataError(f"manifest {path}: expected a .csv or .jsonl file")
 
 
+def manifest_row_fields(row: Dict, where: str, base: Path, has_mask: bool):
+    """(image path, mask path or None, stratum or None, bias or None) of one manifest row."""
+    img = str(row.get("image", "") or "").strip()
+    if not img:
+        raise DataError(f"{where}: empty 'image'")
+    msk = None
+    if has_mask:
+        m = str(row.get("mask", "") or "").strip()
+        if not m:
+            raise DataError(f"{where}: empty 'mask' for image {img}")
+        msk = str(base / m)
+    side = []
+    for col in ("stratum", "bias"):
+        v = row.get(col)
+        if v is not None and str(v).strip() != "":
+            try:
+                side.append(int(v))
+            except ValueError:
+                raise DataError(f"{where}: {col!r} must be an integer, got {v!r}") from None
+        else:
+            side.append(None)
+    return str(base / img), msk, side[0], side[1]
+
+
 def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = None,
                   check_files: bool = True) -> SampleSet:
     p = Path(path)
@@ -232,23 +256,12 @@ def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = 
             labels.append(v)
         else:
             raise DataError(f"{where}: label {lab!r} is not a known class ({', '.join(classes[:10])}...)")
-        img = str(row.get("image", "")).strip()
-        if not img:
-            raise DataError(f"{where}: empty 'image'")
-        images.append(str(base / img))
+        img, msk, stratum, b = manifest_row_fields(row, where, base, has_mask)
+        images.append(img)
         if has_mask:
-            m = str(row.get("mask", "") or "").strip()
-            if not m:
-                raise DataError(f"{where}: empty 'mask' for image {img}")
-            masks.append(str(base / m))
-        for col, out in (("stratum", strata), ("bias", bias)):
-            if col in row and str(row[col]).strip() != "":
-                try:
-                    out.append(int(row[col]))
-                except ValueError:
-                    raise DataError(f"{where}: {col!r} must be an integer, got {row[col]!r}") from None
-            else:
-                out.append(None)
+            masks.append(msk)
+        strata.append(stratum)
+        bias.append(b)
     if check_files:
         check_pairs(images, masks if has_mask else [None] * len(images))
     _check_labels(np.asarray(labels, np.int64), len(classes), f"manifest {path}", require_all=training_split)
