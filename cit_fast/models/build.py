@@ -41,11 +41,13 @@ def model_kwargs(name: str, mcfg: Any) -> Dict[str, Any]:
                 "init": getattr(mcfg, "init_single", "")}
     if family == "multilabel":
         kw = {"embed_dim": getattr(mcfg, "embed_dim", 128), "num_heads": getattr(mcfg, "num_heads", 4),
-              "decoder_layers": getattr(mcfg, "decoder_layers", 1), "dropout": getattr(mcfg, "dropout", 0.1)}
+              "decoder_layers": getattr(mcfg, "decoder_layers", 1), "dropout": getattr(mcfg, "dropout", 0.1),
+              "init": getattr(mcfg, "init_single", "")}
         if name.startswith("causal_"):
             kw.update(num_confounders=getattr(mcfg, "num_confounders", 16),
                       confounder_source=getattr(mcfg, "confounder_source", "kmeans"),
-                      merge=getattr(mcfg, "merge", "proposed"))
+                      merge=getattr(mcfg, "merge", "proposed"),
+                      observed_confounders=getattr(mcfg, "observed_confounders", False))
         return kw
     return {}
 

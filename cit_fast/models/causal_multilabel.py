@@ -13,6 +13,14 @@
                            categories branch 1 sees in the image (sigmoid, normalised) weigh their effect
                linear   -> u_j logits1 + v_j logits2 + e_j, a = 1/C (learned per-class mix)
 
+``observed_confounders=True`` adds the backdoor adjustment with the confounder observed in training
+(P(Y | do(X)) = sum_z P(Y | X, z) P(z), Pearl's formula read literally rather than through the
+prior-weighted attention alone): in training, the logits also see the image's own confounder mix
+pi[b, z] (the fraction of its spatial tokens whose nearest prototype is z, no gradient), through a
+context term g_j(pi) = sum_z pi[b, z] u_j(z); in evaluation pi is replaced by the prior P(z), so the
+context term is the same for every image. What the image's context explains in training (a companion
+object's tokens, a scene style) is then not learnt by the label features, and is averaged out at test.
+
 ``causal=False`` gives the decoder-only baseline (branch 1 alone) with the same backbone, decoder and
 heads, for comparisons. The confounders are buffers (``confounders.z``, ``confounders.prior``) filled
 by ``confounders.fit_confounders`` before training; see that module for the sources.
@@ -27,7 +35,7 @@ import torch.nn as nn
 
 from ..kernels import causal_attention
 from .confounders import CONFOUNDER_SOURCES, ConfounderBank
-from .double_branch import split_stages
+from .double_branch import load_single_branch, split_stages
 from .registry import create_model, register_model
 
 MERGES = ("sum", "linear", "proposed")
@@ -67,7 +75,7 @@ class CausalMultiLabel(nn.Module):
     def __init__(self, backbone: str = "resnet20", num_classes: int = 20, embed_dim: int = 128,
                  num_heads: int = 4, decoder_layers: int = 1, ff_dim: int = 0, dropout: float = 0.1,
                  causal: bool = True, num_confounders: int = 16, confounder_source: str = "kmeans",
-                 merge: str = "proposed"):
+                 merge: str = "proposed", observed_confounders: bool = False, init: str = ""):
         super().__init__()
         if merge not in MERGES:
             raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
@@ -77,8 +85,14 @@ class CausalMultiLabel(nn.Module):
         if embed_dim % num_heads or embed_dim % 4:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads}) and by 4")
         self.num_classes, self.embed_dim, self.num_heads = num_classes, embed_dim, num_heads
+        if observed_confounders and (not causal or confounder_source != "kmeans"):
+            raise ValueError("observed_confounders needs a causal model whose confounders are prototypes of its "
+                             f"projected tokens (confounder_source kmeans), got causal={causal}, "
+                             f"confounder_source={confounder_source!r}")
         self.causal, self.merge, self.confounder_source = causal, merge, confounder_source
-        self.backbone = create_model(backbone, num_classes=1)
+        self.observed_confounders = observed_confounders
+        # the paper starts from a pre-trained classifier: ``init`` is a local single-branch checkpoint
+        self.backbone = load_single_branch(backbone, init) if init else create_model(backbone, num_classes=1)
         self.backbone.fc = nn.Identity()  # the trunk only: forward_features
         self.stages = split_stages(self.backbone)  # shares the backbone's modules (for `early`)
         self.num_features = self.backbone.num_features
@@ -97,6 +111,9 @@ class CausalMultiLabel(nn.Module):
             self.out_proj = nn.Linear(d, d)
             self.norm = nn.LayerNorm(d)
             self.head2 = GroupLinear(num_classes, d)  # classifier j applied to every intervened feature
+            if observed_confounders:
+                self.ctx_proj = nn.Linear(zdim, d)  # u_j(z) = w_j . ctx_proj(z) + c_j
+                self.ctx_head = nn.Linear(d, num_classes)
             if merge == "linear":
                 self.mix = nn.Parameter(torch.stack([torch.ones(num_classes), torch.ones(num_classes),
                                                      torch.zeros(num_classes)]))  # (3, C): u, v, e
@@ -122,11 +139,28 @@ class CausalMultiLabel(nn.Module):
 
     def label_features(self, x: torch.Tensor, fmap: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, 3, H, W) (or the trunk's map ``fmap``) -> label-specific features X (B, C, D)."""
-        feats = self.proj(self.backbone.forward_features(x) if fmap is None else fmap)  # (B, D, h, w)
+        return self._decode(self.proj(self.backbone.forward_features(x) if fmap is None else fmap))
+
+    def _decode(self, feats: torch.Tensor) -> torch.Tensor:
+        """Projected map (B, D, h, w) -> label-specific features X (B, C, D)."""
         b, d, h, w = feats.shape
         mem = feats.flatten(2).transpose(1, 2) + sine_positions(h, w, d, feats.device, feats.dtype)
         tgt = self.queries.to(mem.dtype).unsqueeze(0).expand(b, -1, -1)
         return self.decoder(tgt, mem)
+
+    @torch.no_grad()
+    def confounder_mix(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Confounder tokens (B, T, Dz) -> the image's observed confounder mix pi (B, K): the fraction
+        of its tokens whose nearest prototype (squared distance) is z. No gradient: z is observed."""
+        z = self.confounders.z.to(tokens.dtype)  # (K, Dz)
+        d2 = (tokens * tokens).sum(-1, keepdim=True) - 2 * tokens @ z.T + (z * z).sum(-1)  # (B, T, K)
+        nearest = torch.nn.functional.one_hot(d2.argmin(-1), z.shape[0]).to(tokens.dtype)
+        return nearest.mean(1)
+
+    def context_logits(self, mix: torch.Tensor) -> torch.Tensor:
+        """Confounder mix (B, K) -> context term g(pi) (B, C) = pi @ u(Z), u(Z) (K, C)."""
+        u = self.ctx_head(self.ctx_proj(self.confounders.z.to(mix.dtype)))  # (K, C)
+        return mix @ u
 
     def intervene(self, feats: torch.Tensor) -> torch.Tensor:
         """Label features X (B, C, D) -> intervened features H (B, C, D) (backdoor over Z)."""
@@ -143,7 +177,9 @@ class CausalMultiLabel(nn.Module):
     def forward_all(self, x: Optional[torch.Tensor], fmap: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Everything: features, branch logits, R and the merged logits (from x, or from the
         trunk's map ``fmap``)."""
-        feats = self.label_features(x, fmap)
+        fmap = self.backbone.forward_features(x) if fmap is None else fmap
+        proj = self.proj(fmap)  # (B, D, h, w)
+        feats = self._decode(proj)
         logits1 = self.head(feats)  # (B, C)
         out = {"features": feats, "logits1": logits1}
         if not self.causal:
@@ -163,6 +199,13 @@ class CausalMultiLabel(nn.Module):
         else:
             logits = logits1 + logits2
         out.update(correlations=r, logits2=logits2, logits=logits)
+        if self.observed_confounders:
+            if self.training:  # P(Y | X, z): the image's own confounders, observed
+                mix = self.confounder_mix(proj.flatten(2).transpose(1, 2))  # tokens (B, T, D)
+            else:  # sum_z P(Y | X, z) P(z): the confounder marginalised with its prior
+                mix = self.confounders.prior.to(logits.dtype).expand(logits.shape[0], -1)
+            out["context_logits"] = ctx = self.context_logits(mix)
+            out["logits"] = logits + ctx
         return out
 
     def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:

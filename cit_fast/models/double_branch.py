@@ -43,7 +43,7 @@ def split_stages(net: nn.Module) -> List[nn.Module]:
     raise TypeError(f"double-branch models need a CIFAR or torchvision ResNet trunk, got {type(net).__name__}")
 
 
-def _load_single_branch(base: str, path: str) -> nn.Module:
+def load_single_branch(base: str, path: str) -> nn.Module:
     """The single-branch model of checkpoint ``path`` (a cit_fast checkpoint with a 'model' state dict)."""
     from ..train.checkpoint import load_checkpoint
 
@@ -66,7 +66,7 @@ class DoubleBranchResNet(nn.Module):
                  init: str = "", num_high: int = 2):
         super().__init__()
         self.base = base
-        trunk = _load_single_branch(base, init) if init else create_model(base, num_classes=num_classes)
+        trunk = load_single_branch(base, init) if init else create_model(base, num_classes=num_classes)
         stages = split_stages(trunk)
         if not 1 <= num_high < len(stages):
             raise ValueError(f"num_high must be in [1, {len(stages) - 1}] for {base}, got {num_high}")
@@ -137,7 +137,7 @@ class SingleInputOfTwo(nn.Module):
         if which not in ("content", "context"):
             raise ValueError(f"which must be 'content' or 'context', got {which!r}")
         self.which = which
-        self.net = _load_single_branch(base, init) if init else create_model(base, num_classes=num_classes)
+        self.net = load_single_branch(base, init) if init else create_model(base, num_classes=num_classes)
         self.num_features = self.net.num_features
 
     def forward(self, content: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

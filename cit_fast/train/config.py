@@ -73,7 +73,7 @@ class ModelConfig:
     # double-branch models (double_*, CIT Fig. 4b)
     shared_low: bool = True  # stem and low blocks shared by the content and context branches
     freeze_low: bool = False  # train only the top two blocks and the FC (CIT Sec. IV)
-    init_single: str = ""  # local single-branch checkpoint that initialises both branches
+    init_single: str = ""  # local single-branch checkpoint: initialises both branches (double_*), the trunk (causal_*, decoder_*)
     # multi-label transformer models (causal_* and decoder_*)
     embed_dim: int = 128  # D of the projected tokens and label features
     num_heads: int = 4  # attention heads (decoder and intervention)
@@ -85,6 +85,9 @@ class ModelConfig:
     kmeans_iters: int = 20  # Lloyd iterations
     confounder_tokens: int = 16  # spatial tokens per training image clustered (0 = all)
     confounder_refresh: int = 0  # re-fit the confounders every N epochs (0 = once, before training)
+    # backdoor with z observed in training: the logits see the image's own confounder mix (its tokens'
+    # nearest prototypes), marginalised with P(z) in evaluation (kmeans confounders only)
+    observed_confounders: bool = False
 
 
 @dataclass
@@ -338,6 +341,9 @@ def validate(cfg: TrainConfig) -> None:
     _choice(mc.task, ("auto", "single", "double", "multilabel"), "model.task")
     _choice(mc.confounder_source, ("kmeans", "early", "label", "random"), "model.confounder_source")
     _choice(mc.merge, ("sum", "linear", "proposed"), "model.merge")
+    if mc.observed_confounders and mc.confounder_source != "kmeans":
+        raise ConfigError("model.observed_confounders: needs model.confounder_source=kmeans (prototypes of the "
+                          f"projected tokens), got {mc.confounder_source!r}")
     for key in ("embed_dim", "num_heads", "decoder_layers", "num_confounders", "kmeans_iters"):
         _positive(getattr(mc, key), f"model.{key}")
     for key in ("confounder_tokens", "confounder_refresh"):

@@ -3,7 +3,7 @@ import torch
 
 from cit_fast.kernels import causal_attention_ref
 from cit_fast.models import create_model, model_task
-from cit_fast.models.causal_multilabel import MERGES, sine_positions
+from cit_fast.models.causal_multilabel import MERGES, CausalMultiLabel, sine_positions
 from cit_fast.train.checkpoint import load_checkpoint, save_checkpoint
 
 C = 7  # labels: not a power of two
@@ -107,3 +107,63 @@ def test_sine_positions_distinct():
     p = sine_positions(3, 5, 16)
     assert p.shape == (15, 16)
     assert torch.cdist(p, p).add(torch.eye(15)).min() > 1e-3
+
+
+def test_confounder_mix_counts_each_token_nearest_prototype():
+    m = small(observed_confounders=True)
+    z = torch.eye(5, 24) * 10  # prototypes far apart
+    m.confounders.set(z, torch.full((5,), 0.2))
+    # image 0: 3 tokens near z1, 1 near z4; image 1: all 4 near z0
+    tokens = torch.stack([z[[1, 1, 4, 1]], z[[0, 0, 0, 0]]]) + 0.1 * torch.randn(2, 4, 24)
+    mix = m.confounder_mix(tokens)
+    torch.testing.assert_close(mix, torch.tensor([[0, 0.75, 0, 0, 0.25], [1.0, 0, 0, 0, 0]]))
+
+
+def test_observed_confounders_seen_in_training_marginalised_in_evaluation():
+    m = small(observed_confounders=True)
+    z, p = torch.randn(5, 24), torch.softmax(torch.randn(5), 0)
+    m.confounders.set(z, p)
+    x = torch.randn(3, 3, 20, 20, requires_grad=True)
+    out = m.train().forward_all(x)  # P(Y | X, z): each image's own mix
+    tokens = m.proj(m.backbone.forward_features(x)).flatten(2).transpose(1, 2)
+    mix = m.confounder_mix(tokens)
+    assert torch.allclose(mix.sum(1), torch.ones(3)) and not mix.requires_grad
+    u = m.ctx_head(m.ctx_proj(z))  # (K, C)
+    torch.testing.assert_close(out["context_logits"], mix @ u)
+    merged = out["logits1"] + out["logits2"]
+    torch.testing.assert_close(out["logits"], merged + out["context_logits"])
+    out["logits"].sum().backward()
+    assert m.ctx_proj.weight.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
+    # sum_z P(Y | X, z) P(z): the same context term for every image, so each class ranks images as
+    # the two branches do
+    ev = m.eval().forward_all(x.detach())
+    torch.testing.assert_close(ev["context_logits"], (p @ u).expand(3, -1))
+    torch.testing.assert_close(ev["logits"], ev["logits1"] + ev["logits2"] + p @ u)
+
+
+def test_observed_confounders_need_kmeans_prototypes():
+    for kw in ({"confounder_source": "label"}, {"confounder_source": "random"}):
+        with pytest.raises(ValueError, match="observed_confounders needs"):
+            small(observed_confounders=True, **kw)
+    with pytest.raises(ValueError, match="observed_confounders needs"):
+        CausalMultiLabel("resnet8", C, embed_dim=24, num_heads=3, causal=False, observed_confounders=True)
+
+
+@pytest.mark.parametrize("name", ["causal_resnet8", "decoder_resnet8"])
+def test_trunk_initialised_from_a_single_branch_checkpoint(tmp_path, name):
+    torch.manual_seed(1)
+    single = create_model("resnet8", num_classes=4)
+    path = save_checkpoint({"model": single.state_dict(), "epoch": 1, "step_in_epoch": 0}, tmp_path, 1, 0)
+    m = small(name, init=str(path))
+    trunk = {k: v for k, v in single.state_dict().items() if not k.startswith("fc.")}
+    got = {k: v for k, v in m.backbone.state_dict().items()}
+    assert trunk.keys() == got.keys()
+    for k in trunk:
+        torch.testing.assert_close(got[k], trunk[k])
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(m.eval().forward_features(x), single.eval().forward_features(x))
+    with pytest.raises(ValueError, match="not a single-branch resnet8"):
+        torch.manual_seed(2)
+        other = create_model("resnet20", num_classes=4)
+        bad = save_checkpoint({"model": other.state_dict(), "epoch": 1, "step_in_epoch": 0}, tmp_path / "b", 1, 0)
+        small(name, init=str(bad))

@@ -29,6 +29,8 @@ def test_round_trip():
     (["optim.milestones=[5,2]"], "optim.milestones: expected increasing positive epochs"),
     (["data.source=arrays"], "data.train: a path is required"),
     (["noequals"], "expected key=value"),
+    (["model.observed_confounders=true", "model.confounder_source=label"],
+     "model.observed_confounders: needs model.confounder_source=kmeans"),
 ])
 def test_bad_values_are_clear_errors(override, message):
     with pytest.raises(ConfigError) as e:
