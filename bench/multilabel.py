@@ -102,7 +102,7 @@ def _evaluate(checkpoint: str, pairs: List[Tuple[int, int]]) -> Dict[str, float]
     state = load_checkpoint(Path(checkpoint))
     cfg = from_dict(state["config"])
     train, test = build_datasets(cfg.data)
-    model = build_model(cfg.model, train.num_classes)
+    model = build_model(cfg.model, train.num_classes, initialise=False)
     model.load_state_dict(state["model"])
     scores, targets = collect(model, build_pipeline(test, cfg, train=False, device=torch.device("cpu")))
     rep = multilabel_report(scores, targets, train.classes, pairs)

@@ -105,3 +105,23 @@ def test_adamw_option():
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 0.001
     with pytest.raises(ConfigError, match="optim.optimizer"):
         load_config(None, ["optim.optimizer=lion"])
+
+
+def test_pretrained_trunk_and_observed_confounders_train_and_evaluate(tmp_path, multilabel_arrays):
+    torch.manual_seed(3)
+    from cit_fast.models import create_model
+
+    single = create_model("resnet8", num_classes=10)
+    init = ckpt.save_checkpoint({"model": single.state_dict(), "epoch": 1, "step_in_epoch": 0}, tmp_path / "pre", 1, 0)
+    res = main(ml_cfg(multilabel_arrays, tmp_path / "run", f"model.init_single={init}",
+                      "model.observed_confounders=true", "optim.epochs=1"))
+    assert res["task"] == "multilabel" and 0 <= res["test_mAP"] <= 100
+    state = ckpt.load_checkpoint(ckpt.find_latest(tmp_path / "run" / "checkpoints"))
+    assert "ctx_proj.weight" in state["model"] and bool(state["model"]["confounders.fitted"])
+    init.unlink()  # evaluation takes the weights from the run's checkpoint, not from the init file
+    ck = str(ckpt.find_latest(tmp_path / "run" / "checkpoints"))
+    assert cli(["eval", "--checkpoint", ck, "--out", str(tmp_path / "e.json")]) == 0
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert ev["test"]["mAP"] == pytest.approx(res["test_mAP"])
+    with pytest.raises(FileNotFoundError, match="not found"):  # training from it again needs the file
+        main(ml_cfg(multilabel_arrays, tmp_path / "again", f"model.init_single={init}"))
