@@ -59,10 +59,8 @@ def _train(args: Tuple[str, List[str]]) -> Tuple[str, float, str]:
 
     torch.set_num_threads(1)
     from cit_fast.train import checkpoint as ckpt
-    from cit_fast.train.config import load_config
+    from cit_fast.train.config import load_config, to_dict
     from cit_fast.train.loop import main
-
-    from cit_fast.train.config import to_dict
 
     cfg = load_config(None, overrides)
     out = Path(cfg.out_dir)
@@ -91,11 +89,11 @@ def _pretrain(out: Path, epochs: int, lr: float) -> str:
         save_arrays(SampleSet(s.images, s.masks, s.labels.argmax(1).astype(np.int64), s.classes,
                               name=f"single-object {split}"), str(out / "pretrain" / f"{split}.npz"))
     d = out / "pretrain"
-    name, secs, ck = _train(("pretrain", ["data.source=arrays", f"data.train={d / 'train.npz'}",
-                                          f"data.test={d / 'test.npz'}", "model.name=resnet8", "data.batch_size=64",
-                                          f"optim.lr={lr}", "optim.schedule=cosine", "optim.warmup_epochs=1",
-                                          f"optim.epochs={epochs}", "progress=false", "threads=2",
-                                          "log_interval=1000", f"out_dir={d / 'resnet8'}"]))
+    _, secs, ck = _train(("pretrain", ["data.source=arrays", f"data.train={d / 'train.npz'}",
+                                       f"data.test={d / 'test.npz'}", "model.name=resnet8", "data.batch_size=64",
+                                       f"optim.lr={lr}", "optim.schedule=cosine", "optim.warmup_epochs=1",
+                                       f"optim.epochs={epochs}", "progress=false", "threads=2",
+                                       "log_interval=1000", f"out_dir={d / 'resnet8'}"]))
     print(f"# pre-trained the trunk in {secs:.0f} s: {ck}", flush=True)
     return ck
 
