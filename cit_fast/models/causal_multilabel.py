@@ -18,8 +18,9 @@
 prior-weighted attention alone): in training, the logits also see the image's own confounder mix
 pi[b, z] (the fraction of its spatial tokens whose nearest prototype is z, no gradient), through a
 context term g_j(pi) = sum_z pi[b, z] u_j(z); in evaluation pi is replaced by the prior P(z), so the
-context term is the same for every image. What the image's context explains in training (a companion
-object's tokens, a scene style) is then not learnt by the label features, and is averaged out at test.
+context term is the same for every image. The intent: what the image's context explains in training
+(a companion object's tokens, a scene style) is taken up by that term rather than by the label
+features, and averaged out at test (measured on the biased benchmark: bench/RESULTS.md).
 
 ``causal=False`` gives the decoder-only baseline (branch 1 alone) with the same backbone, decoder and
 heads, for comparisons. The confounders are buffers (``confounders.z``, ``confounders.prior``) filled
