@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..kernels import causal_attention
-from .confounders import CONFOUNDER_SOURCES, ConfounderBank
+from .confounders import CONFOUNDER_SOURCES, ConfounderBank, nearest_center
 from .double_branch import load_single_branch, split_stages
 from .registry import create_model, register_model
 
@@ -153,10 +153,9 @@ class CausalMultiLabel(nn.Module):
     def confounder_mix(self, tokens: torch.Tensor) -> torch.Tensor:
         """Confounder tokens (B, T, Dz) -> the image's observed confounder mix pi (B, K): the fraction
         of its tokens whose nearest prototype (squared distance) is z. No gradient: z is observed."""
-        z = self.confounders.z.to(tokens.dtype)  # (K, Dz)
-        d2 = (tokens * tokens).sum(-1, keepdim=True) - 2 * tokens @ z.T + (z * z).sum(-1)  # (B, T, K)
-        nearest = torch.nn.functional.one_hot(d2.argmin(-1), z.shape[0]).to(tokens.dtype)
-        return nearest.mean(1)
+        b, t, dz = tokens.shape
+        idx, _ = nearest_center(tokens.reshape(b * t, dz), self.confounders.z)  # k-means' own assignment
+        return torch.nn.functional.one_hot(idx, self.confounders.num).to(tokens.dtype).reshape(b, t, -1).mean(1)
 
     def context_logits(self, mix: torch.Tensor) -> torch.Tensor:
         """Confounder mix (B, K) -> context term g(pi) (B, C) = pi @ u(Z), u(Z) (K, C)."""

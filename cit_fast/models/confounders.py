@@ -139,7 +139,7 @@ def kmeans_pp(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return centers
 
 
-def _assign(x: torch.Tensor, centers: torch.Tensor, chunk: int = 65536) -> Tuple[torch.Tensor, torch.Tensor]:
+def nearest_center(x: torch.Tensor, centers: torch.Tensor, chunk: int = 65536) -> Tuple[torch.Tensor, torch.Tensor]:
     """Nearest center of every row of x (N, D): (index (N,), squared distance (N,))."""
     c = centers.to(x.dtype)
     cn = (c * c).sum(1)
@@ -174,7 +174,7 @@ def kmeans(x: torch.Tensor, ids: torch.Tensor, k: int, iters: int = 20, seed: in
     counts = torch.zeros(k, dtype=torch.float64, device=x.device)
     inertia = 0.0
     for _ in range(max(iters, 1)):
-        assign, d2 = _assign(x, centers.float())
+        assign, d2 = nearest_center(x, centers.float())
         sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
         sums.index_add_(0, assign, x.double())
         stats = torch.cat([sums, torch.bincount(assign, minlength=k).double()[:, None],
@@ -187,7 +187,7 @@ def kmeans(x: torch.Tensor, ids: torch.Tensor, k: int, iters: int = 20, seed: in
         centers = new
         if shift <= tol:
             break
-    assign, _ = _assign(x, centers.float())
+    assign, _ = nearest_center(x, centers.float())
     counts = _all_reduce(torch.bincount(assign, minlength=k).double())
     return centers.float(), counts, inertia
 
