@@ -109,8 +109,9 @@ def _evaluate(checkpoint: str, pairs: List[Tuple[int, int]]) -> Dict[str, float]
 
     state = load_checkpoint(Path(checkpoint))
     cfg = from_dict(state["config"])
+    cfg.model.init_single = ""  # the checkpoint holds every weight
     train, test = build_datasets(cfg.data)
-    model = build_model(cfg.model, train.num_classes, initialise=False)
+    model = build_model(cfg.model, train.num_classes)
     model.load_state_dict(state["model"])
     scores, targets = collect(model, build_pipeline(test, cfg, train=False, device=torch.device("cpu")))
     rep = multilabel_report(scores, targets, train.classes, pairs)

@@ -151,7 +151,7 @@ def run_cross_eval(checkpoint: str, mapping: str, overrides: Sequence[str] = (),
             tgt_cfg.data.image_size = int(h)  # the side the model was trained at
     src_cfg.model.init_single = ""  # the checkpoint holds every weight
     task = model_task(src_cfg.model.name, src_train.multilabel, src_cfg.model.task)
-    model = build_model(src_cfg.model, src_cfg.model.num_classes or src_train.num_classes, initialise=False)
+    model = build_model(src_cfg.model, src_cfg.model.num_classes or src_train.num_classes)
     model.load_state_dict(state["model"])
     device = torch.device("cuda" if tgt_cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     model.to(device).eval()

@@ -216,7 +216,7 @@ def load_model(checkpoint, overrides: Sequence[str] = ()):
     cfg = from_dict(state["config"], overrides)
     cfg.model.init_single = ""
     train_set, test_set = build_datasets(cfg.data)
-    model = build_model(cfg.model, cfg.model.num_classes or train_set.num_classes, initialise=False)
+    model = build_model(cfg.model, cfg.model.num_classes or train_set.num_classes)
     model.load_state_dict(state["model"])
     return model.eval(), cfg, train_set, test_set
 

@@ -72,8 +72,9 @@ def load_run_model(checkpoint, overrides=()):
     if "config" not in state:
         raise ValueError(f"checkpoint {checkpoint}: has no config; cannot rebuild its data and model")
     cfg = from_dict(state["config"], overrides)
+    cfg.model.init_single = ""  # the checkpoint holds every weight; the init file may be long gone
     train_set, test_set = build_datasets(cfg.data)
-    model = build_model(cfg.model, cfg.model.num_classes or train_set.num_classes, initialise=False)  # the saved options too
+    model = build_model(cfg.model, cfg.model.num_classes or train_set.num_classes)  # the saved options too
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, test_set

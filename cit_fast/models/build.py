@@ -52,13 +52,6 @@ def model_kwargs(name: str, mcfg: Any) -> Dict[str, Any]:
     return {}
 
 
-def build_model(mcfg: Any, num_classes: int, initialise: bool = True) -> nn.Module:
-    """``create_model(mcfg.name, num_classes, **options of its family)``.
-
-    ``initialise=False`` skips ``model.init_single`` (the trunk's starting checkpoint): for a model whose
-    weights are about to be loaded from one of its own checkpoints, which then need not find that file.
-    """
-    kw = model_kwargs(mcfg.name, mcfg)
-    if not initialise:
-        kw.pop("init", None)
-    return registry.create_model(mcfg.name, num_classes=num_classes, **kw)
+def build_model(mcfg: Any, num_classes: int) -> nn.Module:
+    """``create_model(mcfg.name, num_classes, **options of its family)``."""
+    return registry.create_model(mcfg.name, num_classes=num_classes, **model_kwargs(mcfg.name, mcfg))

@@ -33,7 +33,7 @@ def run_eval(checkpoint: str, overrides: Sequence[str] = (), out: Optional[str] 
     cfg.model.init_single = ""  # the checkpoint holds every weight; the init file may be long gone
     train_set, test_set = build_datasets(cfg.data)
     task = model_task(cfg.model.name, train_set.multilabel, cfg.model.task)
-    model = build_model(cfg.model, cfg.model.num_classes or train_set.num_classes, initialise=False)
+    model = build_model(cfg.model, cfg.model.num_classes or train_set.num_classes)
     model.load_state_dict(state["model"])
     device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     model.to(device).eval()
