@@ -34,8 +34,8 @@ def _train(overrides: List[str]) -> Tuple[float, str]:
     import torch
 
     torch.set_num_threads(1)
-    from cit_fast.train import checkpoint as ckpt
-    from cit_fast.train.config import load_config
+    from cit_fast import checkpoint as ckpt
+    from cit_fast.config import load_config
     from cit_fast.train.loop import main
 
     cfg = load_config(None, overrides)

@@ -58,8 +58,8 @@ def _train(args: Tuple[str, List[str]]) -> Tuple[str, float, str]:
     import torch
 
     torch.set_num_threads(1)
-    from cit_fast.train import checkpoint as ckpt
-    from cit_fast.train.config import load_config, to_dict
+    from cit_fast import checkpoint as ckpt
+    from cit_fast.config import load_config, to_dict
     from cit_fast.train.loop import main
 
     cfg = load_config(None, overrides)
@@ -103,8 +103,8 @@ def _evaluate(checkpoint: str, pairs: List[Tuple[int, int]]) -> Dict[str, float]
 
     from cit_fast.data.build import build_datasets, build_pipeline
     from cit_fast.models import build_model
-    from cit_fast.train.checkpoint import load_checkpoint
-    from cit_fast.train.config import from_dict
+    from cit_fast.checkpoint import load_checkpoint
+    from cit_fast.config import from_dict
     from cit_fast.train.metrics_eval import collect, multilabel_report
 
     state = load_checkpoint(Path(checkpoint))

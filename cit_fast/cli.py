@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .train.config import ConfigError
+from .config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args) -> int:
-    from .train.config import load_config
+    from .config import load_config
     from .train.loop import main
 
     cfg = load_config(args.config, args.overrides)

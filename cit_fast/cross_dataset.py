@@ -123,8 +123,8 @@ def run_cross_eval(checkpoint: str, mapping: str, overrides: Sequence[str] = (),
     """
     from .data.build import build_datasets
     from .models import build_model, model_task
-    from .train.checkpoint import load_checkpoint
-    from .train.config import from_dict, merge_trees, parse_overrides, to_dict
+    from .checkpoint import load_checkpoint
+    from .config import from_dict, merge_trees, parse_overrides, to_dict
     from .utils import atomic_write_json
 
     state = load_checkpoint(Path(checkpoint))

@@ -207,8 +207,8 @@ def load_model(checkpoint, overrides: Sequence[str] = ()):
     """(model, cfg, train SampleSet, test SampleSet) of a checkpoint, the model built with its own options."""
     from .data.build import build_datasets
     from .models import build_model
-    from .train.checkpoint import load_checkpoint
-    from .train.config import from_dict
+    from .checkpoint import load_checkpoint
+    from .config import from_dict
 
     state = load_checkpoint(Path(checkpoint))
     if "config" not in state:

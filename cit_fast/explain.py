@@ -65,8 +65,8 @@ def load_run_model(checkpoint, overrides=()):
 
     from .data.build import build_datasets
     from .models.build import build_model
-    from .train.checkpoint import load_checkpoint
-    from .train.config import from_dict
+    from .checkpoint import load_checkpoint
+    from .config import from_dict
 
     state = load_checkpoint(Path(checkpoint))
     if "config" not in state:

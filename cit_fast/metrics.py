@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from .train.config import MetricsConfig
+from .config import MetricsConfig
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, start_http_server)
 

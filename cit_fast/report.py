@@ -80,7 +80,7 @@ def composite_grid(run: Path, out: Path, n: int = 8) -> Optional[bytes]:
 
     from .data.build import build_datasets, build_pipeline
     from .data.pipeline import compose
-    from .train.config import from_dict
+    from .config import from_dict
     import yaml
 
     cfg_path = run / "config.yaml"
@@ -144,7 +144,7 @@ def _png_bytes(arr: np.ndarray, path: Path, min_height: int = 160) -> bytes:
 
 
 def _latest_ckpt(run: Path) -> Optional[Path]:
-    from .train.checkpoint import find_latest
+    from .checkpoint import find_latest
 
     return find_latest(run / "checkpoints")
 

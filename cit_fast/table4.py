@@ -27,7 +27,7 @@ def _run_one(args: Tuple[str, List[str]]) -> Tuple[str, float, float]:
     import torch
 
     torch.set_num_threads(1)
-    from .train.config import load_config
+    from .config import load_config
     from .train.loop import main
 
     cfg = load_config(str(DEFAULT_CONFIG), overrides)
@@ -81,7 +81,7 @@ def append_results(results_md: str, title: str, cmd: str, body: str) -> None:
 
 def run_table4(out_dir: Path, overrides: Sequence[str] = (), jobs: int = 2,
                results_md: Optional[str] = None) -> Dict[str, float]:
-    from .train.config import load_config
+    from .config import load_config
 
     load_config(str(DEFAULT_CONFIG), overrides)  # fail fast on a bad override
     runs = plan_runs(out_dir, overrides)

@@ -11,8 +11,8 @@ from cit_fast.data.nuswide import save_nuswide
 from cit_fast.data.records import DataError, SampleSet
 from cit_fast.data.synthetic import save_arrays
 from cit_fast.data.synthetic_multilabel import make_biased_multilabel
-from cit_fast.train import checkpoint as ckpt
-from cit_fast.train.config import load_config
+from cit_fast import checkpoint as ckpt
+from cit_fast.config import load_config
 from cit_fast.train.loop import main
 
 # source class -> target class; the target calls them differently, lacks ring/frame/... and adds "sunset"

@@ -11,8 +11,8 @@ from cit_fast.data.synthetic_multilabel import make_biased_multilabel
 from cit_fast.diagnostics import attention_figure, attention_probs, collect, embed_2d, embedding_figure
 from cit_fast.models import create_model
 from cit_fast.report import build_report
-from cit_fast.train import checkpoint as ckpt
-from cit_fast.train.config import load_config
+from cit_fast import checkpoint as ckpt
+from cit_fast.config import load_config
 from cit_fast.train.loop import main
 
 

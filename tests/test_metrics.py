@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 
 from cit_fast.metrics import TrainingMetrics
-from cit_fast.train.config import MetricsConfig
+from cit_fast.config import MetricsConfig
 
 
 def scrape(port: int) -> str:

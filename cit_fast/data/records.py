@@ -15,11 +15,9 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
+
 ImageColumn = Union[np.ndarray, List[str]]
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file or field and what was expected."""
 
 
 def decode_image(path: str) -> np.ndarray:

@@ -20,15 +20,16 @@ Bg*"): a standard ResNet that takes the same (content, context) batches and look
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Callable, List
 
 import torch
 import torch.nn as nn
 
+from ..utils import print0
 from .registry import create_model, register_model
 from .resnet_cifar import CifarResNet
 from .resnet_imagenet import TorchvisionResNet
+from .weights import load_weights, single_branch_classes
 
 
 def split_stages(net: nn.Module) -> List[nn.Module]:
@@ -43,20 +44,11 @@ def split_stages(net: nn.Module) -> List[nn.Module]:
     raise TypeError(f"double-branch models need a CIFAR or torchvision ResNet trunk, got {type(net).__name__}")
 
 
-def load_single_branch(base: str, path: str) -> nn.Module:
-    """The single-branch model of checkpoint ``path`` (a cit_fast checkpoint with a 'model' state dict)."""
-    from ..train.checkpoint import load_checkpoint
-
-    state = load_checkpoint(Path(path))["model"]
-    if "fc.weight" not in state:
-        raise ValueError(f"init checkpoint {path}: no 'fc.weight'; expected a single-branch {base} state dict")
-    net = create_model(base, num_classes=state["fc.weight"].shape[0])
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip()
-        raise ValueError(f"init checkpoint {path}: not a single-branch {base} model ({first})") from None
-    return net
+def load_single_branch(base: str, path: str, what: str = "model.init_single") -> nn.Module:
+    """The single-branch ``base`` model of weight file ``path`` (a cit_fast checkpoint or a torchvision
+    ResNet state dict), with the file's own classifier head."""
+    net = create_model(base, num_classes=single_branch_classes(path, what))
+    return load_weights(net, path, what=f"{what} ({base})", quiet=True)
 
 
 class DoubleBranchResNet(nn.Module):
@@ -84,6 +76,9 @@ class DoubleBranchResNet(nn.Module):
             with torch.no_grad():
                 self.fc.weight.copy_(torch.cat([trunk.fc.weight, trunk.fc.weight], 1) / 2)
                 self.fc.bias.copy_(trunk.fc.bias)
+        elif init:
+            print0(f"model.init_single {init}: both branches start from it; classifier head re-initialised "
+                   f"({trunk.fc.out_features} -> {num_classes} classes)")
         self.freeze_low = freeze_low
         if freeze_low:
             for m in (self.low_content, self.low_context):

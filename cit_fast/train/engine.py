@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 
 from ..utils import atomic_write_text
-from . import checkpoint as ckpt
-from .config import merge_trees
+from .. import checkpoint as ckpt
+from ..config import merge_trees
 from .distributed import DistEnv
 from .sync_bn import convert_sync_batchnorm
 

@@ -16,8 +16,8 @@ import torch
 from ..data.build import build_datasets, build_pipeline
 from ..models import build_model, model_task
 from ..utils import atomic_write_json
-from .checkpoint import load_checkpoint
-from .config import from_dict, to_dict
+from ..checkpoint import load_checkpoint
+from ..config import from_dict, to_dict
 from .evaluate import evaluate
 from .metrics_eval import bg_challenge as run_bg_challenge
 from .metrics_eval import collect, multilabel_hits, multilabel_report, parse_pairs

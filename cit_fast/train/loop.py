@@ -26,8 +26,8 @@ from ..data.pipeline import Batch, Pipeline
 from ..models import build_model, model_task
 from ..metrics import TrainingMetrics
 from ..utils import atomic_write_json, print0
-from . import checkpoint as ckpt
-from .config import TrainConfig, save_config, to_dict
+from .. import checkpoint as ckpt
+from ..config import TrainConfig, save_config, to_dict
 from .distributed import DistEnv, setup_distributed
 from .engine import Engine, autocast_dtype, build_engine
 from .evaluate import evaluate, model_inputs

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cit_fast.data.mix import mix_batch, soft_cross_entropy
-from cit_fast.train.config import load_config
+from cit_fast.config import load_config
 from cit_fast.train.loop import main
 
 

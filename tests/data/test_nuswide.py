@@ -8,7 +8,7 @@ from PIL import Image
 from cit_fast.data.build import build_datasets
 from cit_fast.data.nuswide import load_nuswide, save_nuswide
 from cit_fast.data.records import DataError, SampleSet
-from cit_fast.train.config import load_config
+from cit_fast.config import load_config
 
 CLASSES = ["sky", "water", "animal"]
 LABELS = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 1], [0, 0, 0]], np.float32)

@@ -195,7 +195,7 @@ def test_missing_mask_is_caught_when_loading(tmp_path):
 @pytest.mark.parametrize("kind", PIPELINES)
 def test_build_pipeline_from_config(kind, files, tmp_path):
     from cit_fast.data.build import build_pipeline
-    from cit_fast.train.config import load_config
+    from cit_fast.config import load_config
 
     cfg = load_config(None, [f"data.pipeline={kind}", "data.source=folder", f"data.train={tmp_path}",
                              "data.image_size=16", "data.batch_size=4", "intervention.plan=stratify_c",

@@ -4,7 +4,7 @@ import torch
 from cit_fast.kernels import causal_attention_ref
 from cit_fast.models import create_model, model_task
 from cit_fast.models.causal_multilabel import MERGES, CausalMultiLabel, sine_positions
-from cit_fast.train.checkpoint import load_checkpoint, save_checkpoint
+from cit_fast.checkpoint import load_checkpoint, save_checkpoint
 
 C = 7  # labels: not a power of two
 

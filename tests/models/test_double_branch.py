@@ -3,7 +3,7 @@ import torch
 
 from cit_fast.models import create_model, model_task
 from cit_fast.models.double_branch import blank_like, split_stages
-from cit_fast.train.checkpoint import save_checkpoint
+from cit_fast.checkpoint import save_checkpoint
 
 
 @pytest.mark.parametrize("name, size, shared", [("double_resnet8", 20, True), ("double_resnet8", 20, False),

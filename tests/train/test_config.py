@@ -1,6 +1,6 @@
 import pytest
 
-from cit_fast.train.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
+from cit_fast.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
 
 
 def test_defaults_and_overrides(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 
-from cit_fast.train.config import load_config
+from cit_fast.config import load_config
 from cit_fast.train.engine import deepspeed_config
 
 
@@ -36,7 +36,7 @@ def test_user_json_overrides_and_bad_json(tmp_path):
     (["dist.engine=deepspeed", "dist.zero_stage=4"], "dist.zero_stage: expected 0, 1, 2 or 3"),
 ])
 def test_bad_dist_options(override, message):
-    from cit_fast.train.config import ConfigError
+    from cit_fast.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         load_config(None, override)

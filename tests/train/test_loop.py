@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from cit_fast.train import checkpoint as ckpt
-from cit_fast.train.config import load_config
+from cit_fast import checkpoint as ckpt
+from cit_fast.config import load_config
 from cit_fast.train.loop import main
 
 SMALL = ["model.name=resnet8", "data.synthetic_train_per_class=24", "data.synthetic_test_per_class=8",
@@ -69,8 +69,8 @@ def test_checkpoint_rotation_and_bad_files(tmp_path):
     bad.write_bytes(b"junk")
     with pytest.raises(ValueError, match="x.pt: cannot be read"):
         ckpt.load_checkpoint(bad)
-    with pytest.raises(FileNotFoundError, match="resume: checkpoint .* not found"):
-        ckpt.resolve_resume(str(tmp_path / "missing.pt"), tmp_path)
+    with pytest.raises(ValueError, match="missing.pt: not found"):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
 
 
 def test_eval_every_skips_epochs_but_always_evaluates_the_last(tmp_path):

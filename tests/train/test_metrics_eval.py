@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from cit_fast.data.records import SampleSet
-from cit_fast.train.config import load_config
+from cit_fast.config import load_config
 from cit_fast.train.metrics_eval import (average_precision, bg_challenge, biased_pairs, biased_pairs_recall,
                                          format_report, mean_ap, multilabel_report, parse_pairs, table2,
                                          top_k_recall, topk_accuracy)

@@ -7,8 +7,8 @@ import torch
 from cit_fast.cli import main as cli
 from cit_fast.data.synthetic import save_arrays
 from cit_fast.data.synthetic_multilabel import make_biased_multilabel
-from cit_fast.train import checkpoint as ckpt
-from cit_fast.train.config import ConfigError, load_config
+from cit_fast import checkpoint as ckpt
+from cit_fast.config import ConfigError, load_config
 from cit_fast.train.loop import main
 
 COMMON = ["optim.epochs=2", "optim.milestones=[1]", "progress=false", "threads=1", "data.batch_size=16"]

@@ -5,6 +5,7 @@ always be traced back to exactly what produced it.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -13,21 +14,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-SOURCES = ("synthetic", "arrays", "folder", "manifest", "coco", "nuswide")
+from .errors import ConfigError
+
+SOURCES = ("auto", "synthetic", "arrays", "folder", "manifest", "coco", "nuswide")
 SYNTHETIC_VERSIONS = ("original", "V1", "V2", "V3", "V4")
 PLANS = ("none", "stratify_c", "stratify_b", "random")
 PIPELINES = ("torch", "dali")
 TEST_BIAS = ("random", "misleading")
 
 
-class ConfigError(ValueError):
-    """A config file, key or value is wrong; the message names it and says what was expected."""
-
-
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # one of SOURCES
-    train: str = ""  # path to the training data (arrays: .npz; folder: root; manifest: .csv/.jsonl; coco: .json)
+    source: str = "auto"  # one of SOURCES; auto = inferred from data.train (no data.train: synthetic)
+    train: str = ""  # path to the training data (arrays: .npz; folder: root; manifest: .csv/.jsonl; coco: .json;
+    # nuswide: a directory with ImageList.txt)
     test: str = ""  # path to the test data, same kind as `train`
     root: str = ""  # manifest: directory relative paths are resolved against (default: the manifest's);
     # coco: the image directory ({split} -> e.g. val2017; default: beside the JSON, then ../<split>/)
@@ -48,6 +48,9 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes
     batch_size: int = 128  # samples per rank per step
     decode_reuse: bool = False  # training batches hold each sample's context partner: one decode per image
+    verify: str = "header"  # start-up check of image files: header (size, JPEG end marker) | full (decode all)
+    missing_masks: str = "error"  # data without masks under a plan or model that needs them: error | full
+    # (full: every pixel is object; the intervention then changes nothing -- an explicit opt-in)
 
 
 @dataclass
@@ -267,8 +270,11 @@ def merge_trees(base: Dict[str, Any], upd: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """TrainConfig from an optional YAML file plus ``key=value`` overrides, validated."""
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), base: Optional[Path] = None
+                ) -> TrainConfig:
+    """TrainConfig from an optional YAML file plus ``key=value`` overrides, validated and finalised
+    (data.source inferred, paths absolute: relative ones are taken from ``base``, default the
+    current directory)."""
     tree: Dict[str, Any] = {}
     if path:
         p = Path(path)
@@ -283,7 +289,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
     tree = merge_trees(tree, parse_overrides(overrides))
     cfg = _build(TrainConfig, tree, "")
     validate(cfg)
-    return cfg
+    return finalize(cfg, base)
 
 
 def from_dict(tree: Dict[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
@@ -291,6 +297,81 @@ def from_dict(tree: Dict[str, Any], overrides: Sequence[str] = ()) -> TrainConfi
     cfg = _build(TrainConfig, merge_trees(tree, parse_overrides(overrides)), "")
     validate(cfg)
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# paths and the data source
+
+# every key that names a file or directory (resolved to an absolute path when a run starts, so a
+# run's config.yaml and checkpoints work from any directory)
+PATH_KEYS = ("data.train", "data.test", "data.root", "data.strata_file", "model.init", "model.init_single",
+             "dist.deepspeed_config", "out_dir")
+
+
+def resolve_paths(tree: Dict[str, Any], base: Path, keys: Sequence[str] = PATH_KEYS) -> Dict[str, Any]:
+    """A copy of a config tree with the relative paths under ``keys`` made absolute against ``base``."""
+    out = copy.deepcopy(tree)
+    for dotted in keys:
+        *sections, name = dotted.split(".")
+        node = out
+        for sec in sections:
+            node = node.get(sec) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not node.get(name):
+            continue
+        value = str(node[name])
+        if "{split}" not in value:  # a coco path template stays as written
+            p = Path(value).expanduser()
+            node[name] = str(p if p.is_absolute() else (Path(base) / p).resolve())
+    return out
+
+
+def infer_source(path: str, key: str = "data.train") -> str:
+    """The data.source a path is written in: .npz -> arrays, .csv/.jsonl -> manifest, .json -> coco, a
+    directory with ImageList.txt (or that file) -> nuswide, another directory -> folder."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{key} {path}: not found")
+    if p.is_dir():
+        return "nuswide" if (p / "ImageList.txt").is_file() else "folder"
+    if p.name == "ImageList.txt":
+        return "nuswide"
+    by_suffix = {".npz": "arrays", ".csv": "manifest", ".jsonl": "manifest", ".json": "coco"}
+    if p.suffix.lower() not in by_suffix:
+        raise ConfigError(f"{key} {path}: cannot tell its data.source from the name; expected a directory "
+                          f"(folder / nuswide), .npz (arrays), .csv or .jsonl (manifest) or .json (coco)")
+    return by_suffix[p.suffix.lower()]
+
+
+def resolve_source(d: "DataConfig") -> str:
+    """The concrete data.source of a DataConfig: ``auto`` inferred from the paths, an explicit one
+    checked against them (a mismatch is an error, never a silent fallback)."""
+    path, key = (d.train, "data.train") if d.train else (d.test, "data.test")
+    if d.source == "synthetic" and d.train:
+        raise ConfigError(f"data.train={d.train} is set, but data.source=synthetic generates its own data; "
+                          f"leave data.source unset (it is inferred from data.train) or name the right source")
+    if d.source == "auto" and not path:
+        return "synthetic"
+    if d.source in ("auto", "synthetic") and not path:
+        return d.source
+    if "{split}" in path:  # a coco path template
+        return "coco" if d.source == "auto" else d.source
+    inferred = infer_source(path, key)
+    if d.source == "auto":
+        return inferred
+    if d.source == "coco" and inferred == "folder":  # coco may name its image directory
+        return d.source
+    if inferred != d.source:
+        raise ConfigError(f"data.source={d.source}, but {key}={path} looks like data.source={inferred} data; "
+                          f"leave data.source unset (it is inferred) or fix the path")
+    return d.source
+
+
+def finalize(cfg: TrainConfig, base: Optional[Path] = None) -> TrainConfig:
+    """The config a run uses and saves: absolute paths and a concrete data.source (idempotent)."""
+    tree = resolve_paths(to_dict(cfg), Path(base) if base else Path.cwd())
+    out = _build(TrainConfig, tree, "")
+    out.data.source = resolve_source(out.data)
+    return out
 
 
 def _choice(value: str, choices: Sequence[str], key: str) -> None:
@@ -311,8 +392,10 @@ def validate(cfg: TrainConfig) -> None:
     _choice(d.pipeline, PIPELINES, "data.pipeline")
     _choice(cfg.intervention.plan, PLANS, "intervention.plan")
     _choice(cfg.device, ("auto", "cpu", "cuda"), "device")
-    if d.source != "synthetic" and not d.train:
+    if d.source not in ("synthetic", "auto") and not d.train:
         raise ConfigError(f"data.train: a path is required for data.source={d.source}")
+    _choice(d.verify, ("header", "full"), "data.verify")
+    _choice(d.missing_masks, ("error", "full"), "data.missing_masks")
     for key in ("batch_size", "synthetic_train_per_class", "synthetic_test_per_class"):
         _positive(getattr(d, key), f"data.{key}")
     for key in ("image_size", "crop_padding", "num_workers"):
@@ -379,6 +462,6 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    from ..utils import atomic_write_text
+    from .utils import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
