@@ -1,19 +1,31 @@
 """Content/context separation, the paper's function g: an object mask for every image that lacks one.
 
-``cit-fast masks SRC OUT`` walks SRC/images/<class>/<name>.<ext> and writes OUT/masks/<class>/<name>.png
-(255 = object/content, 0 = context), the layout ``load_folder`` reads. Two kinds of mask makers:
+``cit-fast masks SRC [OUT]`` finds the images of a folder dataset in either layout of ``layout.py``
+(``SRC/images/<class>/`` or torchvision's ``SRC/<class>/``) and writes one mask per image
+(255 = object/content, 0 = context) where that layout's reader looks for it. Mask makers:
 
-- ``SaliencyMasker`` (the default, no weights): a static saliency map -- OpenCV's spectral residual
-  (Hou & Zhang, CVPR 2007) or fine-grained saliency (Montabone & Soto, 2010) from
-  ``opencv-contrib-python-headless``, or the same spectral residual in numpy when OpenCV is absent --
-  smoothed, thresholded with Otsu's method and cleaned: opening and closing, the largest connected
-  components kept, holes filled.
+- ``SaliencyMasker`` (no weights), ``method``:
+  - ``grabcut`` (the default): robust-background saliency (below) refined with GrabCut (Rother et
+    al. 2004) under a border-is-background prior: the saliency map seeds GrabCut's colour models
+    (very salient = object, salient = probably object, the rest = probably context, a thin image
+    border outside the salient region = context) and GrabCut snaps the mask to colour edges.
+    Needs OpenCV (``opencv-contrib-python-headless``); without it ``grabcut`` runs ``rbd`` in numpy.
+  - ``rbd``: saliency optimisation from robust background detection (Zhu, Liang, Wei & Sun, CVPR
+    2014) over SLIC superpixels (Achanta et al. 2012): a region is background in proportion to how
+    much of it, measured along geodesic colour paths, touches the image border; contrast against
+    the background and a smoothness term give the map; thresholded with Otsu. Pure numpy (OpenCV's
+    SLIC when present); the fallback of ``grabcut``.
+  - ``spectral`` (Hou & Zhang, CVPR 2007) and ``fine_grained`` (Montabone & Soto, 2010): OpenCV's
+    static saliency (spectral residual also in numpy), Otsu and clean-up. Kept for comparison:
+    on photos they mark edges and small bright details (eyes, a rim, lamps), see bench/RESULTS.md.
 - ``TorchMasker``: a segmentation/saliency model from a local checkpoint, never downloaded: a
   TorchScript file, or a state dict for a torchvision segmentation architecture.
+- ``cit_fast.cam_masks.CamMasker`` (``--method cam``): the class activation map of the user's own
+  classifier, refined with the same ``grabcut_refine``.
 
 The run is resumable (existing masks are skipped), every mask is written atomically, unreadable
-images are named at the end, and the report counts masks that came out empty or full (saliency
-found nothing to separate: worth a look).
+images are named at the end; every run reports the coverage of its masks (``masks_quality``),
+warns when it is degenerate and writes a montage of images with their mask outlines.
 """
 from __future__ import annotations
 
@@ -27,14 +39,19 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..errors import UsageError
 from ..utils import atomic_path
+from .layout import IMAGE_EXTS, FolderLayout, detect_layout
+from .masks_quality import MaskQuality, coverage, spread, write_montage
 from .records import DataError, decode_image
-from .sources import IMAGE_EXTS
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-WORK_SIDE = 256  # pixels: the longer side at which saliency is computed and cleaned
-SALIENCY_METHODS = ("spectral", "fine_grained")
+WORK_SIDE = 256  # pixels: the longer side at which spectral / fine-grained saliency is computed and cleaned
+RBD_SIDE = (64, 192)  # pixels: rbd / grabcut work with the longer side in this range (small images upscaled)
+SALIENCY_METHODS = ("grabcut", "rbd", "spectral", "fine_grained")
+DEFAULT_METHOD = "grabcut"
+MONTAGE_NAME = "masks_montage.png"
 SEGMENTATION_ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
                       "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large")
 
@@ -122,6 +139,184 @@ def _label(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return labels, np.asarray(areas)
 
 
+def rgb_to_lab(img: np.ndarray) -> np.ndarray:
+    """uint8 (h, w, 3) sRGB -> float64 (h, w, 3) CIE L*a*b* (D65), L in [0, 100]."""
+    c = img.astype(np.float64) / 255.0
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    rgb_to_xyz = np.array([[0.412453, 0.357580, 0.180423],
+                           [0.212671, 0.715160, 0.072169],
+                           [0.019334, 0.119193, 0.950227]])
+    xyz = c @ rgb_to_xyz.T / np.array([0.950456, 1.0, 1.088754])  # relative to the D65 white
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    L = np.where(xyz[..., 1] > 0.008856, 116 * f[..., 1] - 16, 903.3 * xyz[..., 1])
+    return np.stack([L, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def slic_numpy(lab: np.ndarray, n_segments: int = 200, compactness: float = 10.0, iters: int = 5) -> np.ndarray:
+    """SLIC superpixels (Achanta et al. 2012) of a Lab (h, w, 3) image -> int labels (h, w), 0..n-1.
+
+    Local k-means on (L, a, b, y, x): every pixel is compared with the centres of its own grid cell
+    and the 8 around it (the 2S x 2S search window of the paper), spatial distance weighted by
+    compactness / S. Connectivity is not enforced: a label may be split, which the region graph
+    below tolerates.
+    """
+    h, w = lab.shape[:2]
+    step = max(2, int(np.sqrt(h * w / n_segments)))
+    gy, gx = -(-h // step), -(-w // step)
+    yy, xx = np.mgrid[0:h, 0:w]
+    feat = np.concatenate([lab, yy[..., None], xx[..., None]], -1).astype(np.float64)  # (h, w, 5)
+    cy = np.minimum(np.arange(gy) * step + step // 2, h - 1)
+    cx = np.minimum(np.arange(gx) * step + step // 2, w - 1)
+    centres = feat[cy[:, None], cx[None, :]].reshape(-1, 5)  # (gy * gx, 5)
+    cell_y, cell_x = np.minimum(yy // step, gy - 1), np.minimum(xx // step, gx - 1)
+    spatial = (compactness / step) ** 2
+    labels = np.zeros((h, w), np.int64)
+    for _ in range(iters):
+        best = np.full((h, w), np.inf)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                k = np.clip(cell_y + dy, 0, gy - 1) * gx + np.clip(cell_x + dx, 0, gx - 1)  # (h, w)
+                c = centres[k]  # (h, w, 5)
+                d = ((feat[..., :3] - c[..., :3]) ** 2).sum(-1) + spatial * ((feat[..., 3:] - c[..., 3:]) ** 2).sum(-1)
+                closer = d < best
+                best[closer], labels[closer] = d[closer], k[closer]
+        count = np.bincount(labels.ravel(), minlength=len(centres))
+        used = count > 0
+        for j in range(5):
+            centres[used, j] = np.bincount(labels.ravel(), feat[..., j].ravel(), len(centres))[used] / count[used]
+    return np.unique(labels, return_inverse=True)[1].reshape(h, w)
+
+
+def superpixels(img: np.ndarray, lab: np.ndarray, n_segments: int = 200, use_cv2: bool = True) -> np.ndarray:
+    """int (h, w) SLIC labels 0..n-1: OpenCV's SLICO when available, else ``slic_numpy``."""
+    cv2 = _cv2() if use_cv2 else None
+    if cv2 is None or not hasattr(cv2, "ximgproc"):
+        return slic_numpy(lab, n_segments)
+    h, w = img.shape[:2]
+    step = max(2, int(np.sqrt(h * w / n_segments)))
+    sp = cv2.ximgproc.createSuperpixelSLIC(cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2LAB),
+                                           cv2.ximgproc.SLICO, step, 10.0)
+    sp.iterate(10)
+    sp.enforceLabelConnectivity(25)
+    return np.unique(sp.getLabels(), return_inverse=True)[1].reshape(h, w)
+
+
+def robust_background_saliency(img: np.ndarray, n_segments: int = 200, use_cv2: bool = True,
+                               clip: float = 0.5, sigma_clr: float = 10.0, sigma_bnd: float = 1.0,
+                               sigma_spa: float = 0.25, mu: float = 0.1) -> np.ndarray:
+    """Saliency optimisation from robust background detection (Zhu et al., CVPR 2014).
+
+    uint8 (h, w, 3) RGB -> float (h, w) in [0, 1]. Over superpixels (nodes): the geodesic colour
+    distance between regions (shortest paths over adjacent regions; all border regions linked) gives
+    each region its spanning area and the length of border it reaches; boundary connectivity
+    BndCon = length / sqrt(area) is large for background, small for an object even when it touches
+    the border a little. Background weights from BndCon, background-weighted contrast as foreground
+    weights, and a smoothness term between neighbours: the saliency s solves one linear system
+    (the paper's Eq. 8: min sum w_bg s^2 + w_fg (s - 1)^2 + sum w_ij (s_i - s_j)^2).
+
+    clip: steps shorter than `clip` x the mean nearest-neighbour colour distance cost nothing on a
+    geodesic path (the weight clipping of Wei et al., ECCV 2012), so a smooth gradient (a sky)
+    does not add up to a barrier.
+    """
+    lab = rgb_to_lab(img)
+    h, w = lab.shape[:2]
+    labels = superpixels(img, lab, n_segments, use_cv2)
+    n = int(labels.max()) + 1
+    flat = labels.ravel()
+    count = np.bincount(flat, minlength=n).astype(np.float64)
+    colour = np.stack([np.bincount(flat, lab[..., j].ravel(), n) for j in range(3)], 1) / count[:, None]  # (n, 3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    centre = np.stack([np.bincount(flat, (yy / h).ravel(), n), np.bincount(flat, (xx / w).ravel(), n)], 1) \
+        / count[:, None]  # (n, 2), in [0, 1]
+    adj = np.zeros((n, n), bool)
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1], labels[1:])):
+        adj[a.ravel(), b.ravel()] = adj[b.ravel(), a.ravel()] = True
+    np.fill_diagonal(adj, False)
+    border = np.zeros(n, bool)
+    border[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = True
+    d_app = np.sqrt(((colour[:, None] - colour[None]) ** 2).sum(-1))  # (n, n) Lab distance
+    step = d_app
+    if clip > 0 and adj.any():
+        nearest = np.where(adj, d_app, np.inf).min(1)
+        step = np.maximum(d_app - clip * nearest[np.isfinite(nearest)].mean(), 0)
+    linked = adj.copy()
+    linked[np.ix_(border, border)] = True
+    np.fill_diagonal(linked, False)
+    geo = np.where(linked, step, np.inf)
+    np.fill_diagonal(geo, 0)
+    for k in range(n):  # Floyd-Warshall: all geodesic distances (n is a few hundred)
+        np.minimum(geo, geo[:, k:k + 1] + geo[k:k + 1, :], out=geo)
+    span = np.exp(-geo ** 2 / (2 * sigma_clr ** 2))  # (n, n) soft "same region"
+    bnd_con = span[:, border].sum(1) / np.sqrt(span.sum(1))
+    w_bg = 1 - np.exp(-bnd_con ** 2 / (2 * sigma_bnd ** 2))
+    w_spa = np.exp(-((centre[:, None] - centre[None]) ** 2).sum(-1) / (2 * sigma_spa ** 2))
+    w_ctr = (d_app * w_spa * w_bg[None]).sum(1)  # background-weighted contrast
+    w_fg = (w_ctr - w_ctr.min()) / (np.ptp(w_ctr) + 1e-12)
+    smooth = np.where(adj, np.exp(-d_app ** 2 / (2 * sigma_clr ** 2)) + mu, 0)
+    system = np.diag(w_bg + w_fg + smooth.sum(1)) - smooth  # diag(w_bg + w_fg) + graph Laplacian
+    sal = np.linalg.solve(system, w_fg)
+    sal = (sal - sal.min()) / (np.ptp(sal) + 1e-12)
+    return sal[labels]
+
+
+# ---------------------------------------------------------------------------------------------
+# GrabCut refinement (saliency or a class activation map as the prior)
+
+
+def grabcut_seeds(prior: np.ndarray, border: float = 0.02) -> np.ndarray:
+    """float (h, w) prior in [0, 1] -> uint8 (h, w) GrabCut labels (cv2.GC_BGD=0, GC_FGD=1,
+    GC_PR_BGD=2, GC_PR_FGD=3).
+
+    Above Otsu's threshold t: probably object; above t + (1 - t) / 2: object; below t: probably
+    context; the image border (`border` x the longer side) below t: context, the border-is-background
+    prior (only where the prior does not say object, so an object touching the border is kept).
+    """
+    h, w = prior.shape
+    p8 = np.round(np.clip(prior, 0, 1) * 255).astype(np.uint8)
+    t = otsu_threshold(p8) if p8.max() > p8.min() else 255
+    salient = p8 > t
+    seeds = np.where(salient, 3, 2).astype(np.uint8)
+    seeds[p8 > t + (255 - t) / 2] = 1
+    bw = max(1, round(border * max(h, w)))
+    edge = np.zeros((h, w), bool)
+    edge[:bw], edge[-bw:], edge[:, :bw], edge[:, -bw:] = True, True, True, True
+    seeds[edge & ~salient] = 0
+    return seeds
+
+
+def grabcut_refine(img: np.ndarray, prior: np.ndarray, iters: int = 4, border: float = 0.02) -> np.ndarray:
+    """uint8 (h, w, 3) RGB + float (h, w) prior in [0, 1] -> bool (h, w) object mask (OpenCV GrabCut).
+
+    The prior seeds GrabCut (``grabcut_seeds``); GrabCut fits colour models to object and context
+    and cuts along colour edges. When the seeds hold only one side (a flat prior) the prior's own
+    Otsu split is returned.
+    """
+    import cv2
+
+    seeds = grabcut_seeds(prior, border)
+    fg = (seeds == 1) | (seeds == 3)
+    if fg.all() or not fg.any():
+        return fg
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(np.ascontiguousarray(img[..., ::-1]), seeds, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # degenerate colour models (e.g. a flat image): keep the prior's split
+        return fg
+    return (seeds == 1) | (seeds == 3)
+
+
+def _resize_long_side(img: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Resize so that the longer side lies in [lo, hi] (bicubic when enlarging, bilinear when shrinking)."""
+    h, w = img.shape[:2]
+    side = max(h, w)
+    target = min(max(side, lo), hi)
+    if target == side:
+        return img
+    s = target / side
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC if s > 1 else Image.BILINEAR))
+
+
 # ---------------------------------------------------------------------------------------------
 # the built-in detector
 
@@ -170,31 +365,61 @@ def clean_mask(binary: np.ndarray, keep_ratio: float = 0.3, use_cv2: bool = True
 
 @dataclass
 class SaliencyMasker:
-    """A mask from a static saliency map, needing no weights (see the module doc).
+    """A mask from a saliency map, needing no weights (see the module doc).
 
-    method: "spectral" or "fine_grained" (OpenCV); without OpenCV only "spectral", in numpy.
+    method: one of SALIENCY_METHODS. Without OpenCV (or with use_cv2=False) ``grabcut`` runs ``rbd``
+    in numpy, ``spectral`` its numpy version, and ``fine_grained`` is an error.
     """
 
-    method: str = "spectral"
+    method: str = DEFAULT_METHOD
     use_cv2: bool = True  # False: the numpy implementation even when OpenCV is installed
     keep_ratio: float = 0.3  # keep components at least this fraction of the largest
     blur: float = 0.01  # Gaussian smoothing of the saliency map, sigma as a fraction of the longer side
     morph: float = 0.02  # opening/closing element, as a fraction of the longer side
+    n_segments: int = 200  # rbd / grabcut: SLIC superpixels per image
 
     def __post_init__(self) -> None:
         if self.method not in SALIENCY_METHODS:
-            raise ValueError(f"saliency method must be one of {', '.join(SALIENCY_METHODS)}, got {self.method!r}")
+            raise UsageError(f"--method: expected one of {', '.join(SALIENCY_METHODS)} (or cam), got {self.method!r}")
         self._cv2 = _cv2() if self.use_cv2 else None
         if self.method == "fine_grained" and self._cv2 is None:
-            raise ValueError("saliency method 'fine_grained' needs OpenCV's contrib modules: "
-                             "pip install opencv-contrib-python-headless (or use --method spectral)")
+            raise UsageError("--method fine_grained needs OpenCV's contrib modules: "
+                             "pip install opencv-contrib-python-headless (or use --method rbd)")
+        # what actually runs: grabcut needs OpenCV, its numpy fallback is rbd
+        self.runs = "rbd" if (self.method == "grabcut" and self._cv2 is None) else self.method
 
     @property
     def backend(self) -> str:
         return "opencv" if self._cv2 is not None else "numpy"
 
+    def describe(self) -> str:
+        """One line for the run's log: what computes the masks."""
+        what = {"grabcut": "robust-background saliency refined with GrabCut",
+                "rbd": "robust-background saliency (superpixels) + Otsu",
+                "spectral": "spectral-residual saliency + Otsu",
+                "fine_grained": "fine-grained saliency + Otsu"}[self.runs]
+        note = " (no OpenCV: the numpy fallback of grabcut)" if self.runs != self.method else ""
+        return f"masks by {self.runs}: {what}, {self.backend}{note}"
+
+    def _rbd(self, work: np.ndarray) -> np.ndarray:
+        return robust_background_saliency(work, self.n_segments, use_cv2=self._cv2 is not None)
+
+    def _object(self, img: np.ndarray) -> np.ndarray:
+        """rbd / grabcut: uint8 (H, W, 3) -> bool (h, w) at the working size."""
+        work = _resize_long_side(img, *RBD_SIDE)
+        sal = self._rbd(work)
+        if self.runs == "grabcut":
+            binary = grabcut_refine(work, sal)
+        else:
+            s8 = np.round(sal * 255).astype(np.uint8)
+            binary = s8 > otsu_threshold(s8) if s8.max() > s8.min() else np.zeros(s8.shape, bool)
+        return clean_mask(binary, self.keep_ratio, use_cv2=self._cv2 is not None, morph=self.morph)
+
     def saliency(self, img: np.ndarray) -> np.ndarray:
-        """uint8 (H, W, 3) -> float32 (h, w) in [0, 1] at the working size (longer side <= WORK_SIDE)."""
+        """spectral / fine_grained: uint8 (H, W, 3) -> float32 (h, w) in [0, 1] at the working size
+        (longer side <= WORK_SIDE); rbd / grabcut: the robust-background map at their working size."""
+        if self.runs in ("rbd", "grabcut"):
+            return self._rbd(_resize_long_side(img, *RBD_SIDE)).astype(np.float32)
         h, w = img.shape[:2]
         scale = min(1.0, WORK_SIDE / max(h, w))
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -202,7 +427,7 @@ class SaliencyMasker:
         cv2 = self._cv2
         if cv2 is not None:
             bgr = np.ascontiguousarray(work[..., ::-1])
-            det = (cv2.saliency.StaticSaliencySpectralResidual_create() if self.method == "spectral"
+            det = (cv2.saliency.StaticSaliencySpectralResidual_create() if self.runs == "spectral"
                    else cv2.saliency.StaticSaliencyFineGrained_create())
             ok, sal = det.computeSaliency(bgr)
             if not ok:
@@ -221,6 +446,8 @@ class SaliencyMasker:
         return ((sal - lo) / (hi - lo) if hi > lo else np.zeros_like(sal)).astype(np.float32)
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
+        if self.runs in ("rbd", "grabcut"):
+            return _upsample_mask(self._object(img), img.shape[:2])
         sal = self.saliency(img)
         s8 = np.round(sal * 255).astype(np.uint8)
         if s8.max() == s8.min():
@@ -336,6 +563,9 @@ class TorchMasker:
 # the command
 
 
+MONTAGE_TILES = 24  # images shown in the montage, spread over the classes
+
+
 @dataclass
 class MaskReport:
     written: int = 0
@@ -343,61 +573,119 @@ class MaskReport:
     empty: List[str] = field(default_factory=list)  # masks with no object pixel
     full: List[str] = field(default_factory=list)  # masks with no context pixel
     failed: Dict[str, str] = field(default_factory=dict)  # image -> why it could not be read
+    coverages: List[float] = field(default_factory=list)  # object share of every mask written
+    masks_root: Optional[Path] = None
+    montage: Optional[Path] = None  # the montage PNG, when masks were written
+
+    def quality(self) -> MaskQuality:
+        return MaskQuality.of(self.coverages)
 
     def summary(self) -> str:
         def some(xs):
             return f" (e.g. {', '.join(xs[:3])})" if xs else ""
 
-        return (f"{self.written} masks written, {self.skipped} already present; "
+        where = f" in {self.masks_root}" if self.masks_root is not None else ""
+        return (f"{self.written} masks written{where}, {self.skipped} already present; "
                 f"{len(self.empty)} empty{some(self.empty)}, {len(self.full)} full{some(self.full)}; "
                 f"{len(self.failed)} images unreadable")
 
+    def lines(self) -> List[str]:
+        """What ``cit-fast masks`` prints: the summary, the coverage quality, a warning if degenerate,
+        the montage."""
+        out = [self.summary(), self.quality().format()]
+        warn = self.quality().warning()
+        if warn:
+            out.append(warn)
+        if self.montage is not None:
+            out.append(f"montage of images with their mask outlines: {self.montage}")
+        return out
 
-def find_images(src: Path) -> List[Tuple[Path, str]]:
-    """(image path, 'class/name') for every image under src/images/<class>/."""
-    root = src / "images"
-    if not root.is_dir():
-        raise DataError(f"masks: {src} has no 'images/<class>/' directory")
+
+def mask_layout(src: str | Path, out: str | Path | None = None) -> FolderLayout:
+    """Where the masks of the folder dataset ``src`` go (``layout.py``).
+
+    Without ``out``: the layout's own masks tree (``SRC/masks/`` for ``SRC/images/``; the sibling
+    ``SRC_masks/`` for an ImageFolder ``SRC/<class>/``). With ``out``: ``OUT/masks/<class>/`` for the
+    cit layout (OUT is a dataset root, often SRC itself) and ``OUT/<class>/`` for ImageFolder (OUT
+    is the masks tree itself; read it with the folder source's masks root).
+    """
+    lay = detect_layout(src)
+    if out is None:
+        return lay
+    masks_root = Path(out) / "masks" if lay.kind == "cit" else Path(out)
+    if lay.kind == "imagefolder":
+        inside = masks_root.resolve()
+        if inside == lay.images_root.resolve() or lay.images_root.resolve() in inside.parents:
+            raise UsageError(f"masks: OUT {out} is inside the ImageFolder {src}, where it would read as a class "
+                             f"folder; leave OUT out (masks go to {detect_layout(src).masks_root}) or name a "
+                             f"directory outside it")
+    return FolderLayout(lay.root, lay.kind, lay.images_root, masks_root)
+
+
+def montage_path(layout: FolderLayout) -> Path:
+    """OUT/masks_montage.png: beside masks/ for the cit layout, at the top of the masks tree for ImageFolder."""
+    return (layout.masks_root.parent if layout.kind == "cit" else layout.masks_root) / MONTAGE_NAME
+
+
+def find_images(layout: FolderLayout) -> List[Tuple[Path, str]]:
+    """(image path, 'class/stem') for every image in the layout's class folders."""
     found: Dict[str, Path] = {}
-    for f in sorted(root.glob("*/*")):
-        if not f.is_file() or f.suffix.lower() not in IMAGE_EXTS:
-            continue
-        key = f"{f.parent.name}/{f.stem}"
-        if key in found:
-            raise DataError(f"masks: {found[key]} and {f} would share the mask {key}.png; rename one")
-        found[key] = f
+    for d in layout.class_dirs():
+        for f in sorted(d.iterdir()):
+            if not f.is_file() or f.suffix.lower() not in IMAGE_EXTS:
+                continue
+            key = f"{d.name}/{f.stem}"
+            if key in found:
+                raise DataError(f"masks: {found[key]} and {f} would share the mask {key}.png; rename one")
+            found[key] = f
     if not found:
-        raise DataError(f"masks: no images under {root} (extensions {', '.join(IMAGE_EXTS)})")
+        raise DataError(f"masks: no images in the class folders of {layout.images_root} "
+                        f"(extensions {', '.join(IMAGE_EXTS)})")
     return [(p, k) for k, p in found.items()]
 
 
-def generate_masks(src: str, out: str, masker: Masker, *, overwrite: bool = False,
-                   progress: Optional[bool] = None) -> MaskReport:
-    """Write out/masks/<class>/<name>.png for every image under src that lacks one.
+def _thumbnail(x: np.ndarray, side: int = 320) -> np.ndarray:
+    """A montage-sized copy (so the montage holds at most MONTAGE_TILES small images)."""
+    h, w = x.shape[:2]
+    if max(h, w) <= side:
+        return x
+    s = side / max(h, w)
+    return np.asarray(Image.fromarray(x).resize((max(1, round(w * s)), max(1, round(h * s))), Image.NEAREST))
 
-    Raises a DataError naming the unreadable images after doing all the others (so a rerun only
-    has those left).
+
+def generate_masks(src: str, out: Optional[str] = None, masker: Optional[Masker] = None, *, overwrite: bool = False,
+                   progress: Optional[bool] = None, montage: Optional[str | Path] = "") -> MaskReport:
+    """Write a mask for every image of the folder dataset ``src`` that lacks one (``mask_layout``).
+
+    masker: uint8 (H, W, 3) -> uint8 (H, W) mask (default: ``SaliencyMasker()``); one with
+    ``uses_class = True`` is called as masker(img, class_name). montage: the montage PNG's path
+    ("" = ``montage_path``, None = none). Raises a DataError naming the unreadable images after
+    doing all the others (so a rerun only has those left).
     """
     from tqdm import tqdm
 
-    images = find_images(Path(src))
-    report = MaskReport()
-    masks_root = Path(out) / "masks"
+    layout = mask_layout(src, out)
+    masker = masker if masker is not None else SaliencyMasker()
+    images = find_images(layout)
+    report = MaskReport(masks_root=layout.masks_root)
     todo = []
     for img_path, key in images:
-        target = masks_root / f"{key}.png"
+        target = layout.mask_path(img_path)
         if target.is_file() and not overwrite:
             report.skipped += 1
         else:
-            todo.append((img_path, target))
+            todo.append((img_path, key, target))
+    shown = set(spread([k for _, k, _ in todo], MONTAGE_TILES)) if montage is not None else set()
+    tiles = []
+    uses_class = getattr(masker, "uses_class", False)
     show = sys.stderr.isatty() if progress is None else progress
-    for img_path, target in tqdm(todo, desc="masks", unit="img", disable=not show):
+    for i, (img_path, key, target) in enumerate(tqdm(todo, desc="masks", unit="img", disable=not show)):
         try:
             img = decode_image(str(img_path))
         except DataError as e:
             report.failed[str(img_path)] = str(e)
             continue
-        m = masker(img)
+        m = masker(img, img_path.parent.name) if uses_class else masker(img)
         if m.shape != img.shape[:2] or m.dtype != np.uint8:
             raise DataError(f"masks: the mask maker returned {m.dtype} {m.shape} for {img_path} "
                             f"({img.shape[1]}x{img.shape[0]}); expected uint8 of the image's size")
@@ -405,10 +693,16 @@ def generate_masks(src: str, out: str, masker: Masker, *, overwrite: bool = Fals
             Image.fromarray(m).save(tmp, format="PNG")
             tmp.chmod(0o666 & ~_UMASK)  # mkstemp makes it private; a mask is as readable as its image
         report.written += 1
+        cov = coverage(m)
+        report.coverages.append(cov)
         if not m.any():
             report.empty.append(str(target))
         elif m.all():
             report.full.append(str(target))
+        if i in shown:
+            tiles.append((_thumbnail(img), _thumbnail(m), f"{key} {100 * cov:.0f}%"))
+    if tiles:
+        report.montage = write_montage(tiles, Path(montage) if montage else montage_path(layout))
     if report.failed:
         lines = "; ".join(f"{why}" for why in list(report.failed.values())[:5])
         raise DataError(f"masks: {len(report.failed)} image(s) could not be read, the rest are done "
@@ -416,8 +710,10 @@ def generate_masks(src: str, out: str, masker: Masker, *, overwrite: bool = Fals
     return report
 
 
-def make_masker(method: str = "spectral", model: str = "", arch: str = "", num_classes: int = 0,
+def make_masker(method: str = DEFAULT_METHOD, model: str = "", arch: str = "", num_classes: int = 0,
                 input_size: int = 320, threshold: float = 0.5, device: str = "") -> Masker:
+    """A saliency method (no weights) or, with ``model``, a local segmentation/saliency model.
+    (``--method cam`` is built by ``cit_fast.cam_masks``, which sits above the data layer.)"""
     if model:
         return TorchMasker(model, arch, num_classes, input_size, threshold, device=device)
     return SaliencyMasker(method)

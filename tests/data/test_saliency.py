@@ -1,4 +1,5 @@
 """Mask generation (the function g): saliency masks, model masks, and the resumable `masks` command."""
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +9,11 @@ from PIL import Image
 
 from cit_fast.cli import main as cli_main
 from cit_fast.data.records import DataError
-from cit_fast.data.saliency import (SaliencyMasker, TorchMasker, clean_mask, generate_masks, otsu_threshold,
-                                    spectral_residual)
+from cit_fast.data.layout import detect_layout
+from cit_fast.data.masks_quality import MaskQuality, coverage, mask_iou
+from cit_fast.data.saliency import (DEFAULT_METHOD, SaliencyMasker, TorchMasker, clean_mask, generate_masks,
+                                    grabcut_seeds, otsu_threshold, robust_background_saliency, rgb_to_lab,
+                                    slic_numpy, spectral_residual)
 
 
 def scene(seed: int, h: int = 120, w: int = 150):
@@ -27,7 +31,8 @@ def iou(a, b):
 
 
 @pytest.mark.parametrize("method, use_cv2, min_iou", [("spectral", True, 0.6), ("spectral", False, 0.5),
-                                                      ("fine_grained", True, 0.3)])
+                                                      ("fine_grained", True, 0.3), ("grabcut", True, 0.85),
+                                                      ("rbd", True, 0.8), ("rbd", False, 0.8)])
 def test_saliency_masker_finds_the_object(method, use_cv2, min_iou):
     masker = SaliencyMasker(method, use_cv2=use_cv2)
     assert masker.backend == ("opencv" if use_cv2 else "numpy")
@@ -80,7 +85,8 @@ def test_generate_masks_writes_folder_layout_and_is_resumable(tmp_path):
     report = generate_masks(str(src), str(out), SaliencyMasker(), progress=False)
     assert report.written == 4 and report.skipped == 0 and not report.failed
     masks = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert masks == ["masks/cat/cat0.png", "masks/cat/cat1.png", "masks/dog/dog0.png", "masks/dog/dog1.png"]
+    assert masks == ["masks/cat/cat0.png", "masks/cat/cat1.png", "masks/dog/dog0.png", "masks/dog/dog1.png",
+                     "masks_montage.png"]
     assert not list(out.rglob("*.tmp"))
     m = np.asarray(Image.open(out / "masks/cat/cat0.png"))
     assert m.shape == (40, 50) and m.dtype == np.uint8

@@ -1,0 +1,199 @@
+"""``cit-fast masks --method cam``: object masks from the user's own classifier, the paper's
+"g = a pre-trained model" (Eq. 8) when no saliency network is at hand.
+
+For each image the classifier's Grad-CAM (``explain.grad_cam``) of one class -- the image's own
+class when the classifier knows the folder's class names, else its top-scoring class -- is the prior
+that ``data.saliency.grabcut_refine`` turns into a mask, exactly as the default method refines its
+saliency map: Otsu's split of the map seeds GrabCut's colour models, GrabCut snaps the cut to
+colour edges.
+
+The classifier comes from a local file (``load_classifier``): a torchvision ResNet-18/34/50 state
+dict (``torchvision.models.resnet18().state_dict()``, e.g. the ImageNet weights copied onto the
+machine; the architecture is read from the keys; the top-scoring class is explained) or a cit_fast
+checkpoint of a single-branch model (through ``eval.run.load_run``; the image's own class when the
+run's class folders name it). This module sits above the data layer (it uses ``eval``, the model
+registry and ``explain``), so ``data.saliency`` does not import it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .data.saliency import RBD_SIDE, _resize_long_side, _upsample_mask, clean_mask, grabcut_refine, grabcut_seeds
+from .errors import CheckpointError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
+
+
+@dataclass
+class Classifier:
+    """A single-branch model (``forward_features`` -> (B, F, h, w), ``forward_head``) and how it sees
+    an image."""
+
+    model: torch.nn.Module
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    input_size: int  # square side its training pipeline used; 0 = the shorter side is scaled to `short_side`
+    short_side: int  # pixels, when input_size is 0 (torchvision weights: 224, aspect kept)
+    classes: Optional[List[str]]  # class names in index order, when the file says them
+    what: str  # one line for the log
+
+
+def _torchvision_arch(state: Dict[str, torch.Tensor], path: Path) -> str:
+    """resnet18/34/50 from a torchvision ResNet state dict's block names."""
+    if "layer1.0.conv3.weight" in state:  # bottleneck blocks
+        if "layer3.6.conv1.weight" in state:
+            raise CheckpointError(f"--classifier {path}: a ResNet-101/152 state dict; supported: "
+                                  f"{', '.join(TORCHVISION_ARCHS)}")
+        return "resnet50"
+    return "resnet34" if "layer3.2.conv1.weight" in state else "resnet18"
+
+
+def load_classifier(path: str, arch: str = "", device: str = "") -> Classifier:
+    """A ``--classifier`` file -> Classifier; one CheckpointError line for a missing file or a file of
+    the wrong kind. A cit_fast checkpoint goes through ``eval.run.load_run`` (the one door from a
+    run back to its model); a torchvision state dict through ``models.weights`` (its key names)."""
+    from .checkpoint import is_deepspeed_checkpoint, read_weights, safe_load
+    from .models.weights import fit_state_dict, is_torchvision_resnet
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"--classifier {path}: not found (a torchvision ResNet state dict, or a cit_fast "
+                              f"checkpoint of a single-branch model)")
+    if arch and arch not in TORCHVISION_ARCHS:
+        raise CheckpointError(f"--arch {arch!r}: a --classifier state dict is one of {', '.join(TORCHVISION_ARCHS)}")
+    if p.is_dir() or is_deepspeed_checkpoint(p):
+        return _from_run(p, device)
+    obj = safe_load(p, what="--classifier")
+    if isinstance(obj, dict) and "config" in obj and "model" in obj:
+        del obj
+        return _from_run(p, device)
+    state = read_weights(p, what="--classifier")  # unwraps 'state_dict' / 'model', drops 'module.'
+    if not is_torchvision_resnet(state):
+        some = ", ".join(list(state)[:3])
+        raise CheckpointError(f"--classifier {path}: neither a torchvision ResNet state dict (conv1.*, layer1.*, "
+                              f"fc.*) nor a cit_fast checkpoint (model + config); its keys start {some}")
+    if "fc.weight" not in state:
+        raise CheckpointError(f"--classifier {path}: no 'fc.weight'; the class activation map needs the classifier head")
+    found = _torchvision_arch(state, p)
+    if arch and arch != found:
+        raise CheckpointError(f"--classifier {path}: --arch {arch} does not match the state dict (its keys are "
+                              f"those of a {found}); leave --arch out to use what the file holds")
+    from .models.registry import create_model
+
+    model = create_model(found, num_classes=int(state["fc.weight"].shape[0]))
+    state, _ = fit_state_dict(state, model, f"--classifier {path}")
+    model.load_state_dict(state)
+    return Classifier(model.eval(), IMAGENET_MEAN, IMAGENET_STD, 0, 224, None,
+                      f"{found} state dict {p.name}, {state['fc.weight'].shape[0]} classes, top class per image")
+
+
+def _run_classes(cfg) -> Optional[List[str]]:
+    """The class names of a folder-source run without reading its images (load_folder's order:
+    the sorted class folders of data.train); None for other sources or when the folder is gone."""
+    from .data.layout import detect_layout
+    from .errors import UserError
+
+    if cfg.data.source != "folder" or not cfg.data.train:
+        return None
+    try:
+        return [d.name for d in detect_layout(cfg.data.train).class_dirs()] or None
+    except UserError:
+        return None
+
+
+def _from_run(p: Path, device: str) -> Classifier:
+    """A cit_fast checkpoint (file, DeepSpeed directory or run directory) of a single-branch model."""
+    from .eval.run import load_run
+
+    run = load_run(p, device=device or None, datasets=False)
+    if run.task != "single":
+        raise CheckpointError(f"--classifier {p}: a {run.task} model ({run.cfg.model.name}); --method cam needs a "
+                              f"single-branch classifier (e.g. a resnet18 run, or a torchvision state dict)")
+    classes = _run_classes(run.cfg)
+    d = run.cfg.data
+    return Classifier(run.model, tuple(d.mean), tuple(d.std), int(d.image_size), 0, classes,
+                      f"cit_fast {run.cfg.model.name} checkpoint {run.checkpoint.name}, "
+                      + ("the image's own class where the run knows it" if classes else "top class per image"))
+
+
+class CamMasker:
+    """uint8 (H, W, 3) image [+ its folder's class name] -> uint8 (H, W) mask in {0, 255}."""
+
+    uses_class = True  # generate_masks passes the image's class folder name
+
+    def __init__(self, classifier: Classifier, device: str = "", use_cv2: bool = True):
+        from .data.saliency import _cv2
+
+        self.clf = classifier
+        self.grabcut = use_cv2 and _cv2() is not None  # without OpenCV: Otsu's split of the map
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = classifier.model.to(self.device).eval()
+        self._mean = torch.tensor(classifier.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(classifier.std, device=self.device).view(1, 3, 1, 1)
+
+    def describe(self) -> str:
+        how = "refined with GrabCut" if self.grabcut else "Otsu's split (no OpenCV: no GrabCut)"
+        return f"masks by cam: Grad-CAM of {self.clf.what}, {how}"
+
+    def _input(self, img: np.ndarray) -> torch.Tensor:
+        """(1, 3, h, w) normalised, at the size the classifier expects."""
+        x = torch.from_numpy(np.array(img, np.uint8)).to(self.device).permute(2, 0, 1)[None].float() / 255
+        h, w = img.shape[:2]
+        if self.clf.input_size:
+            size = (self.clf.input_size, self.clf.input_size)
+        elif self.clf.short_side:
+            s = self.clf.short_side / min(h, w)
+            size = (max(32, round(h * s)), max(32, round(w * s)))
+        else:
+            size = (h, w)
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return (x - self._mean) / self._std
+
+    def cam(self, img: np.ndarray, class_name: Optional[str] = None) -> Tuple[np.ndarray, int]:
+        """(float (H, W) map in [0, 1] at the image's size, the class explained)."""
+        from .explain import grad_cam
+
+        x = self._input(img)
+        classes = self.clf.classes
+        if classes and class_name in classes:
+            cls = classes.index(class_name)
+        else:
+            with torch.no_grad():
+                cls = int(self.model(x).argmax(1)[0])
+        cam = grad_cam(self.model, x, torch.tensor([cls], device=self.device))  # (1, h, w) in [0, 1]
+        cam = F.interpolate(cam[None], size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+        return cam.clamp(0, 1).cpu().numpy(), cls
+
+    def __call__(self, img: np.ndarray, class_name: Optional[str] = None) -> np.ndarray:
+        cam, _ = self.cam(img, class_name)
+        work = _resize_long_side(img, *RBD_SIDE)
+        prior = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(work.shape[1::-1], Image.BILINEAR))
+        if self.grabcut:
+            binary = grabcut_refine(work, prior)
+        else:
+            seeds = grabcut_seeds(prior)
+            binary = (seeds == 1) | (seeds == 3)  # the map above Otsu's threshold
+        return _upsample_mask(clean_mask(binary, use_cv2=self.grabcut), img.shape[:2])
+
+
+def make_cam_masker(classifier: str, arch: str = "", device: str = "") -> CamMasker:
+    """``--method cam --classifier FILE [--arch resnet18]``."""
+    from .errors import UsageError
+
+    if not classifier:
+        raise UsageError("--method cam needs --classifier FILE (a torchvision ResNet state dict, or a cit_fast "
+                         "checkpoint of a single-branch model)")
+    return CamMasker(load_classifier(classifier, arch, device), device)
+
+
+__all__: Sequence[str] = ("Classifier", "CamMasker", "load_classifier", "make_cam_masker")
