@@ -99,22 +99,12 @@ def _pretrain(out: Path, epochs: int, lr: float) -> str:
 
 
 def _evaluate(checkpoint: str, pairs: List[Tuple[int, int]]) -> Dict[str, float]:
-    import torch
-
-    from cit_fast.data.build import build_datasets, build_pipeline
-    from cit_fast.models import build_model
-    from cit_fast.checkpoint import load_checkpoint
-    from cit_fast.config import from_dict
+    from cit_fast.eval.run import load_run
     from cit_fast.train.metrics_eval import collect, multilabel_report
 
-    state = load_checkpoint(Path(checkpoint))
-    cfg = from_dict(state["config"])
-    cfg.model.init_single = ""  # the checkpoint holds every weight
-    train, test = build_datasets(cfg.data)
-    model = build_model(cfg.model, train.num_classes)
-    model.load_state_dict(state["model"])
-    scores, targets = collect(model, build_pipeline(test, cfg, train=False, device=torch.device("cpu")))
-    rep = multilabel_report(scores, targets, train.classes, pairs)
+    run = load_run(checkpoint, device="cpu")
+    scores, targets = collect(run.model, run.pipeline())
+    rep = multilabel_report(scores, targets, run.classes, pairs)
     bp = rep["biased_pairs"]
     return {"exclusive": bp["exclusive"], "cooccur": bp["cooccur"], "pairs_all": bp["all"], "mAP": rep["mAP"],
             "per_pair": bp["pairs"]}

@@ -26,11 +26,9 @@ TEST_BIAS = ("random", "misleading")
 @dataclass
 class DataConfig:
     source: str = "auto"  # one of SOURCES; auto = inferred from data.train (no data.train: synthetic)
-    train: str = ""  # path to the training data (arrays: .npz; folder: root; manifest: .csv/.jsonl; coco: .json;
-    # nuswide: a directory with ImageList.txt)
+    train: str = ""  # training data: .npz (arrays), a directory (folder; nuswide with ImageList.txt), .csv/.jsonl (manifest), .json (coco)
     test: str = ""  # path to the test data, same kind as `train`
-    root: str = ""  # manifest: directory relative paths are resolved against (default: the manifest's);
-    # coco: the image directory ({split} -> e.g. val2017; default: beside the JSON, then ../<split>/)
+    root: str = ""  # manifest: base of its relative paths (default: its directory); coco: the image directory ({split} -> val2017)
     strata_file: str = ""  # optional YAML/JSON {class name or index: group}: common-sense groups A
     # synthetic source: the CIT CIFAR-style benchmark (Table III) over the embedded shapes dataset
     synthetic_version: str = "V4"  # one of SYNTHETIC_VERSIONS
@@ -49,8 +47,7 @@ class DataConfig:
     batch_size: int = 128  # samples per rank per step
     decode_reuse: bool = False  # training batches hold each sample's context partner: one decode per image
     verify: str = "header"  # start-up check of image files: header (size, JPEG end marker) | full (decode all)
-    missing_masks: str = "error"  # data without masks under a plan or model that needs them: error | full
-    # (full: every pixel is object; the intervention then changes nothing -- an explicit opt-in)
+    missing_masks: str = "error"  # no masks but a plan/model needs them: error | full (every pixel object: an explicit opt-in)
 
 
 @dataclass
@@ -465,3 +462,69 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
     from .utils import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# the config as commented YAML (cit-fast config)
+
+
+def _field_comments(cls: type) -> Tuple[Dict[str, str], Dict[str, List[str]]]:
+    """From this file's source of a config dataclass: ({field: its comment}, {field: section comment
+    lines before it}). A field's comment is the ``# ...`` after it, or else the comment lines just above."""
+    import inspect
+    import re
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    choices = {name: value for name, value in globals().items()
+               if name.isupper() and isinstance(value, tuple) and all(isinstance(v, str) for v in value)}
+
+    def expand(text: str) -> str:
+        return re.sub(r"one of ([A-Z_]+)", lambda m: "one of " + " | ".join(choices.get(m.group(1), (m.group(1),))), text)
+
+    comments: Dict[str, str] = {}
+    sections: Dict[str, List[str]] = {}
+    pending: List[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?(?:  #\s*(.*))?$", line)
+        if m and m.group(1) in names:
+            inline = (m.group(2) or "").strip()
+            if inline:
+                comments[m.group(1)] = expand(inline)
+                if pending:
+                    sections[m.group(1)] = pending
+            elif pending:
+                comments[m.group(1)] = expand(" ".join(pending))
+            pending = []
+        elif re.match(r"\s+#", line):
+            pending.append(line.strip().lstrip("#").strip())
+        else:
+            pending = []
+    return comments, sections
+
+
+def _yaml_value(value: Any) -> str:
+    text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True).strip()
+    return text[:-3].strip() if text.endswith("...") else text
+
+
+def config_yaml(cfg: Optional[TrainConfig] = None) -> str:
+    """The config as YAML with every key's comment: what ``cit-fast config`` prints (loadable as --config)."""
+    cfg = cfg or TrainConfig()
+    lines = ["# cit_fast run configuration: every key with its value and what it means.",
+             "# Use as `cit-fast train --config FILE`, or set single keys as key=value (e.g. optim.lr=0.05)."]
+
+    def emit(obj: Any, indent: str) -> None:
+        comments, sections = _field_comments(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            lines.extend(f"{indent}# {c}" for c in sections.get(f.name, []))
+            if dataclasses.is_dataclass(value):
+                doc = (type(value).__doc__ or "").strip().splitlines()
+                lines.append(f"{indent}{f.name}:" + (f"  # {doc[0]}" if doc and not doc[0].startswith(type(value).__name__ + "(") else ""))
+                emit(value, indent + "  ")
+            else:
+                note = comments.get(f.name, "")
+                lines.append(f"{indent}{f.name}: {_yaml_value(value)}" + (f"  # {note}" if note else ""))
+
+    emit(cfg, "")
+    return "\n".join(lines) + "\n"

@@ -121,42 +121,38 @@ def run_cross_eval(checkpoint: str, mapping: str, overrides: Sequence[str] = (),
 
     source_too: also the same classes on the checkpoint's own test set (the in-domain reference).
     """
-    from .data.build import build_datasets
-    from .models import build_model, model_task
-    from .checkpoint import load_checkpoint
-    from .config import from_dict, merge_trees, parse_overrides, to_dict
+    from .config import (from_dict, infer_source, merge_trees, parse_overrides, resolve_paths, resolve_source,
+                         to_dict)
+    from .eval.run import load_run
     from .utils import atomic_write_json
 
-    state = load_checkpoint(Path(checkpoint))
-    if "config" not in state:
-        raise ValueError(f"checkpoint {checkpoint}: has no config; cannot rebuild its classes and model")
-    src_cfg = from_dict(state["config"])
-    upd = parse_overrides(overrides)
-    tree = merge_trees(copy.deepcopy(state["config"]), upd)
+    run = load_run(checkpoint)  # the model, its own data and classes
+    state, src_cfg, src_train, src_test = run.state, run.cfg, run.train_set, run.test_set
+    model, device, task = run.model, run.device, run.task
+    upd = resolve_paths(parse_overrides(overrides), Path.cwd())
+    saved = to_dict(src_cfg)
+    tree = merge_trees(copy.deepcopy(saved), upd)
     data, given = tree.setdefault("data", {}), upd.get("data", {})
-    if data.get("source") != state["config"].get("data", {}).get("source"):
+    new_source = given.get("source") or (infer_source(given["test"], "data.test") if given.get("test")
+                                         else saved["data"]["source"])
+    if new_source not in ("auto", saved["data"]["source"]):
         for key in ("root", "strata_file"):  # the source's image root and groups mean nothing on the target
             if key not in given:
                 data[key] = ""
-        if not data.get("train"):
+        data["source"] = new_source
+        if "train" not in given:
             data["train"] = data.get("test", "")  # validation wants one; only data.test is read
     tgt_cfg = from_dict(tree)
+    tgt_cfg.data.source = resolve_source(tgt_cfg.data)
     tgt_cfg.data.strata_file = ""  # common-sense groups of the source's classes
-    src_train, src_test = build_datasets(src_cfg.data)
     target = _target_set(tgt_cfg)
     pairs = match_classes(load_mapping(mapping), src_train.classes, target.classes, f"mapping {mapping}")
     if not tgt_cfg.data.image_size and "image_size" not in given and src_train.in_memory:
         h, w = src_train.image(0).shape[:2]
         if h == w:
             tgt_cfg.data.image_size = int(h)  # the side the model was trained at
-    src_cfg.model.init_single = ""  # the checkpoint holds every weight
-    task = model_task(src_cfg.model.name, src_train.multilabel, src_cfg.model.task)
-    model = build_model(src_cfg.model, src_cfg.model.num_classes or src_train.num_classes)
-    model.load_state_dict(state["model"])
-    device = torch.device("cuda" if tgt_cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
     scores = _scores(model, target, tgt_cfg, device, task)
-    report: Dict[str, Any] = {"checkpoint": str(checkpoint), "epoch": int(state["epoch"]), "model": src_cfg.model.name,
+    report: Dict[str, Any] = {"checkpoint": str(run.checkpoint), "epoch": run.epoch, "model": src_cfg.model.name,
                               "mapping": str(mapping), "source": src_train.name, "target": target.name,
                               "source_classes": len(src_train.classes), "target_classes": len(target.classes),
                               **common_class_ap(scores, _multi_hot(target), pairs, src_train.classes, target.classes)}

@@ -203,40 +203,24 @@ def attention_figure(diag: Dict[str, np.ndarray], classes: Sequence[str], out: P
     return data
 
 
-def load_model(checkpoint, overrides: Sequence[str] = ()):
-    """(model, cfg, train SampleSet, test SampleSet) of a checkpoint, the model built with its own options."""
-    from .data.build import build_datasets
-    from .models import build_model
-    from .checkpoint import load_checkpoint
-    from .config import from_dict
-
-    state = load_checkpoint(Path(checkpoint))
-    if "config" not in state:
-        raise ValueError(f"checkpoint {checkpoint}: has no config; cannot rebuild its data and model")
-    cfg = from_dict(state["config"], overrides)
-    cfg.model.init_single = ""
-    train_set, test_set = build_datasets(cfg.data)
-    model = build_model(cfg.model, cfg.model.num_classes or train_set.num_classes)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg, train_set, test_set
-
-
 def run_diagnostics(checkpoint, out_dir, overrides: Sequence[str] = (), method: str = "pca",
                     max_images: int = 256, show: Optional[Sequence[str]] = None, prefix: str = "",
                     space: str = "attention") -> Dict[str, Path]:
     """Render ``{prefix}embedding.png`` and (causal models) ``{prefix}confounder_attention.png``."""
-    from .data.build import build_pipeline
+    from .errors import UsageError
+    from .eval.run import load_run
 
     if method not in EMBEDDINGS:
-        raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got {method!r}")
-    model, cfg, train_set, test_set = load_model(checkpoint, overrides)
+        raise UsageError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got {method!r}")
+    run = load_run(checkpoint, overrides)
+    model, cfg, train_set, test_set = run.model, run.cfg, run.train_set, run.test_set
     if not is_label_feature_model(model):
-        raise ValueError(f"diagnostics need a multi-label transformer model (causal_* or decoder_*), "
+        raise UsageError(f"--diagnostics needs a multi-label transformer model (causal_* or decoder_*), "
                          f"not {cfg.model.name}")
     if not test_set.multilabel:
-        raise ValueError(f"{test_set.name}: diagnostics need multi-hot test labels")
+        raise UsageError(f"{test_set.name}: diagnostics need multi-hot test labels")
     sub = test_set.subset(np.arange(min(len(test_set), max_images)))
-    diag = collect(model, build_pipeline(sub, cfg, train=False))
+    diag = collect(model, run.pipeline(sub))
     classes = train_set.classes
     out_dir = Path(out_dir)
     paths: Dict[str, Path] = {}

@@ -1,38 +1,53 @@
-"""Diagnostics: Grad-CAM maps (Selvaraju et al. 2017) for any registered model that splits
-``forward_features`` (the last spatial map) from ``forward_head``, and per-class accuracy changes
-between two runs (baseline vs CIT).
+"""Diagnostics: Grad-CAM maps (Selvaraju et al. 2017) for every model family, and per-class accuracy
+changes between two runs (baseline vs CIT).
+
+Every registered model splits ``forward_features`` (the last spatial map(s)) from ``forward_head``:
+single-branch ResNets and the multi-label models return one map (B, K, h, w); the CIT double-branch
+models return two, the content branch's and the context branch's, so Grad-CAM shows where each
+branch looks: on the object in the content input, on the scene in the context input.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def grad_cam(model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) images, (B,) class indices -> (B, H, W) maps in [0, 1] (1 = most important).
+def grad_cams(model: torch.nn.Module, inputs: Sequence[torch.Tensor], classes: torch.Tensor) -> List[torch.Tensor]:
+    """The model's inputs (each (B, 3, H, W)), (B,) class indices -> one (B, H, W) map in [0, 1] per
+    spatial map of ``forward_features`` (1 = most important), upsampled to the input size.
 
-    Weights are the spatially averaged gradients of the class score w.r.t. the last feature map
-    (``forward_features``); the map is ReLU(sum_k w_k A_k), upsampled to the image size.
+    Weights are the spatially averaged gradients of the class score w.r.t. each map; the map is
+    ReLU(sum_k w_k A_k).
     """
     if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
         raise TypeError(f"grad_cam needs a model with forward_features/forward_head, got {type(model).__name__}")
     was_training = model.training
     model.eval()
     with torch.enable_grad():
-        feats = model.forward_features(images).detach().requires_grad_(True)  # (B, K, h, w)
-        logits = model.forward_head(feats)
-        score = logits.float().gather(1, classes.view(-1, 1)).sum()
-        (grad,) = torch.autograd.grad(score, feats)
+        out = model.forward_features(*inputs)
+        maps = tuple(m.detach().requires_grad_(True) for m in (out if isinstance(out, tuple) else (out,)))
+        logits = model.forward_head(maps if isinstance(out, tuple) else maps[0])
+        score = logits.float().gather(1, classes.view(-1, 1).to(logits.device)).sum()
+        grads = torch.autograd.grad(score, maps)
     model.train(was_training)
-    weights = grad.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
-    cam = F.relu((weights * feats.detach()).sum(dim=1, keepdim=True))  # (B, 1, h, w)
-    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    lo = cam.flatten(1).min(1).values[:, None, None]
-    hi = cam.flatten(1).max(1).values[:, None, None]
-    return (cam - lo) / (hi - lo + 1e-8)
+    size = inputs[0].shape[-2:]
+    cams = []
+    for fmap, grad in zip(maps, grads):
+        weights = grad.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
+        cam = F.relu((weights * fmap.detach()).sum(dim=1, keepdim=True))  # (B, 1, h, w)
+        cam = F.interpolate(cam.float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+        lo = cam.flatten(1).min(1).values[:, None, None]
+        hi = cam.flatten(1).max(1).values[:, None, None]
+        cams.append((cam - lo) / (hi - lo + 1e-8))
+    return cams
+
+
+def grad_cam(model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """A single-input model: (B, 3, H, W) images, (B,) class indices -> (B, H, W) maps in [0, 1]."""
+    return grad_cams(model, (images,), classes)[0]
 
 
 def overlay(image_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -59,42 +74,62 @@ def per_class_accuracy(model: torch.nn.Module, pipeline) -> np.ndarray:
     return np.array([100.0 * correct.get(c, 0) / total[c] if total.get(c) else np.nan for c in range(k)])
 
 
-def load_run_model(checkpoint, overrides=()):
-    """(model, cfg, test SampleSet) of a cit_fast checkpoint (its saved config + overrides)."""
-    from pathlib import Path
-
-    from .data.build import build_datasets
-    from .models.build import build_model
-    from .checkpoint import load_checkpoint
-    from .config import from_dict
-
-    state = load_checkpoint(Path(checkpoint))
-    if "config" not in state:
-        raise ValueError(f"checkpoint {checkpoint}: has no config; cannot rebuild its data and model")
-    cfg = from_dict(state["config"], overrides)
-    cfg.model.init_single = ""  # the checkpoint holds every weight; the init file may be long gone
-    train_set, test_set = build_datasets(cfg.data)
-    model = build_model(cfg.model, cfg.model.num_classes or train_set.num_classes)  # the saved options too
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, cfg, test_set
+def spread_indices(samples, n: int = 8) -> List[int]:
+    """Up to ``n`` test indices over as many classes as possible: the first image of each class, with
+    the classes taken evenly across the class list, then second images, and so on."""
+    labels = samples.labels
+    per_class = labels.argmax(1) if labels.ndim == 2 else labels  # multi-label: an image's first label
+    classes = np.unique(per_class)
+    order = classes[np.round(np.linspace(0, len(classes) - 1, min(n, len(classes)))).astype(int)] \
+        if len(classes) > n else classes
+    queues = {c: list(np.nonzero(per_class == c)[0]) for c in order}
+    out: List[int] = []
+    while len(out) < min(n, len(labels)) and any(queues.values()):
+        for c in order:
+            if queues[c] and len(out) < n:
+                out.append(int(queues[c].pop(0)))
+    return out
 
 
-def explain_images(checkpoint, indices, classes=None, overrides=()) -> np.ndarray:
-    """A PNG-ready grid: for each test index, the image and its Grad-CAM overlay for the given (or
-    predicted) class. Returns (2*H, N*W, 3) uint8."""
-    from .data.build import build_pipeline
+def _to_uint8(x: torch.Tensor, mean, std) -> np.ndarray:
+    """Normalised (B, 3, H, W) model inputs -> (B, H, W, 3) uint8 pictures."""
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x.detach().float().cpu() * s + m).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def explain_images(run, indices: Optional[Sequence[int]] = None, classes: Optional[Sequence[int]] = None
+                   ) -> np.ndarray:
+    """A PNG-ready grid of a run's test images and their Grad-CAM for the given (default: predicted)
+    class. Single-input models: rows image / overlay. Double-branch models: rows content input / its
+    map / context input / its map. Returns (rows*H, N*W, 3) uint8.
+
+    run: a ``cit_fast.eval.Run``; indices: test sample indices (default: a spread over the classes).
+    """
     from .data.pipeline import compose
+    from .train.evaluate import model_inputs
 
-    model, cfg, test_set = load_run_model(checkpoint, overrides)
-    pipe = build_pipeline(test_set.subset(indices), cfg, train=False, batch_size=len(indices))
+    indices = list(indices) if indices is not None else spread_indices(run.test_set)
+    n = len(run.test_set)
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        from .errors import UsageError
+
+        raise UsageError(f"--indices: {bad[:5]} out of range; the test set has {n} images (0..{n - 1})")
+    pipe = run.pipeline(run.test_set.subset(indices), batch_size=len(indices))
     raw = next(iter(pipe.raw_batches()))
-    x = compose(raw, pipe.spec)["image"]
+    batch = compose(raw, pipe.spec)
+    inputs = tuple(t.to(run.device) for t in model_inputs(batch))
     with torch.no_grad():
-        pred = model(x).argmax(1)
+        pred = run.model(*inputs).argmax(1)
     cls = torch.as_tensor(classes, dtype=torch.long) if classes is not None else pred
-    cam = grad_cam(model, x, cls).numpy()
-    imgs = raw["obj"].numpy()
-    top = np.concatenate(list(imgs), axis=1)
-    bottom = np.concatenate([overlay(i, c) for i, c in zip(imgs, cam)], axis=1)
-    return np.concatenate([top, bottom], axis=0)
+    cams = [c.cpu().numpy() for c in grad_cams(run.model, inputs, cls)]
+    spec = pipe.spec
+    pictures = [_to_uint8(x, spec.mean, spec.std) for x in inputs] if run.task == "double" else [raw["obj"].numpy()]
+    if len(cams) < len(pictures):  # a single-branch ablation fed one of the two inputs (objonly_, bgonly_)
+        pictures = [pictures[1 if getattr(run.model, "which", "content") == "context" else 0]]
+    rows = []
+    for pic, cam in zip(pictures, cams):
+        rows.append(np.concatenate(list(pic), axis=1))
+        rows.append(np.concatenate([overlay(p, c) for p, c in zip(pic, cam)], axis=1))
+    return np.concatenate(rows, axis=0)

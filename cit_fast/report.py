@@ -150,12 +150,15 @@ def _latest_ckpt(run: Path) -> Optional[Path]:
 
 
 def gradcam_figure(run: Path, out: Path, n: int = 8) -> Optional[bytes]:
-    from .explain import explain_images
+    """Grad-CAM of the run's newest checkpoint over a spread of test classes (every model family)."""
+    from .eval.run import load_run
+    from .explain import explain_images, spread_indices
 
     ck = _latest_ckpt(run)
     if ck is None:
         return None
-    return _png_bytes(explain_images(ck, list(range(n))), out)
+    loaded = load_run(ck)
+    return _png_bytes(explain_images(loaded, spread_indices(loaded.test_set, n)), out)
 
 
 def per_class_change_figure(pairs: List[tuple], out: Path) -> Optional[bytes]:
@@ -165,8 +168,8 @@ def per_class_change_figure(pairs: List[tuple], out: Path) -> Optional[bytes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .data.build import build_pipeline
-    from .explain import load_run_model, per_class_accuracy
+    from .eval.run import load_run
+    from .explain import per_class_accuracy
 
     deltas = []
     for name, base, cit in pairs:
@@ -175,9 +178,9 @@ def per_class_change_figure(pairs: List[tuple], out: Path) -> Optional[bytes]:
             ck = _latest_ckpt(run)
             if ck is None:
                 return None
-            model, cfg, test_set = load_run_model(ck)
-            accs.append(per_class_accuracy(model, build_pipeline(test_set, cfg, train=False)))
-        deltas.append((name, test_set.classes, accs[1] - accs[0]))
+            loaded = load_run(ck)
+            accs.append(per_class_accuracy(loaded.model, loaded.pipeline()))
+        deltas.append((name, loaded.classes, accs[1] - accs[0]))
     fig, axes = plt.subplots(1, len(deltas), figsize=(4 * len(deltas), 3.2), squeeze=False)
     for ax, (name, classes, d) in zip(axes[0], deltas):
         ax.bar(range(len(d)), d, color=["tab:green" if v >= 0 else "tab:red" for v in d])

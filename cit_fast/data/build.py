@@ -5,6 +5,7 @@ from typing import Tuple
 
 import torch
 
+from ..config import resolve_source
 from .pipeline import Pipeline, PipelineSpec
 from .records import DataError, SampleSet
 from .sources import apply_strata_file, load_arrays, load_folder, load_manifest
@@ -13,14 +14,15 @@ from .synthetic import make_cit_benchmark
 
 def build_datasets(d) -> Tuple[SampleSet, SampleSet]:
     """(train, test) SampleSets for a DataConfig; test uses the training classes."""
-    if d.source == "synthetic":
+    source = resolve_source(d)
+    if source == "synthetic":
         sets = make_cit_benchmark(d.synthetic_version, d.synthetic_train_per_class, d.synthetic_test_per_class,
                                   seed=d.synthetic_seed, test_bias=d.synthetic_test_bias)
         train, test = sets["train"], sets["test"]
     else:
         train = load_split(d, d.train)
         if not d.test:
-            raise DataError(f"data.test: a path is required for data.source={d.source}")
+            raise DataError(f"data.test: a path is required for data.source={source}")
         test = load_split(d, d.test, classes=train.classes)
     if d.strata_file:
         train = apply_strata_file(train, d.strata_file)
@@ -30,31 +32,43 @@ def build_datasets(d) -> Tuple[SampleSet, SampleSet]:
 
 def load_split(d, path: str, classes=None) -> SampleSet:
     """One split of a file-based source; ``classes`` (the training classes) reads a test split."""
+    source = resolve_source(d)
+    v = d.verify
     load = {"arrays": lambda p, classes=None: load_arrays(p, classes),
-            "folder": lambda p, classes=None: load_folder(p, classes),
-            "manifest": lambda p, classes=None: load_manifest(p, d.root, classes),
-            "coco": lambda p, classes=None: _load_coco(p, d.root, classes),
-            "nuswide": lambda p, classes=None: _load_nuswide(p, d.root, classes)}
-    if d.source not in load:
-        raise DataError(f"data.source={d.source}: not a file-based source ({', '.join(load)})")
-    return load[d.source](path, classes=classes)
+            "folder": lambda p, classes=None: load_folder(p, classes, verify=v),
+            "manifest": lambda p, classes=None: load_manifest(p, d.root, classes, verify=v),
+            "coco": lambda p, classes=None: _load_coco(p, d.root, classes, verify=v),
+            "nuswide": lambda p, classes=None: _load_nuswide(p, d.root, classes, verify=v)}
+    if source not in load:
+        raise DataError(f"data.source={source}: not a file-based source ({', '.join(load)})")
+    return load[source](path, classes=classes)
 
 
-def _load_nuswide(path: str, root: str, classes=None) -> SampleSet:
+def require_masks(samples: SampleSet, why: str, missing_masks: str = "error", hint_path: str = "") -> SampleSet:
+    """A DataError unless ``samples`` has object masks (or the user opted into all-object masks)."""
+    if samples.masks is not None or missing_masks == "full":
+        return samples
+    how = (f"write them with `cit-fast masks {hint_path}`" if hint_path else "write them with `cit-fast masks`")
+    raise DataError(f"{samples.name}: {why} needs object masks, but the data has none; {how} (saliency, no "
+                    f"weights needed), add a 'mask' column to a manifest or 'masks' to an .npz; "
+                    f"data.missing_masks=full trains with every pixel as object (the intervention then does nothing)")
+
+
+def _load_nuswide(path: str, root: str, classes=None, verify: str = "header") -> SampleSet:
     from .nuswide import load_nuswide
 
-    return load_nuswide(path, root, classes)
+    return load_nuswide(path, root, classes, verify=verify)
 
 
-def _load_coco(path: str, root: str, classes=None) -> SampleSet:
+def _load_coco(path: str, root: str, classes=None, verify: str = "header") -> SampleSet:
     from .coco import load_coco  # optional dependency: pycocotools
 
-    return load_coco(path, root, classes)
+    return load_coco(path, root, classes, verify=verify)
 
 
 def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world_size: int = 1,
                    device: torch.device = torch.device("cpu"), output: str = "image",
-                   batch_size: int = 0) -> Pipeline:
+                   batch_size: int = 0, out_dtype: torch.dtype = torch.float32) -> Pipeline:
     d = cfg.data
     spec = PipelineSpec(
         batch_size=batch_size or d.batch_size,
@@ -63,7 +77,7 @@ def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world
         epochwise=cfg.intervention.epochwise if train else False,
         train=train, image_size=d.image_size, hflip=d.hflip, crop_padding=d.crop_padding,
         mean=tuple(d.mean), std=tuple(d.std), seed=cfg.seed, rank=rank, world_size=world_size,
-        num_workers=d.num_workers, device=device, decode_reuse=d.decode_reuse)
+        num_workers=d.num_workers, device=device, decode_reuse=d.decode_reuse, out_dtype=out_dtype)
     if d.pipeline == "dali":
         from .dali_pipeline import DaliPipeline  # optional dependency: nvidia-dali
 

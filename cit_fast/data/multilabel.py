@@ -65,7 +65,7 @@ def check_multi_hot(labels: np.ndarray, classes: Sequence[str], where: str, requ
 
 
 def manifest_multilabel(path: Path, rows: List[dict], base: Path, classes: Optional[Sequence[str]],
-                        check_files: bool) -> SampleSet:
+                        verify: str = "header") -> SampleSet:
     """The multi-label branch of ``sources.load_manifest`` (rows already read)."""
     from .sources import check_pairs, manifest_row_fields
 
@@ -89,8 +89,8 @@ def manifest_multilabel(path: Path, rows: List[dict], base: Path, classes: Optio
             masks.append(msk)
         strata.append(stratum)
         bias.append(b)
-    if check_files:
-        check_pairs(images, masks if has_mask else [None] * len(images))
+    if verify != "none":
+        check_pairs(images, masks if has_mask else [None] * len(images), verify)
     check_multi_hot(labels, classes, f"manifest {path}", require_all=training_split)
 
     def column(values, name):

@@ -192,25 +192,19 @@ def _to_training_order(names: List[str], labels: np.ndarray, classes: Sequence[s
     return out
 
 
-def _check_images(images: List[str], rels: List[str], masks: Optional[List[str]], list_file: Path) -> None:
-    from .sources import _image_size
+def _check_images(images: List[str], rels: List[str], masks: Optional[List[str]], list_file: Path,
+                  verify: str = "header") -> None:
+    from .sources import check_pairs
 
     for ln, (img, rel) in enumerate(zip(images, rels), 1):
         try:
-            size = _image_size(Path(img), "image")
-            if masks is not None:
-                if not Path(masks[ln - 1]).is_file():
-                    raise DataError(f"mask {masks[ln - 1]}: file not found")
-                msize = _image_size(Path(masks[ln - 1]), "mask")
-                if msize != size:
-                    raise DataError(f"mask {masks[ln - 1]}: size {msize[0]}x{msize[1]} does not match the image "
-                                    f"({size[0]}x{size[1]})")
+            check_pairs([img], [masks[ln - 1] if masks is not None else None], verify)
         except DataError as e:
             raise DataError(f"{list_file}, line {ln} ({rel}): {e}") from None
 
 
 def load_nuswide(path: str, root: str = "", classes: Optional[Sequence[str]] = None,
-                 check_files: bool = True) -> SampleSet:
+                 verify: str = "header") -> SampleSet:
     """A NUS-WIDE-style split (see the module doc) as a multi-label SampleSet."""
     directory, list_file = _resolve(path)
     rels = read_image_list(list_file)
@@ -248,8 +242,8 @@ def load_nuswide(path: str, root: str = "", classes: Optional[Sequence[str]] = N
     masks = None
     if (directory / "masks").is_dir():
         masks = [str((directory / "masks" / r).with_suffix(".png")) for r in rels]
-    if check_files:
-        _check_images(images, rels, masks, list_file)
+    if verify != "none":
+        _check_images(images, rels, masks, list_file, verify)
     return SampleSet(images, masks, labels, names, name=where)
 
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
+from .layout import IMAGE_EXTS, detect_layout
 from .records import DataError, SampleSet, as_uint8_mask
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +118,8 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str, require_all:
 # files
 
 
-def _image_size(path: Path, kind: str) -> tuple:
+def image_size(path: Path, kind: str) -> tuple:
+    """(width, height) from the file header; a DataError naming the file if it cannot be read."""
     try:
         with Image.open(path) as im:
             return im.size
@@ -128,51 +129,91 @@ def _image_size(path: Path, kind: str) -> tuple:
         raise DataError(f"{kind} {path}: cannot read ({type(e).__name__}: {e})") from None
 
 
-def check_pairs(images: Sequence[str], masks: Sequence[Optional[str]]) -> None:
-    """Every image readable, its mask present and readable and of the same size."""
-    for img, msk in zip(images, masks):
-        isz = _image_size(Path(img), "image")
+def _check_jpeg_end(path: Path, kind: str) -> None:
+    """A JPEG ends with the EOI marker FF D9 (trailing padding allowed): a cheap test for truncation."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - 64))
+        tail = f.read()
+    if b"\xff\xd9" not in tail:
+        raise DataError(f"{kind} {path}: truncated JPEG (no end-of-image marker); re-copy or remove it")
+
+
+def _check_decodes(path: Path, kind: str) -> None:
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:
+        raise DataError(f"{kind} {path}: cannot decode ({type(e).__name__}: {e})") from None
+
+
+def check_pairs(images: Sequence[str], masks: Sequence[Optional[str]], verify: str = "header") -> None:
+    """Every image readable (``verify="full"``: decoded; ``header``: its header and, for a JPEG, its end
+    marker), its mask present, readable and of the same size."""
+    from tqdm import tqdm
+
+    full = verify == "full"
+    pairs = list(zip(images, masks))
+    bar = tqdm(pairs, desc="verify", unit="img", disable=not full or not sys.stderr.isatty(), leave=False)
+    for img, msk in bar:
+        isz = image_size(Path(img), "image")
+        if full:
+            _check_decodes(Path(img), "image")
+        elif Path(img).suffix.lower() in (".jpg", ".jpeg"):
+            _check_jpeg_end(Path(img), "image")
         if msk is None:
             continue
         if not Path(msk).is_file():
             raise DataError(f"mask {msk}: file not found (expected beside image {img})")
-        msz = _image_size(Path(msk), "mask")
+        msz = image_size(Path(msk), "mask")
+        if full:
+            _check_decodes(Path(msk), "mask")
         if msz != isz:
             raise DataError(f"mask {msk}: size {msz[0]}x{msz[1]} does not match image {img} ({isz[0]}x{isz[1]})")
 
 
-def load_folder(root: str, classes: Optional[Sequence[str]] = None, check_files: bool = True) -> SampleSet:
-    r = Path(root)
-    img_root, mask_root = r / "images", r / "masks"
-    if not img_root.is_dir():
-        raise DataError(f"folder {root}: expected an 'images/<class>/' directory inside")
-    found = sorted(d.name for d in img_root.iterdir() if d.is_dir())
+def load_folder(root: str, classes: Optional[Sequence[str]] = None, verify: str = "header",
+                masks_root: str = "") -> SampleSet:
+    """A folder dataset in either layout (layout.py): images/<class>/ or torchvision's <class>/.
+
+    Masks are optional as a whole (a set without masks can train plan ``none``; the trainer says how
+    to get masks otherwise), but once the masks tree exists, every image needs its mask.
+    """
+    lay = detect_layout(root, masks_root or None)
+    found = [d.name for d in lay.class_dirs()]
     if classes is None:
         classes = found
     else:
         unknown = sorted(set(found) - set(classes))
         if unknown:
-            raise DataError(f"folder {root}: class folder(s) {unknown} are not among the training classes")
+            raise DataError(f"folder {root}: class folder(s) {unknown} are not among the training classes "
+                            f"({', '.join(list(classes)[:10])})")
     if not classes:
-        raise DataError(f"folder {root}: no class folders under {img_root}")
+        raise DataError(f"folder {root}: no class folders under {lay.images_root}")
+    has_masks = lay.masks_root.is_dir()
     images: List[str] = []
     masks: List[Optional[str]] = []
     labels: List[int] = []
     for ci, name in enumerate(classes):
-        files = sorted(f for f in (img_root / name).glob("*") if f.suffix.lower() in IMAGE_EXTS) \
-            if (img_root / name).is_dir() else []
+        d = lay.images_root / name
+        files = sorted(f for f in d.glob("*") if f.suffix.lower() in IMAGE_EXTS) if d.is_dir() else []
         if not files and name in found:
-            raise DataError(f"folder {root}: class {name!r} is empty (no images in {img_root / name})")
+            raise DataError(f"folder {root}: class {name!r} is empty (no images in {d})")
         for f in files:
             images.append(str(f))
-            m = mask_root / name / (f.stem + ".png")
-            if not m.is_file():
-                raise DataError(f"mask {m}: file not found (every image needs a mask with the same stem: {f})")
-            masks.append(str(m))
+            if has_masks:
+                m = lay.mask_path(f)
+                if not m.is_file():
+                    raise DataError(f"mask {m}: file not found (every image needs a mask with the same stem "
+                                    f"once {lay.masks_root} exists: {f}; `cit-fast masks {root}` writes the "
+                                    f"missing ones)")
+                masks.append(str(m))
             labels.append(ci)
-    if check_files:
-        check_pairs(images, masks)
-    return SampleSet(images, masks, np.asarray(labels, np.int64), list(classes), name=f"folder {root}")
+    if verify != "none":
+        check_pairs(images, masks if has_masks else [None] * len(images), verify)
+    return SampleSet(images, masks if has_masks else None, np.asarray(labels, np.int64), list(classes),
+                     name=f"folder {root}")
 
 
 def _read_manifest_rows(path: Path) -> List[Dict[str, str]]:
@@ -221,8 +262,37 @@ def manifest_row_fields(row: Dict, where: str, base: Path, has_mask: bool):
     return str(base / img), msk, side[0], side[1]
 
 
+def _manifest_classes(raw_labels: Sequence[str], path: str, first_row: int) -> List[str]:
+    """The classes of a training manifest's ``label`` column: class names (sorted), or integer indices
+    0..C-1 with every index present; a mix of the two, or a gap in the indices, is an error naming a row."""
+    is_int = [l.lstrip("-").isdigit() for l in raw_labels]
+    empty = [i for i, l in enumerate(raw_labels) if not l]
+    if empty:
+        raise DataError(f"manifest {path}, row {empty[0] + first_row}: empty 'label'")
+    if all(is_int):
+        values = sorted({int(l) for l in raw_labels})
+        if values[0] < 0:
+            row = [int(l) for l in raw_labels].index(values[0]) + first_row
+            raise DataError(f"manifest {path}, row {row}: label {values[0]} is negative; integer labels are "
+                            f"class indices 0..C-1")
+        gaps = sorted(set(range(values[-1] + 1)) - set(values))
+        if gaps:
+            row = [int(l) for l in raw_labels].index(values[-1]) + first_row
+            raise DataError(f"manifest {path}, row {row}: label {values[-1]} makes {values[-1] + 1} classes, but "
+                            f"label(s) {', '.join(map(str, gaps[:8]))} never occur (labels found: "
+                            f"{', '.join(map(str, values[:12]))}); integer labels must be 0..C-1 with every class "
+                            f"present, or use class names")
+        return [str(c) for c in range(values[-1] + 1)]
+    if any(is_int):
+        i = is_int.index(True)
+        name = raw_labels[is_int.index(False)]
+        raise DataError(f"manifest {path}, row {i + first_row}: label {raw_labels[i]!r} is a number, but other rows "
+                        f"name classes (e.g. {name!r}); use class names or integer indices throughout, not both")
+    return sorted(set(raw_labels))
+
+
 def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = None,
-                  check_files: bool = True) -> SampleSet:
+                  verify: str = "header") -> SampleSet:
     p = Path(path)
     rows = _read_manifest_rows(p)
     if not rows:
@@ -231,21 +301,19 @@ def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = 
     if "labels" in rows[0] and "label" not in rows[0]:  # multi-hot labels: see multilabel.py
         from .multilabel import manifest_multilabel
 
-        return manifest_multilabel(p, rows, base, classes, check_files)
+        return manifest_multilabel(p, rows, base, classes, verify)
     for col in ("image", "label"):
         if col not in rows[0]:
             raise DataError(f"manifest {path}: missing column {col!r} (has {', '.join(rows[0])})")
     raw_labels = [str(r.get("label", "")).strip() for r in rows]
+    first_row = 2 if p.suffix.lower() == ".csv" else 1
     training_split = classes is None
     if classes is None:
-        if all(l.lstrip("-").isdigit() for l in raw_labels):
-            classes = [str(c) for c in range(max(int(l) for l in raw_labels) + 1)]
-        else:
-            classes = sorted(set(raw_labels))
+        classes = _manifest_classes(raw_labels, path, first_row)
     index = {c: i for i, c in enumerate(classes)}
     labels, images, masks, strata, bias = [], [], [], [], []
     has_mask = "mask" in rows[0]
-    for ln, (row, lab) in enumerate(zip(rows, raw_labels), 2 if p.suffix.lower() == ".csv" else 1):
+    for ln, (row, lab) in enumerate(zip(rows, raw_labels), first_row):
         where = f"manifest {path}, row {ln}"
         if lab in index:
             labels.append(index[lab])
@@ -262,8 +330,8 @@ def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = 
             masks.append(msk)
         strata.append(stratum)
         bias.append(b)
-    if check_files:
-        check_pairs(images, masks if has_mask else [None] * len(images))
+    if verify != "none":
+        check_pairs(images, masks if has_mask else [None] * len(images), verify)
     _check_labels(np.asarray(labels, np.int64), len(classes), f"manifest {path}", require_all=training_split)
 
     def column(values, default):

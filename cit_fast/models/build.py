@@ -21,9 +21,7 @@ def model_task(name: str, multilabel_data: bool = False, task: str = "auto") -> 
         raise ValueError(f"model.task must be one of {', '.join(TASKS)}, got {task!r}")
     if task != "auto":
         return task
-    fn = registry._MODELS.get(name)
-    if fn is None:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(registry.list_models())}")
+    fn = registry.get_model_fn(name)
     own = getattr(fn, "task", "single")
     if own == "single" and multilabel_data:
         return "multilabel"
@@ -32,8 +30,7 @@ def model_task(name: str, multilabel_data: bool = False, task: str = "auto") -> 
 
 def model_kwargs(name: str, mcfg: Any) -> Dict[str, Any]:
     """The constructor options of model `name` from a ModelConfig (only those its family takes)."""
-    fn = registry._MODELS.get(name)
-    family = getattr(fn, "task", "single")
+    family = getattr(registry.get_model_fn(name), "task", "single")
     if family == "double":
         if name.startswith(("objonly_", "bgonly_")):
             return {"init": getattr(mcfg, "init_single", "")}
@@ -52,6 +49,34 @@ def model_kwargs(name: str, mcfg: Any) -> Dict[str, Any]:
     return {}
 
 
+def _single_branch_file(path: str) -> bool:
+    """Whether a weight file holds a single-branch ResNet (torchvision's format or a cit_fast resnet*)."""
+    from ..checkpoint import read_weights
+    from .weights import is_torchvision_resnet
+
+    state = read_weights(path, what="model.init")
+    return is_torchvision_resnet(state) or ("fc.weight" in state and any(k.startswith(("stem.", "conv1.", "layers."))
+                                                                         for k in state))
+
+
 def build_model(mcfg: Any, num_classes: int) -> nn.Module:
-    """``create_model(mcfg.name, num_classes, **options of its family)``."""
-    return registry.create_model(mcfg.name, num_classes=num_classes, **model_kwargs(mcfg.name, mcfg))
+    """``create_model(mcfg.name, num_classes, **options of its family)``, with its initial weights:
+    ``model.init_single`` (the trunk of double-branch and multi-label models) and ``model.init`` (the
+    whole model; for those models a single-branch file there is taken as ``init_single``)."""
+    from .weights import load_weights
+
+    family = getattr(registry.get_model_fn(mcfg.name), "task", "single")
+    init, init_single = getattr(mcfg, "init", ""), getattr(mcfg, "init_single", "")
+    if init and family in ("double", "multilabel") and not init_single and _single_branch_file(init):
+        from ..utils import print0
+
+        print0(f"model.init {init}: a single-branch ResNet; {mcfg.name} starts its "
+               f"{'branches' if family == 'double' else 'trunk'} from it (as model.init_single)")
+        init, init_single = "", init
+    kwargs = model_kwargs(mcfg.name, mcfg)
+    if "init" in kwargs:
+        kwargs["init"] = init_single
+    model = registry.create_model(mcfg.name, num_classes=num_classes, **kwargs)
+    if init:
+        load_weights(model, init, what="model.init", model_name=mcfg.name)
+    return model

@@ -48,7 +48,7 @@ def load_single_branch(base: str, path: str, what: str = "model.init_single") ->
     """The single-branch ``base`` model of weight file ``path`` (a cit_fast checkpoint or a torchvision
     ResNet state dict), with the file's own classifier head."""
     net = create_model(base, num_classes=single_branch_classes(path, what))
-    return load_weights(net, path, what=f"{what} ({base})", quiet=True)
+    return load_weights(net, path, what=what, quiet=True, model_name=f"a single-branch {base}")
 
 
 class DoubleBranchResNet(nn.Module):
@@ -110,13 +110,14 @@ class DoubleBranchResNet(nn.Module):
             low_c, low_x = self.low_content(content), self.low_context(context)
         return self.high_content(low_c), self.high_context(low_x)
 
-    def forward_features(self, content: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) x 2 -> (B, 2F) pooled content features joined with pooled context features."""
-        fc, fx = self.forward_branches(content, context)
-        return torch.cat([fc.mean(dim=(2, 3)), fx.mean(dim=(2, 3))], 1)
+    def forward_features(self, content: torch.Tensor, context: torch.Tensor) -> tuple:
+        """(B, 3, H, W) x 2 -> the spatial maps of both branches ((B, F, h, w), (B, F, h, w))."""
+        return self.forward_branches(content, context)
 
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.fc(feats)
+    def forward_head(self, feats: tuple) -> torch.Tensor:
+        """Both branches' maps -> pooled content features joined with pooled context features (B, 2F) -> FC."""
+        fc, fx = feats
+        return self.fc(torch.cat([fc.mean(dim=(2, 3)), fx.mean(dim=(2, 3))], 1))
 
     def forward(self, content: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(content, context))
@@ -135,8 +136,14 @@ class SingleInputOfTwo(nn.Module):
         self.net = load_single_branch(base, init) if init else create_model(base, num_classes=num_classes)
         self.num_features = self.net.num_features
 
+    def forward_features(self, content: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(content if self.which == "content" else context)
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(feats)
+
     def forward(self, content: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.net(content if self.which == "content" else context)
+        return self.forward_head(self.forward_features(content, context))
 
 
 _BASES = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet18", "resnet34", "resnet50")

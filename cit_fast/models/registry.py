@@ -5,6 +5,8 @@ from typing import Callable, Dict, List
 
 import torch.nn as nn
 
+from ..errors import ConfigError
+
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -19,7 +21,12 @@ def list_models() -> List[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+def get_model_fn(name: str) -> Callable[..., nn.Module]:
+    """The registered function of model ``name``; a ConfigError listing the models otherwise."""
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return _MODELS[name](**kwargs)
+        raise ConfigError(f"model.name: unknown model {name!r}; available: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    return get_model_fn(name)(**kwargs)

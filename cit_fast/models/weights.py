@@ -52,7 +52,8 @@ def _shown(keys: Sequence[str], n: int = 3) -> str:
 
 
 def fit_state_dict(state: Dict[str, torch.Tensor], model: nn.Module, where: str,
-                   head_prefixes: Sequence[str] = HEAD_PREFIXES) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+                   head_prefixes: Sequence[str] = HEAD_PREFIXES, model_name: str = ""
+                   ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """``state`` made ready for ``model.load_state_dict``: torchvision names translated, a head of
     another class count dropped (the model keeps its own). Returns (state, notes); a mismatch
     anywhere else raises a CheckpointError naming the keys."""
@@ -82,14 +83,15 @@ def fit_state_dict(state: Dict[str, torch.Tensor], model: nn.Module, where: str,
         problems.append("other shapes: " + _shown([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                                                    for k in reshaped]))
     if problems:
-        raise CheckpointError(f"{where}: does not fit {type(model).__name__}: " + "; ".join(problems))
+        raise CheckpointError(f"{where}: does not fit {model_name or type(model).__name__}: " + "; ".join(problems))
     return state, notes
 
 
-def load_weights(model: nn.Module, path: str, what: str = "model.init", quiet: bool = False) -> nn.Module:
+def load_weights(model: nn.Module, path: str, what: str = "model.init", quiet: bool = False,
+                 model_name: str = "") -> nn.Module:
     """Load the weight file ``path`` into ``model`` (see the module doc); returns the model."""
     where = f"{what} {path}"
-    state, notes = fit_state_dict(read_weights(Path(path), what=what), model, where)
+    state, notes = fit_state_dict(read_weights(Path(path), what=what), model, where, model_name=model_name)
     model.load_state_dict(state, strict=not notes)
     if not quiet:
         for n in notes:

@@ -6,18 +6,17 @@ The loop only calls:
     engine.backward_step(loss)       backward; at an accumulation boundary: clip, step, LR step
     engine.lr                        current learning rate
     engine.save(dir, epoch, step, client_state) / engine.load(path) -> client_state
-    engine.find_latest(dir)          newest complete checkpoint (never a half-written one)
+    engine.list_checkpoints(dir)     complete checkpoints, oldest first (never a half-written one)
 Batch sizes are derived once: global = data.batch_size (micro, per rank) x world x grad_accum.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -25,11 +24,10 @@ import torch.distributed as dist
 from ..utils import atomic_write_text
 from .. import checkpoint as ckpt
 from ..config import merge_trees
+from .reshard import CONSOLIDATED, gather_consolidated, load_consolidated
 from .distributed import DistEnv
 from .sync_bn import convert_sync_batchnorm
 
-_DS_TAG = re.compile(r"^ds_e(\d+)_s(\d+)$")
-_COMPLETE = "COMPLETE"
 
 
 def autocast_dtype(precision: str) -> Optional[torch.dtype]:
@@ -59,7 +57,7 @@ class Engine(ABC):
 
     @staticmethod
     @abstractmethod
-    def find_latest(directory: Path) -> Optional[Path]: ...
+    def list_checkpoints(directory: Path) -> List[Path]: ...
 
     def eval_context(self):
         """Context in which ``self.module`` holds its full parameters on every rank."""
@@ -118,8 +116,8 @@ class DDPEngine(Engine):
         return state
 
     @staticmethod
-    def find_latest(directory):
-        return ckpt.find_latest(Path(directory))
+    def list_checkpoints(directory):
+        return ckpt.list_checkpoints(Path(directory))
 
 
 def deepspeed_config(cfg, world_size: int) -> Dict[str, Any]:
@@ -156,7 +154,12 @@ class DeepSpeedEngine(Engine):
 
     def __init__(self, cfg, env: DistEnv, module, optimizer, scheduler):
         super().__init__(cfg, env, module)
+        import warnings
+
         import deepspeed
+
+        # DeepSpeed's ZeRO calls a collective torch has renamed, warning at every call
+        warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*is deprecated", category=FutureWarning)
         from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
                                                     UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
@@ -198,43 +201,41 @@ class DeepSpeedEngine(Engine):
 
     def save(self, directory, epoch, step_in_epoch, client_state):
         directory = Path(directory)
-        tag = f"ds_e{epoch:04d}_s{step_in_epoch:06d}"
+        tag = ckpt.deepspeed_tag(epoch, step_in_epoch)
         self.model.save_checkpoint(str(directory), tag=tag, save_latest=False,
                                    client_state={"epoch": epoch, "step_in_epoch": step_in_epoch, **client_state})
+        consolidated = gather_consolidated(self)  # collective: every rank takes part
+        if self.env.rank == 0:
+            torch.save(consolidated, directory / tag / CONSOLIDATED)
         self.env.barrier()
         if self.env.rank == 0:  # only now is the tag complete on every rank: mark it atomically
-            atomic_write_text(directory / tag / _COMPLETE, f"{epoch} {step_in_epoch}\n")
-            for old in self._complete_tags(directory)[:-self.cfg.keep_checkpoints]:
-                (old / _COMPLETE).unlink()  # unmark first: a crash mid-delete leaves no loadable half
+            atomic_write_text(directory / tag / ckpt.COMPLETE, f"{epoch} {step_in_epoch}\n")
+            for old in ckpt.list_deepspeed_checkpoints(directory)[:-self.cfg.keep_checkpoints]:
+                (old / ckpt.COMPLETE).unlink()  # unmark first: a crash mid-delete leaves no loadable half
                 shutil.rmtree(old, ignore_errors=True)
         self.env.barrier()
 
     def load(self, path):
         path = Path(path)
-        if not (path / _COMPLETE).is_file():
-            raise ValueError(f"checkpoint {path}: incomplete DeepSpeed checkpoint (no {_COMPLETE} marker)")
-        _, client_state = self.model.load_checkpoint(str(path.parent), tag=path.name)
+        client = ckpt.deepspeed_client_state(path)  # checks the COMPLETE marker; weights_only read
+        saved_world = int(client.get("world_size") or client.get("dp_world_size") or self.env.world_size)
+        if saved_world != self.env.world_size and self.cfg.dist.zero_stage > 0:
+            return load_consolidated(self, path, client, saved_world)
+        try:
+            with ckpt.weights_only_torch_load():
+                _, client_state = self.model.load_checkpoint(str(path.parent), tag=path.name)
+        except ckpt.CheckpointError:
+            raise
+        except Exception as e:
+            raise ckpt.CheckpointError(f"checkpoint {path}: DeepSpeed could not load it ({type(e).__name__}: "
+                                       f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
         if client_state is None:
-            raise ValueError(f"checkpoint {path}: DeepSpeed could not load it")
+            raise ckpt.CheckpointError(f"checkpoint {path}: DeepSpeed could not load it")
         return client_state
 
     @staticmethod
-    def _complete_tags(directory: Path) -> list:
-        """Complete checkpoint tags, oldest first."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            return []
-        found = []
-        for p in directory.iterdir():
-            m = _DS_TAG.match(p.name)
-            if m and (p / _COMPLETE).is_file():
-                found.append((tuple(int(g) for g in m.groups()), p))
-        return [p for _, p in sorted(found)]
-
-    @staticmethod
-    def find_latest(directory):
-        tags = DeepSpeedEngine._complete_tags(directory)
-        return tags[-1] if tags else None
+    def list_checkpoints(directory):
+        return ckpt.list_deepspeed_checkpoints(Path(directory))
 
 
 def build_engine(cfg, env: DistEnv, module: torch.nn.Module,

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -20,14 +21,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..data.build import build_datasets, build_pipeline
+from ..config import TrainConfig, finalize, save_config, to_dict
+from ..data.build import build_datasets, build_pipeline, require_masks
 from ..data.mix import mix_batch, soft_cross_entropy
 from ..data.pipeline import Batch, Pipeline
 from ..models import build_model, model_task
 from ..metrics import TrainingMetrics
+from ..errors import CheckpointError, ConfigError, UsageError
 from ..utils import atomic_write_json, print0
 from .. import checkpoint as ckpt
-from ..config import TrainConfig, save_config, to_dict
 from .distributed import DistEnv, setup_distributed
 from .engine import Engine, autocast_dtype, build_engine
 from .evaluate import evaluate, model_inputs
@@ -107,57 +109,79 @@ def _all_rng_states(env: DistEnv) -> list:
 
 
 class Trainer:
-    """Holds what one run needs; ``fit`` runs it."""
+    """Holds what one run needs; ``fit`` runs it. Set-up is a sequence of named steps."""
 
     def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
-        self.env = env = setup_distributed(cfg)
-        if cfg.threads and env.device.type == "cpu":
+        self.cfg = cfg = finalize(cfg)  # absolute paths, concrete data.source (what config.yaml records)
+        self.env = setup_distributed(cfg)
+        if cfg.threads and self.env.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
-        seed_everything(cfg.seed + env.rank)
+        seed_everything(cfg.seed + self.env.rank)
         self.out = Path(cfg.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        if env.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
+        self._prepare_out_dir()
+        self._build_data()
+        self._build_model_and_engine()
+        self.metrics = TrainingMetrics(cfg.metrics, self.env.rank, self.env.local_rank, cfg.model.name,
+                                       cfg.out_dir, self.env.device.type)
+        self.history: list = []
+        self.start_epoch, self.start_step = 0, 0
+        self.total_steps = 0
 
-        train_set, test_set = build_datasets(cfg.data)
-        self.num_classes = cfg.model.num_classes or train_set.num_classes
+    def _prepare_out_dir(self) -> None:
+        """Rank 0 creates out_dir and writes config.yaml; a directory we cannot write is one clear error."""
+        if self.env.rank != 0:
+            return
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")
+        except OSError as e:
+            raise UsageError(f"out_dir {self.out}: cannot write there ({e.strerror or e}); set out_dir= to a "
+                             f"writable directory") from None
+
+    def _build_data(self) -> None:
+        cfg, d = self.cfg, self.cfg.data
+        self.train_set, self.test_set = build_datasets(d)  # the confounders are fitted over train_set
+        self.num_classes = cfg.model.num_classes or self.train_set.num_classes
+        self.task = model_task(cfg.model.name, self.train_set.multilabel, cfg.model.task)
+        needs = []
+        if cfg.intervention.plan != "none":
+            needs.append(f"intervention.plan={cfg.intervention.plan}")
+        if self.task == "double":
+            needs.append(f"the double-branch model {cfg.model.name} (content and context)")
+        if needs:
+            why = " and ".join(needs)
+            require_masks(self.train_set, why, d.missing_masks, d.train)
+            if self.task == "double":
+                require_masks(self.test_set, why, d.missing_masks, d.test)
+
+    def _build_model_and_engine(self) -> None:
+        cfg, env = self.cfg, self.env
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.task = model_task(cfg.model.name, train_set.multilabel, cfg.model.task)
-        module = build_model(cfg.model, self.num_classes).to(env.device)
+        module = build_model(cfg.model, self.num_classes).to(env.device)  # with model.init / init_single
         seed_everything(cfg.seed + env.rank)
-        if cfg.model.init:
-            module.load_state_dict(ckpt.load_checkpoint(Path(cfg.model.init))["model"])
         in_dtype = torch.float32
         if cfg.dist.engine == "deepspeed" and cfg.dist.precision != "fp32":
             in_dtype = autocast_dtype(cfg.dist.precision)  # DeepSpeed runs the module in that dtype
-        kw = dict(rank=env.rank, world_size=env.world_size, device=env.device)
+        kw = dict(rank=env.rank, world_size=env.world_size, device=env.device, out_dtype=in_dtype)
         output = "double" if self.task == "double" else "image"  # content/context for double-branch models
-        self.train_pipe = build_pipeline(train_set, cfg, train=True, output=output, **kw)
-        self.test_pipe = build_pipeline(test_set, cfg, train=False, output=output, **kw)
-        self.train_set = train_set  # the confounders are fitted over it
+        self.train_pipe = build_pipeline(self.train_set, cfg, train=True, output=output, **kw)
+        self.test_pipe = build_pipeline(self.test_set, cfg, train=False, output=output, **kw)
         o = cfg.optim
-        self.criterion = build_loss(o.loss, train_set.multilabel, o.asl_gamma_neg, o.asl_gamma_pos, o.asl_clip)
-        self.train_pipe.spec.out_dtype = self.test_pipe.spec.out_dtype = in_dtype
+        self.criterion = build_loss(o.loss, self.train_set.multilabel, o.asl_gamma_neg, o.asl_gamma_pos, o.asl_clip)
         steps = len(self.train_pipe)
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
         steps -= steps % cfg.dist.grad_accum  # whole optimizer steps only
         if steps == 0:
-            raise ValueError(f"data.batch_size={cfg.data.batch_size} x dist.grad_accum={cfg.dist.grad_accum} "
-                             f"is larger than the training shard ({len(self.train_pipe.shard_indices())} samples "
-                             f"per rank): no full optimizer step to train on")
+            raise ConfigError(f"data.batch_size={cfg.data.batch_size} x dist.grad_accum={cfg.dist.grad_accum} "
+                              f"is larger than the training shard ({len(self.train_pipe.shard_indices())} samples "
+                              f"per rank): no full optimizer step to train on")
         self.steps_per_epoch = steps
         opt_steps_per_epoch = steps // cfg.dist.grad_accum
         self.engine: Engine = build_engine(
             cfg, env, module, lambda m: build_optimizer(cfg, m),
             lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s / opt_steps_per_epoch)))
-        self.metrics = TrainingMetrics(cfg.metrics, env.rank, env.local_rank, cfg.model.name, cfg.out_dir,
-                                       env.device.type)
-        self.history: list = []
-        self.start_epoch, self.start_step = 0, 0
-        self.total_steps = 0
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, epoch: int, step_in_epoch: int) -> None:
@@ -168,16 +192,29 @@ class Trainer:
         self.metrics.checkpoint(time.perf_counter() - t0)
 
     def maybe_resume(self) -> None:
+        """resume=auto: the newest complete checkpoint that loads (a corrupt newest one is skipped with a
+        warning); resume=PATH: that checkpoint, or one clear error."""
         cfg = self.cfg
         if not cfg.resume:
             return
-        path = self.engine.find_latest(self.ckpt_dir) if cfg.resume == "auto" else Path(cfg.resume)
-        if path is None:
-            print0(f"resume=auto: no complete checkpoint in {self.ckpt_dir}; starting fresh")
-            return
-        if not path.exists():
-            raise FileNotFoundError(f"resume: checkpoint {path} not found")
-        state = self.engine.load(path)
+        if cfg.resume == "auto":
+            candidates = list(reversed(self.engine.list_checkpoints(self.ckpt_dir)))
+            if not candidates:
+                print0(f"resume=auto: no complete checkpoint in {self.ckpt_dir}; starting fresh")
+                return
+        else:
+            candidates = [Path(cfg.resume)]
+            if not candidates[0].exists():
+                raise CheckpointError(f"resume: checkpoint {cfg.resume} not found")
+        for k, path in enumerate(candidates):
+            try:
+                state = self.engine.load(path)
+                break
+            except CheckpointError as e:
+                if cfg.resume != "auto" or k + 1 == len(candidates):
+                    raise
+                print0(f"warning: resume=auto: skipping {path.name}, which cannot be used ({e}); "
+                       f"trying {candidates[k + 1].name}", file=sys.stderr)
         self.start_epoch, self.start_step = int(state["epoch"]), int(state["step_in_epoch"])
         self.history = state.get("history", [])
         rngs = state.get("rng") or []
@@ -199,8 +236,7 @@ class Trainer:
 
         cfg, env = self.cfg, self.env
         pipe = build_pipeline(self.train_set, cfg, train=False, rank=env.rank, world_size=env.world_size,
-                              device=env.device)  # every rank its shard, no augmentation
-        pipe.spec.out_dtype = self.test_pipe.spec.out_dtype
+                              device=env.device, out_dtype=self.test_pipe.spec.out_dtype)  # its shard, no augmentation
         t0 = time.perf_counter()
         with self.engine.eval_context():
             stats = fit_confounders(module, pipe, seed=cfg.seed + epoch, iters=cfg.model.kmeans_iters,
@@ -244,7 +280,10 @@ class Trainer:
             t_prev = t_end
             if bar is not None:
                 bar.update(1)
-            if (step + 1) % cfg.log_interval == 0 and (bar is not None or self.metrics.enabled):
+            # every gauge is set at the run's first step and at least once per epoch (its last step),
+            # whatever log_interval is
+            report = (step + 1) % cfg.log_interval == 0 or step == start or step + 1 == self.steps_per_epoch
+            if report and (bar is not None or self.metrics.enabled):
                 loss_value = float(loss.detach())  # host sync: only at the log interval
                 self.metrics.log_interval(loss_value, engine.lr)
                 if bar is not None:
@@ -295,7 +334,8 @@ class Trainer:
                     record.update(test_top1=metrics["top1"], test_top5=metrics["top5"])
                     if "mAP" in metrics:
                         record["test_mAP"] = metrics["mAP"]
-                    self.metrics.evaluation(top1=metrics["top1"], top5=metrics["top5"])
+                    self.metrics.evaluation(top1=metrics["top1"], top5=metrics["top5"],
+                                            **({"map": metrics["mAP"]} if "mAP" in metrics else {}))
                     line += f"test top-1 {metrics['top1']:.2f}%  " + (f"mAP {metrics['mAP']:.2f}  " if "mAP" in metrics else "")
                 self.history.append(record)
                 print0(line + f"({stats['samples_per_s']:.0f} samples/s)")

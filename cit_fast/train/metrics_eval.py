@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from ..data.pipeline import Batch, Pipeline, PipelineSpec, compose
 from ..data.records import SampleSet
+from ..errors import UsageError
 
 # ---------------------------------------------------------------------------------------------
 # metrics on (scores, targets)
@@ -73,9 +74,9 @@ def _class_index(spec, classes: Sequence[str]) -> int:
     elif str(spec) in classes:
         return list(classes).index(str(spec))
     else:
-        raise ValueError(f"biased pair: class {spec!r} is not among the classes ({', '.join(list(classes)[:10])}...)")
+        raise UsageError(f"biased pair: class {spec!r} is not among the classes ({', '.join(list(classes)[:10])}...)")
     if not 0 <= idx < len(classes):
-        raise ValueError(f"biased pair: class index {idx} is out of range [0, {len(classes) - 1}]")
+        raise UsageError(f"biased pair: class index {idx} is out of range [0, {len(classes) - 1}]")
     return idx
 
 
@@ -86,7 +87,7 @@ def parse_pairs(text: str | Sequence, classes: Sequence[str]) -> List[Tuple[int,
         raw = []
         for p in items:
             if ":" not in p:
-                raise ValueError(f"biased pair {p!r}: expected 'b:c' (the biased class, then its context class)")
+                raise UsageError(f"biased pair {p!r}: expected 'b:c' (the biased class, then its context class)")
             raw.append(tuple(p.split(":", 1)))
     else:
         raw = list(text)
@@ -94,7 +95,7 @@ def parse_pairs(text: str | Sequence, classes: Sequence[str]) -> List[Tuple[int,
     for b, c in raw:
         bi, ci = _class_index(b, classes), _class_index(c, classes)
         if bi == ci:
-            raise ValueError(f"biased pair ({b}, {c}): b and c must differ")
+            raise UsageError(f"biased pair ({b}, {c}): b and c must differ")
         out.append((bi, ci))
     return out
 
@@ -284,9 +285,9 @@ def bg_challenge(model: torch.nn.Module, samples: SampleSet, cfg, device: torch.
                  rank: int = 0, world_size: int = 1) -> Dict[str, float]:
     """Top-1 (%) on Original, Mixed-Same, Mixed-Rand and Only-FG versions of a masked test set."""
     if samples.multilabel:
-        raise ValueError("bg_challenge: needs single-label data")
+        raise UsageError("bg_challenge: needs single-label data")
     if samples.masks is None:
-        raise ValueError(f"bg_challenge: {samples.name} has no object masks")
+        raise UsageError(f"--bg-challenge: {samples.name} has no object masks (write them with `cit-fast masks`)")
     by_class = SampleSet(samples.images, samples.masks, samples.labels, list(samples.classes),
                          strata=samples.labels.astype(np.int64), bias=samples.bias, name=samples.name)
     output = "double" if double else "image"
@@ -304,7 +305,7 @@ def table2(model: torch.nn.Module, samples: SampleSet, cfg, device: torch.device
            world_size: int = 1) -> Dict[str, float]:
     """CIT Table II: top-1 (%) of a double-branch model on both inputs, only the object, only the background."""
     if samples.masks is None:
-        raise ValueError(f"table2: {samples.name} has no object masks")
+        raise UsageError(f"--table2: {samples.name} has no object masks (write them with `cit-fast masks`)")
     spec = eval_spec(cfg, device, "double", "none", rank, world_size)
     out = {}
     feeds = {"obj_and_bg": lambda b: model(b["content"], b["context"]),

@@ -162,7 +162,7 @@ def test_trunk_initialised_from_a_single_branch_checkpoint(tmp_path, name):
         torch.testing.assert_close(got[k], trunk[k])
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(m.eval().forward_features(x), single.eval().forward_features(x))
-    with pytest.raises(ValueError, match="not a single-branch resnet8"):
+    with pytest.raises(ValueError, match="does not fit a single-branch resnet8"):
         torch.manual_seed(2)
         other = create_model("resnet20", num_classes=4)
         bad = save_checkpoint({"model": other.state_dict(), "epoch": 1, "step_in_epoch": 0}, tmp_path / "b", 1, 0)

@@ -13,8 +13,8 @@ def test_shapes_and_gradients(name, size, shared):
     m = create_model(name, num_classes=7, shared_low=shared)
     c = torch.randn(3, 3, size, size, requires_grad=True)
     x = torch.randn(3, 3, size, size, requires_grad=True)
-    feats = m.forward_features(c, x)
-    assert feats.shape == (3, 2 * m.num_features)
+    feats = m.forward_features(c, x)  # the two branches' spatial maps
+    assert len(feats) == 2 and all(f.shape[:2] == (3, m.num_features) and f.dim() == 4 for f in feats)
     out = m.forward_head(feats)
     assert out.shape == (3, 7)
     out.square().sum().backward()
@@ -28,11 +28,9 @@ def test_branches_see_their_own_input():
     torch.manual_seed(0)
     m = create_model("double_resnet8", num_classes=4).eval()
     c, x = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
-    f1 = m.forward_features(c, x)
-    f2 = m.forward_features(c, torch.randn(2, 3, 16, 16))
-    half = m.num_features
-    assert torch.equal(f1[:, :half], f2[:, :half])  # content half ignores the context input
-    assert not torch.allclose(f1[:, half:], f2[:, half:])
+    (c1, x1), (c2, x2) = m.forward_features(c, x), m.forward_features(c, torch.randn(2, 3, 16, 16))
+    assert torch.equal(c1, c2)  # the content branch ignores the context input
+    assert not torch.allclose(x1, x2)
 
 
 def test_freeze_low_trains_only_top_two_blocks_and_fc():
@@ -70,11 +68,11 @@ def test_init_from_single_branch_checkpoint(tmp_path):
 
 
 def test_init_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(ValueError, match="missing.pt: not found"):
         create_model("double_resnet8", num_classes=3, init=str(tmp_path / "missing.pt"))
     other = create_model("resnet18", num_classes=3)
     p = save_checkpoint({"model": other.state_dict(), "epoch": 0, "step_in_epoch": 0}, tmp_path, 0, 0)
-    with pytest.raises(ValueError, match="not a single-branch resnet8"):
+    with pytest.raises(ValueError, match="does not fit a single-branch resnet8"):
         create_model("double_resnet8", num_classes=3, init=str(p))
 
 
@@ -105,8 +103,8 @@ def test_shared_low_blocks_normalise_content_and_context_alike_in_train_and_eval
     with torch.no_grad():
         for _ in range(200):  # converge the running statistics
             m(content, context)
-        train_feats = m.forward_features(content, context)
+        train_feats = torch.cat([f.mean(dim=(2, 3)) for f in m.forward_features(content, context)], 1)
     m.eval()
     with torch.no_grad():
-        eval_feats = m.forward_features(content, context)
+        eval_feats = torch.cat([f.mean(dim=(2, 3)) for f in m.forward_features(content, context)], 1)
     torch.testing.assert_close(eval_feats, train_feats, atol=0.05, rtol=0.05)

@@ -123,9 +123,9 @@ def test_pretrained_trunk_and_observed_confounders_train_and_evaluate(tmp_path, 
     assert cli(["eval", "--checkpoint", ck, "--out", str(tmp_path / "e.json")]) == 0
     ev = json.loads((tmp_path / "e.json").read_text())
     assert ev["test"]["mAP"] == pytest.approx(res["test_mAP"])
-    from cit_fast.explain import load_run_model
+    from cit_fast.eval import load_run
 
-    model, _, _ = load_run_model(ck)  # cit-fast explain rebuilds it without the init file too
+    model = load_run(ck).model  # cit-fast explain rebuilds it without the init file too
     assert torch.equal(model.backbone.conv1.weight, state["model"]["backbone.conv1.weight"])
-    with pytest.raises(FileNotFoundError, match="not found"):  # training from it again needs the file
+    with pytest.raises(ValueError, match="not found"):  # training from it again needs the file
         main(ml_cfg(multilabel_arrays, tmp_path / "again", f"model.init_single={init}"))
