@@ -74,6 +74,7 @@ def load_classifier(path: str, arch: str = "", device: str = "") -> Classifier:
         return _from_run(p, device)
     obj = safe_load(p, what="--classifier")
     if isinstance(obj, dict) and "config" in obj and "model" in obj:
+        _check_single(obj["config"], p)  # before building a model it cannot use
         del obj
         return _from_run(p, device)
     state = read_weights(p, what="--classifier")  # unwraps 'state_dict' / 'model', drops 'module.'
@@ -82,7 +83,8 @@ def load_classifier(path: str, arch: str = "", device: str = "") -> Classifier:
         raise CheckpointError(f"--classifier {path}: neither a torchvision ResNet state dict (conv1.*, layer1.*, "
                               f"fc.*) nor a cit_fast checkpoint (model + config); its keys start {some}")
     if "fc.weight" not in state:
-        raise CheckpointError(f"--classifier {path}: no 'fc.weight'; the class activation map needs the classifier head")
+        raise CheckpointError(f"--classifier {path}: no 'fc.weight'; the class activation map needs the "
+                              f"classifier head")
     found = _torchvision_arch(state, p)
     if arch and arch != found:
         raise CheckpointError(f"--classifier {path}: --arch {arch} does not match the state dict (its keys are "
@@ -110,14 +112,22 @@ def _run_classes(cfg) -> Optional[List[str]]:
         return None
 
 
+def _check_single(config: dict, p: Path) -> None:
+    from .models.build import model_task
+
+    model = config.get("model", {}) if isinstance(config, dict) else {}
+    task = model_task(str(model.get("name", "")), task=str(model.get("task", "auto")))
+    if task != "single":
+        raise CheckpointError(f"--classifier {p}: a {task} model ({model.get('name')}); --method cam needs a "
+                              f"single-branch classifier (e.g. a resnet18 run, or a torchvision state dict)")
+
+
 def _from_run(p: Path, device: str) -> Classifier:
     """A cit_fast checkpoint (file, DeepSpeed directory or run directory) of a single-branch model."""
     from .eval.run import load_run
 
     run = load_run(p, device=device or None, datasets=False)
-    if run.task != "single":
-        raise CheckpointError(f"--classifier {p}: a {run.task} model ({run.cfg.model.name}); --method cam needs a "
-                              f"single-branch classifier (e.g. a resnet18 run, or a torchvision state dict)")
+    _check_single({"model": {"name": run.cfg.model.name, "task": run.task}}, p)
     classes = _run_classes(run.cfg)
     d = run.cfg.data
     return Classifier(run.model, tuple(d.mean), tuple(d.std), int(d.image_size), 0, classes,

@@ -225,6 +225,8 @@ def robust_background_saliency(img: np.ndarray, n_segments: int = 200, use_cv2: 
     flat = labels.ravel()
     count = np.bincount(flat, minlength=n).astype(np.float64)
     colour = np.stack([np.bincount(flat, lab[..., j].ravel(), n) for j in range(3)], 1) / count[:, None]  # (n, 3)
+    if n < 2 or np.ptp(colour, axis=0).max() < 1.0:  # one colour (within 1 Lab unit): nothing stands out
+        return np.zeros((h, w))
     yy, xx = np.mgrid[0:h, 0:w]
     centre = np.stack([np.bincount(flat, (yy / h).ravel(), n), np.bincount(flat, (xx / w).ravel(), n)], 1) \
         / count[:, None]  # (n, 2), in [0, 1]
@@ -255,7 +257,9 @@ def robust_background_saliency(img: np.ndarray, n_segments: int = 200, use_cv2: 
     smooth = np.where(adj, np.exp(-d_app ** 2 / (2 * sigma_clr ** 2)) + mu, 0)
     system = np.diag(w_bg + w_fg + smooth.sum(1)) - smooth  # diag(w_bg + w_fg) + graph Laplacian
     sal = np.linalg.solve(system, w_fg)
-    sal = (sal - sal.min()) / (np.ptp(sal) + 1e-12)
+    if np.ptp(sal) < 1e-6:
+        return np.zeros((h, w))
+    sal = (sal - sal.min()) / np.ptp(sal)
     return sal[labels]
 
 
