@@ -5,29 +5,60 @@
     cit-fast cross-eval --checkpoint CKPT --mapping MAP.yaml data.source=nuswide data.test=DIR
     cit-fast synth --version V2 --out data/v2  (writes train.npz and test.npz)
     cit-fast table4 --out bench/RESULTS.md    (the CIT paper's Table IV on the embedded data)
-    cit-fast masks data/birds data/birds      (object masks for images/<class>/* that lack one)
+    cit-fast masks data/birds                 (object masks for images/<class>/* or <class>/* that lack one)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
-from .config import ConfigError
+from . import __version__
+from .errors import UserError
+from .utils import dist_info, is_main_process
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A subcommand whose optional positional may follow options (``masks SRC --method cam OUT``):
+    plain argparse binds an optional positional to nothing at the first option and then rejects it."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cit-fast", description="Causal interventional training (CIT).")
+    p.add_argument("--version", action="version", version=f"cit-fast {__version__}")
+    # the DeepSpeed launcher inserts --local_rank=N after the module name (LOCAL_RANK is set too)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model (single process, or under torchrun)")
+    t = sub.add_parser("train", help="train a model (single process, or under torchrun / deepspeed)",
+                       epilog="Every config key, its default and its meaning: `cit-fast config`. The merged config "
+                              "a run would use: `cit-fast config --config FILE key=value ...`.")
     t.add_argument("--config", help="YAML config file")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.05 intervention.plan=stratify_c")
+    t.add_argument("--local_rank", "--local-rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    g = sub.add_parser("config", help="print the config as commented YAML: the defaults, or FILE + overrides merged")
+    g.add_argument("--config", help="YAML config file to merge the overrides over")
+    g.add_argument("overrides", nargs="*", help="key=value overrides")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on its config's test data")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True,
+                   help="a checkpoint file (ckpt_e*_s*.pt), a DeepSpeed checkpoint directory (ds_e*_s*) or a run "
+                        "directory (its newest checkpoint)")
     e.add_argument("--out", help="write the JSON report here")
     e.add_argument("--pairs", default="", help="multi-label: biased pairs 'b:c,b2:c2' (class names or indices) "
                    "for Exclusive / Co-occur AP")
@@ -54,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("overrides", nargs="*", help="key=value overrides for every run")
 
     x = sub.add_parser("explain", help="Grad-CAM maps of a checkpoint on chosen test images")
-    x.add_argument("--checkpoint", required=True)
-    x.add_argument("--indices", type=int, nargs="+", default=list(range(8)), help="test sample indices")
+    x.add_argument("--checkpoint", required=True, help="a checkpoint file, DeepSpeed checkpoint directory or run directory")
+    x.add_argument("--indices", type=int, nargs="+", default=None,
+                   help="test sample indices (default: one image of each of up to 8 classes)")
     x.add_argument("--classes", type=int, nargs="+", help="class to explain per image (default: predicted)")
     x.add_argument("--out", required=True, help="output PNG (a directory with --diagnostics)")
     x.add_argument("--diagnostics", action="store_true",
@@ -79,18 +111,39 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", help="a run's out_dir, or a directory of runs (e.g. a table4 sweep)")
     r.add_argument("--out", default="", help="output directory (default: RUN_DIR/report)")
 
-    m = sub.add_parser("masks", help="compute object masks (the function g) for images that lack one")
-    m.add_argument("src", help="dataset root with images/<class>/<name>.<ext>")
-    m.add_argument("out", help="root for masks/<class>/<name>.png (often the same as SRC)")
-    m.add_argument("--method", default="spectral", choices=["spectral", "fine_grained"],
-                   help="built-in saliency detector (no weights)")
+    m = sub.add_parser(
+        "masks", help="compute object masks (the function g) for images that lack one",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Object masks (255 = content, 0 = context) for a folder dataset, in either layout:\n"
+                    "  SRC/images/<class>/<name>.jpg -> SRC/masks/<class>/<name>.png (with OUT: OUT/masks/<class>/)\n"
+                    "  SRC/<class>/<name>.jpg (torchvision ImageFolder) -> SRC_masks/<class>/<name>.png\n"
+                    "      (with OUT: OUT/<class>/<name>.png, OUT being the masks tree itself)\n"
+                    "Existing masks are kept (--overwrite recomputes them). Every run prints the coverage of its\n"
+                    "masks, warns when it is degenerate and writes OUT/masks_montage.png (images with mask outlines).",
+        epilog="examples:\n"
+               "  cit-fast masks data/train                      # default method: grabcut (no weights)\n"
+               "  cit-fast masks data/train --method cam --classifier resnet18-imagenet.pth\n"
+               "  cit-fast masks data/train --method cam --classifier runs/r18/checkpoints/ckpt_e0030_s000000.pt")
+    m.add_argument("src", help="dataset root: SRC/images/<class>/ or SRC/<class>/ (ImageFolder)")
+    m.add_argument("out", nargs="?", default=None,
+                   help="where masks go (see above; default: the layout's own masks tree)")
+    m.add_argument("--method", default=None, metavar="METHOD",
+                   help="grabcut (default: robust-background saliency refined with GrabCut; without OpenCV its "
+                        "numpy fallback rbd), rbd, spectral, fine_grained (classical saliency, no weights), or cam "
+                        "(Grad-CAM of --classifier refined with GrabCut)")
+    m.add_argument("--classifier", default="", metavar="FILE",
+                   help="--method cam: a torchvision ResNet-18/34/50 state dict or a cit_fast checkpoint of a "
+                        "single-branch model (local file; implies --method cam)")
     m.add_argument("--model", default="", help="local TorchScript file or state dict of a segmentation model")
-    m.add_argument("--arch", default="", help="torchvision segmentation architecture of a --model state dict")
+    m.add_argument("--arch", default="", help="architecture of a --model state dict (torchvision segmentation), "
+                   "or of a --classifier state dict (resnet18/34/50; read from its keys when omitted)")
     m.add_argument("--num-classes", type=int, default=0, help="classes of a --model state dict (0: inferred)")
     m.add_argument("--input-size", type=int, default=320, help="pixels (square) the --model sees")
     m.add_argument("--threshold", type=float, default=0.5, help="foreground probability of a 1-channel --model")
-    m.add_argument("--device", default="", help="--model device (default: cuda if available)")
+    m.add_argument("--device", default="", help="--model / --classifier device (default: cuda if available)")
+    m.add_argument("--montage", default="", metavar="PNG", help="montage path (default: OUT/masks_montage.png)")
     m.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
+    m.__class__ = _IntermixedParser  # SRC [OUT] before or after the options
     m.add_argument("--no-progress", action="store_true")
     return p
 
@@ -98,12 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args) -> int:
     from .config import load_config
     from .train.loop import main
-
-    cfg = load_config(args.config, args.overrides)
-    result = main(cfg)
     from .utils import print0
 
-    print0(json.dumps({k: result[k] for k in ("test_top1", "test_top5", "seconds")}, indent=None))
+    cfg = load_config(args.config, args.overrides)
+    args.out_dir = cfg.out_dir  # for the Ctrl-C message
+    result = main(cfg)
+    keys = ("test_mAP", "test_top1", "test_top5", "seconds") if result.get("test_mAP") is not None else \
+        ("test_top1", "test_top5", "seconds")
+    print0(json.dumps({k: result.get(k) for k in keys}, indent=None))
+    return 0
+
+
+def _cmd_config(args) -> int:
+    from .config import config_yaml, load_config
+
+    cfg = load_config(args.config, args.overrides) if (args.config or args.overrides) else None
+    print(config_yaml(cfg), end="")
     return 0
 
 
@@ -151,19 +214,35 @@ def _cmd_table4(args) -> int:
 
 
 def _cmd_masks(args) -> int:
-    from .data.saliency import generate_masks, make_masker
+    from .data.saliency import DEFAULT_METHOD, generate_masks, make_masker, mask_layout
+    from .errors import UsageError
 
-    masker = make_masker(args.method, args.model, args.arch, args.num_classes, args.input_size,
-                         args.threshold, args.device)
+    mask_layout(args.src, args.out)  # a wrong SRC / OUT is said before any model is loaded
+    method = args.method or ("cam" if args.classifier else DEFAULT_METHOD)
+    if args.classifier and method != "cam":
+        raise UsageError(f"--classifier is for --method cam (got --method {method})")
+    if args.model and args.method:
+        raise UsageError("--model and --method exclude each other: --model masks with that model")
+    if method == "cam":
+        from .cam_masks import make_cam_masker
+
+        masker = make_cam_masker(args.classifier, args.arch, args.device)
+    else:
+        masker = make_masker(method, args.model, args.arch, args.num_classes, args.input_size,
+                             args.threshold, args.device)
+    if hasattr(masker, "describe"):
+        print(masker.describe(), flush=True)
     report = generate_masks(args.src, args.out, masker, overwrite=args.overwrite,
-                            progress=False if args.no_progress else None)
-    print(report.summary())
+                            progress=False if args.no_progress else None, montage=args.montage)
+    print("\n".join(report.lines()))
     return 0
 
 
 def _cmd_explain(args) -> int:
     from PIL import Image
 
+    from .errors import UsageError
+    from .eval.run import load_run
     from .explain import explain_images
     from .utils import atomic_path
 
@@ -173,14 +252,20 @@ def _cmd_explain(args) -> int:
         paths = run_diagnostics(args.checkpoint, args.out, args.overrides, args.embedding, args.max_images)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
         return 0
-    if args.classes and len(args.classes) != len(args.indices):
-        raise ValueError(f"--classes: expected one class per index ({len(args.indices)}), got {len(args.classes)}")
-    grid = explain_images(args.checkpoint, args.indices, args.classes, args.overrides)
+    if args.classes and args.indices and len(args.classes) != len(args.indices):
+        raise UsageError(f"--classes: expected one class per index ({len(args.indices)}), got {len(args.classes)}")
+    run = load_run(args.checkpoint, args.overrides)
+    if args.classes:
+        bad = [c for c in args.classes if not 0 <= c < len(run.classes)]
+        if bad:
+            raise UsageError(f"--classes: {bad[:5]} out of range; the model has {len(run.classes)} classes")
+    grid = explain_images(run, args.indices, args.classes)
     scale = max(1, 128 // grid.shape[0] * 2)
     img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
     with atomic_path(Path(args.out)) as tmp:
         img.save(tmp, format="PNG")
-    print(f"wrote {args.out}: images (top) and Grad-CAM overlays (bottom)")
+    rows = "content / its Grad-CAM / context / its Grad-CAM" if run.task == "double" else "images / Grad-CAM"
+    print(f"wrote {args.out}: rows {rows}")
     return 0
 
 
@@ -192,15 +277,47 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _one_line(e: BaseException) -> str:
+    """A user error's message; raised inside a DataLoader worker it arrives wrapped with the worker's
+    traceback as text: keep the original message only."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    return text
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"explain": _cmd_explain, "report": _cmd_report, "train": _cmd_train, "eval": _cmd_eval, "cross-eval": _cmd_cross_eval, "synth": _cmd_synth, "table4": _cmd_table4,
-                "masks": _cmd_masks}
+    handlers = {"explain": _cmd_explain, "report": _cmd_report, "train": _cmd_train, "eval": _cmd_eval,
+                "cross-eval": _cmd_cross_eval, "synth": _cmd_synth, "table4": _cmd_table4, "masks": _cmd_masks,
+                "config": _cmd_config}
     try:
         return handlers[args.command](args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"cit-fast {args.command}: error: {e}", file=sys.stderr)
+    except UserError as e:  # the user's input: one line (our own bugs keep their traceback)
+        rank = dist_info()[0]
+        if rank != 0:
+            # every rank reads the same input and meets the same error: let rank 0 say it (the launcher
+            # then stops this rank); speak only for an error of this rank alone
+            time.sleep(10)
+        print(f"cit-fast {args.command}: error{f' (rank {rank})' if rank else ''}: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if is_main_process():  # one line per job, not per rank
+            print(f"cit-fast {args.command}: interrupted" + _interrupted_note(args), file=sys.stderr, flush=True)
+        return 130
+
+
+def _interrupted_note(args) -> str:
+    """Where a stopped training run can continue from."""
+    if args.command != "train" or not getattr(args, "out_dir", None):
+        return ""
+    from .checkpoint import find_latest
+
+    latest = find_latest(Path(args.out_dir) / "checkpoints")
+    if latest is None:
+        return f"; no complete checkpoint in {args.out_dir}/checkpoints yet"
+    return f"; last complete checkpoint: {latest} (continue with resume=auto)"
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import MetricsConfig
+from .errors import UsageError
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, start_http_server)
 
@@ -88,8 +89,8 @@ class TrainingMetrics:
                 break
             except OSError as e:
                 if cfg.on_port_taken == "error":
-                    raise OSError(f"metrics: cannot serve on {cfg.host}:{port} ({e}); set metrics.base_port "
-                                  f"or metrics.on_port_taken=next|disable") from None
+                    raise UsageError(f"metrics: cannot serve on {cfg.host}:{port} ({e.strerror or e}); set "
+                                     f"metrics.base_port or metrics.on_port_taken=next|disable") from None
                 warnings.warn(f"metrics: port {port} on {cfg.host} is taken ({e})"
                               + ("; trying the next one" if k + 1 < attempts else "; metrics disabled for this rank"))
         if self._server is None:

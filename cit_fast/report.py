@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .errors import UsageError
 from .utils import atomic_path, atomic_write_text
 
 
@@ -24,11 +25,11 @@ def find_runs(root: Path) -> List[Path]:
     """Run directories (holding results.json or a log) at root or one level below, sorted."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"report: run directory {root} not found")
+        raise UsageError(f"report: run directory {root} not found")
     cands = [root] + sorted(p for p in root.iterdir() if p.is_dir())
     runs = [p for p in cands if (p / "results.json").is_file() or (p / "log_rank0.jsonl").is_file()]
     if not runs:
-        raise ValueError(f"report: no run under {root} (expected results.json or log_rank0.jsonl)")
+        raise UsageError(f"report: no run under {root} (expected results.json or log_rank0.jsonl)")
     return runs
 
 
@@ -75,36 +76,38 @@ def plot_curves(runs: List[Path], out: Path) -> bytes:
 
 
 def composite_grid(run: Path, out: Path, n: int = 8) -> Optional[bytes]:
-    """Rows: object (with its mask outlined), the context partner, the intervened composite."""
+    """Rows: object, the context partner, the intervened composite; the object's mask outlined on the
+    object and on the composite (like the paper's Fig. 7)."""
     from PIL import Image
 
     from .data.build import build_datasets, build_pipeline
     from .data.pipeline import compose
-    from .config import from_dict
-    import yaml
+    from .eval.run import run_dir_config
 
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
+    cfg = run_dir_config(run)
+    if cfg is None:
         return None
-    cfg = from_dict(yaml.safe_load(cfg_path.read_text()))
     if cfg.intervention.plan == "none":
         cfg.intervention.plan = "stratify_c"  # show what CIT would pair, even for a baseline run
+    cfg.intervention.epochwise = False  # the intervened sample only
     train_set, _ = build_datasets(cfg.data)
     pipe = build_pipeline(train_set, cfg, train=True, batch_size=n)
     pipe.set_epoch(0)
     raw = next(iter(pipe.raw_batches()))
     spec = pipe.spec
-    spec.epochwise, spec.output = False, "image"
     comp = compose(raw, spec)["image"]
     mean = np.asarray(spec.mean, np.float32)
     std = np.asarray(spec.std, np.float32)
     composite = np.clip((comp.permute(0, 2, 3, 1).float().numpy() * std + mean) * 255, 0, 255).astype(np.uint8)
-    obj, ctx = raw["obj"].numpy().copy(), raw["ctx"].numpy()
-    edge = _mask_edge(raw["mask"].numpy() > 127)
-    obj[edge] = (255, 255, 0)  # outline the mask on the object
     flips = raw["flip"].numpy()
-    obj = np.stack([o[:, ::-1] if f else o for o, f in zip(obj, flips)])  # composites are flipped
-    ctx = np.stack([c[:, ::-1] if f else c for c, f in zip(ctx, flips)])
+
+    def flipped(x):  # composites are flipped; show objects and contexts the same way
+        return np.stack([t[:, ::-1] if f else t for t, f in zip(x, flips)])
+
+    obj, ctx = flipped(raw["obj"].numpy()).copy(), flipped(raw["ctx"].numpy())
+    edge = _mask_edge(flipped(raw["mask"].numpy()) > 127)
+    obj[edge] = (255, 255, 0)  # outline the mask on the object
+    composite[edge] = (255, 255, 0)  # and where it was pasted
     pad = 2
     rows = []
     for row in (obj, ctx, composite):
@@ -238,21 +241,78 @@ def _md_table_html(md: str) -> str:
             + "</table>")
 
 
-def _flat(d: Dict, prefix: str = "") -> Dict[str, object]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
-            out[f"{prefix}{k}"] = v
-    return out
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "n/a"
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def _kv_table(rows: Dict[str, object], head=("", "")) -> str:
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+            + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows.items())
+            + "</table>")
+
+
+def eval_section(report: Dict, title: str) -> str:
+    """An ``cit-fast eval`` report as the researcher reads it: the test scores, CIT Table II, the
+    Background Challenge, biased pairs and the per-class scores (not the config it ran with)."""
+    test = report.get("test", {})
+    parts = [f"<h2>Evaluation: {html.escape(title)}</h2><p>checkpoint {html.escape(str(report.get('checkpoint', '')))}"
+             f" &middot; model {html.escape(str(report.get('model', '')))} &middot; epoch {report.get('epoch', '')}</p>"]
+    scalars = {k: v for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    parts.append("<h3>Test set</h3>" + _kv_table(scalars, ("metric", "value")))
+    if "table2" in report:
+        names = {"obj_and_bg": "object + background", "only_obj": "only object", "only_bg": "only background"}
+        parts.append("<h3>CIT Table II (top-1 %)</h3>"
+                     + _kv_table({names.get(k, k): v for k, v in report["table2"].items()}, ("input", "top-1 %")))
+    if "bg_challenge" in report:
+        parts.append("<h3>Background Challenge (top-1 %)</h3>"
+                     + _kv_table(report["bg_challenge"], ("test set", "top-1 %")))
+    pairs = test.get("biased_pairs")
+    if pairs:
+        rows = "".join(f"<tr><td>{html.escape(str(r['b']))}</td><td>{html.escape(str(r['c']))}</td>"
+                       f"<td>{_fmt(r['exclusive'])}</td><td>{_fmt(r['cooccur'])}</td><td>{_fmt(r['all'])}</td></tr>"
+                       for r in pairs["pairs"])
+        parts.append("<h3>Biased pairs (AP %)</h3><table><tr><th>b</th><th>c</th><th>Exclusive</th><th>Co-occur</th>"
+                     f"<th>All</th></tr>{rows}</table>")
+    for key, name in (("per_class_ap", "AP %"), ("per_class_top1", "top-1 %")):
+        if test.get(key):
+            parts.append(f"<h3>Per class ({name})</h3>" + _kv_table(test[key], ("class", name)))
+    return "".join(parts)
+
+
+def _is_double(run: Path) -> bool:
+    from .eval.run import run_dir_config
+    from .models import model_task
+
+    cfg = run_dir_config(run)
+    return cfg is not None and model_task(cfg.model.name, False, cfg.model.task) == "double"
 
 
 def build_report(root: Path, out_dir: Optional[Path] = None) -> Path:
+    """Write ``out_dir/index.html`` (default RUN_DIR/report) and its PNGs. Everything is made in a
+    hidden staging directory and moved in at the end: a report that fails leaves nothing behind."""
+    import os
+    import shutil
+    import tempfile
+
     root = Path(root)
     runs = find_runs(root)
     out_dir = Path(out_dir) if out_dir else root / "report"
-    parts = [f"<h1>cit_fast report: {html.escape(str(root))}</h1>"]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        _build_report(root, runs, stage, title=str(root))
+        out_dir.mkdir(exist_ok=True)
+        for f in stage.iterdir():
+            os.replace(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out_dir / "index.html"
+
+
+def _build_report(root: Path, runs: List[Path], out_dir: Path, title: str) -> None:
+    parts = [f"<h1>cit_fast report: {html.escape(title)}</h1>"]
     summary = []
     for run in runs:
         res = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
@@ -266,10 +326,7 @@ def build_report(root: Path, out_dir: Optional[Path] = None) -> Path:
     if t4:
         parts.append("<h2>CIT Table IV (synthetic V1-V4)</h2>" + _md_table_html(t4))
     for ev in sorted(root.glob("**/eval*.json")):
-        flat = _flat(json.loads(ev.read_text()))
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}"
-                       f"</td></tr>" for k, v in flat.items())
-        parts.append(f"<h2>Evaluation: {html.escape(str(ev.relative_to(root)))}</h2><table>{rows}</table>")
+        parts.append(eval_section(json.loads(ev.read_text()), str(ev.relative_to(root))))
     curves = plot_curves(runs, out_dir / "curves.png")
     parts.append("<h2>Training curves</h2>" + _img_tag(curves, "training curves"))
     shown = 0
@@ -293,8 +350,10 @@ def build_report(root: Path, out_dir: Optional[Path] = None) -> Path:
     for run in cam_runs:
         fig = gradcam_figure(run, out_dir / f"gradcam_{run.name}.png")
         if fig is not None:
-            parts.append(f"<h2>Grad-CAM: {html.escape(run.name)}</h2><p>top: test images &middot; bottom: "
-                         "Grad-CAM of the top-scoring class (red = most important)</p>"
+            rows = ("content input &middot; its Grad-CAM &middot; context input &middot; its Grad-CAM"
+                    if _is_double(run) else "test images &middot; Grad-CAM")
+            parts.append(f"<h2>Grad-CAM: {html.escape(run.name)}</h2><p>one test image per class, rows: {rows} "
+                         "(of the predicted class; red = most important)</p>"
                          + _img_tag(fig, f"grad-cam {run.name}"))
     if pairs:
         fig = per_class_change_figure(pairs, out_dir / "per_class_change.png")
@@ -307,6 +366,4 @@ def build_report(root: Path, out_dir: Optional[Path] = None) -> Path:
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} img{max-width:100%}")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>cit_fast report</title><style>{style}</style>" \
            f"</head><body>{''.join(parts)}</body></html>\n"
-    path = out_dir / "index.html"
-    atomic_write_text(path, page)
-    return path
+    atomic_write_text(out_dir / "index.html", page)

@@ -58,14 +58,44 @@ def format_table(acc: Dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def run_many(runs: Dict[str, List[str]], jobs: int = 2) -> Dict[str, float]:
-    """Run named override lists (on the Table IV config) `jobs` at a time; name -> test top-1."""
+def run_many(runs: Dict[str, List[str]], jobs: int = 2, heartbeat_s: float = 30.0) -> Dict[str, float]:
+    """Run named override lists (on the Table IV config) `jobs` at a time; name -> test top-1.
+
+    Prints each run as it finishes with the count done / running / left and an ETA, and a line at
+    least every ``heartbeat_s`` while runs are going (a Table IV run takes minutes on a CPU)."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
     acc: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    durations: List[float] = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        for name, top1, secs in pool.map(_run_one, list(runs.items())):
-            acc[name] = top1
-            print(f"  {name:16s} test top-1 {top1:6.2f}%  ({secs:.0f} s)", flush=True)
+        pending = {pool.submit(_run_one, item): item[0] for item in runs.items()}
+        started = {name: t0 for name in list(runs)[:jobs]}
+        while pending:
+            done, _ = wait(pending, timeout=heartbeat_s, return_when=FIRST_COMPLETED)
+            now = time.perf_counter()
+            for fut in done:
+                name, top1, secs = fut.result()
+                del pending[fut]
+                started.pop(name, None)
+                acc[name] = top1
+                durations.append(secs)
+                for nxt in [n for n in runs if n not in acc and n not in started][:jobs - len(started)]:
+                    started[nxt] = now
+                print(f"  [{len(acc)}/{len(runs)}] {name:16s} test top-1 {top1:6.2f}%  ({secs:.0f} s)"
+                      f"{_eta(len(runs) - len(acc), durations, jobs)}", flush=True)
+            if not done:
+                going = ", ".join(f"{n} {now - t:.0f} s" for n, t in started.items())
+                print(f"  [{len(acc)}/{len(runs)} done] running: {going}{_eta(len(runs) - len(acc), durations, jobs)}",
+                      flush=True)
     return acc
+
+
+def _eta(left: int, durations: List[float], jobs: int) -> str:
+    if not left or not durations:
+        return ""
+    secs = sum(durations) / len(durations) * left / max(jobs, 1)
+    return f"; {left} left, about {secs / 60:.0f} min to go" if secs >= 90 else f"; {left} left, about {secs:.0f} s to go"
 
 
 def append_results(results_md: str, title: str, cmd: str, body: str) -> None:

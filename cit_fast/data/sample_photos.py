@@ -89,4 +89,31 @@ def sample_photos(names: Optional[Sequence[str]] = None, skip_missing: bool = Fa
     return out
 
 
-__all__: Sequence[str] = ("SKIMAGE_PHOTOS", "sample_photos")
+def write_photo_folder(root, per_class: int = 40, size: int = 96, seed: int = 0,
+                       names: Sequence[str] = SKIMAGE_PHOTOS, quality: int = 90) -> "Path":
+    """A small real-photo classification set in torchvision's ImageFolder layout, ``root/<photo>/<photo>_NN.jpg``:
+    ``per_class`` random crops (70-100% of each side, half of them mirrored) of each sample photo,
+    resized to ``size`` x ``size`` JPEGs. Classes are the photos (astronaut, chelsea, coffee, ...); no
+    masks: ``cit-fast masks root`` makes them. Deterministic in ``seed``; written atomically per file."""
+    from pathlib import Path
+
+    from ..utils import atomic_path
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for name, (img, _) in sample_photos(names).items():
+        h, w = img.shape[:2]
+        for k in range(per_class):
+            s = rng.uniform(0.7, 1.0)
+            ch, cw = int(h * s), int(w * s)
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            crop = img[y:y + ch, x:x + cw]
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            out = Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BILINEAR)
+            with atomic_path(root / name / f"{name}_{k:02d}.jpg") as tmp:
+                out.save(tmp, format="JPEG", quality=quality)
+    return root
+
+
+__all__: Sequence[str] = ("SKIMAGE_PHOTOS", "sample_photos", "write_photo_folder")

@@ -146,3 +146,18 @@ def _classes_in(weights: Dict[str, torch.Tensor]) -> int:
         if key in weights:
             return int(weights[key].shape[0])
     raise CheckpointError("checkpoint: cannot tell the number of classes without reading the data")
+
+
+def run_dir_config(run_dir: Path) -> Optional[TrainConfig]:
+    """The config of a run directory (its config.yaml, paths resolved as load_run does); None without one."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    saved = yaml.safe_load(path.read_text()) or {}
+    tree = resolve_paths(saved, launch_dir(Path(run_dir) / "checkpoints" / "x", str(saved.get("out_dir", ""))))
+    cfg = from_dict(tree)
+    cfg.model.init = cfg.model.init_single = ""
+    cfg.data.source = resolve_source(cfg.data)
+    return cfg

@@ -15,9 +15,8 @@ from ..config import to_dict
 from ..errors import UsageError
 from ..eval.run import load_run
 from ..utils import atomic_write_json
-from .evaluate import evaluate
 from .metrics_eval import bg_challenge as run_bg_challenge
-from .metrics_eval import collect, multilabel_hits, multilabel_report, parse_pairs
+from .metrics_eval import collect, multilabel_hits, multilabel_report, parse_pairs, topk_accuracy
 from .metrics_eval import table2 as run_table2
 
 
@@ -42,7 +41,10 @@ def run_eval(checkpoint: str, overrides: Sequence[str] = (), out: Optional[str] 
         report["test"] = {**multilabel_hits(scores, targets),
                           **multilabel_report(scores, targets, run.classes, pair_idx, top_k)}
     else:
-        report["test"] = evaluate(model, pipe)
+        logits, labels = collect(model, pipe)  # all ranks, each sample once
+        per_class = {c: (float(100 * (logits[labels == k].argmax(1) == k).mean()) if (labels == k).any() else None)
+                     for k, c in enumerate(run.classes)}
+        report["test"] = {**topk_accuracy(logits, labels, (1, 5)), "n": int(len(labels)), "per_class_top1": per_class}
         if bg_challenge:
             report["bg_challenge"] = run_bg_challenge(model, test_set, cfg, device, double=run.task == "double")
         if table2:

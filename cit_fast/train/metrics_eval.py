@@ -348,10 +348,10 @@ def format_report(report: Dict[str, Any]) -> str:
         for k, v in pairs.items():
             if k.endswith("recall"):
                 lines.append(f"  {k:<29s} {_fmt(v):>10s}")
-    pc = test.get("per_class_ap")
-    if pc:
-        lines.append("\nper-class AP (%)")
-        lines += [f"  {c:<22s} {_fmt(a) if a is not None else 'n/a':>8s}" for c, a in pc.items()]
+    for key, title in (("per_class_ap", "per-class AP (%)"), ("per_class_top1", "per-class top-1 (%)")):
+        if test.get(key):
+            lines.append(f"\n{title}")
+            lines += [f"  {c:<22s} {_fmt(a) if a is not None else 'n/a':>8s}" for c, a in test[key].items()]
     for key, title in (("table2", "CIT Table II (top-1 %)"), ("bg_challenge", "Background Challenge (top-1 %)")):
         if key in report:
             lines.append(f"\n{title}")
