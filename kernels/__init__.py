@@ -49,13 +49,16 @@ def composite(obj, mask, ctx=None, ctx_mask=None, *, backend: str = "auto", **kw
     return composite_ref(obj, mask, ctx, ctx_mask, **kw)
 
 
-def causal_attention(q, k, v, prior, num_heads, scale=None, return_attn=False, *, backend: str = "auto"):
+def causal_attention(q, k, v, prior, num_heads, scale=None, return_attn=False, *, backend: str = "auto",
+                     precision=None):
     """softmax(Q K^T * scale) @ (prior * V) per head; see ``reference.causal_attention_ref``.
 
-    Differentiable on both paths (Triton: forward and backward kernels).
+    Differentiable on both paths (Triton: forward and backward kernels). precision (Triton, fp32
+    inputs): "tf32" (default: tensor cores), "tf32x3" or "ieee" (exact fp32); the reference path
+    follows torch's own matmul settings.
     """
     if use_triton(q, backend):
         from ._causal_attention import causal_attention_triton  # lazy: needs triton
 
-        return causal_attention_triton(q, k, v, prior, num_heads, scale, return_attn)
+        return causal_attention_triton(q, k, v, prior, num_heads, scale, return_attn, precision)
     return causal_attention_ref(q, k, v, prior, num_heads, scale, return_attn)

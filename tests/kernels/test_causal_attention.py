@@ -11,8 +11,9 @@ from tests.helpers import assert_close
 from tests.kernels.tolerance import assert_kernel_close
 
 # (B, C, Kc, H, head_dim): one key / three labels; 81 labels over 2 row blocks with 13 keys;
-# 100 keys over 2 ragged key tiles with 3 heads; head dims 24 and 40 (not powers of two).
-SHAPES = [(1, 3, 1, 1, 24), (2, 81, 13, 2, 40), (2, 3, 100, 3, 24)]
+# 100 keys over 2 ragged key tiles with 3 heads; head dims 24 and 40 (not powers of two); the
+# model's head dim 64 with Kc = 64 and 128, exact multiples of the key tile (no ragged tail).
+SHAPES = [(1, 3, 1, 1, 24), (2, 81, 13, 2, 40), (2, 3, 100, 3, 24), (2, 20, 64, 2, 64), (1, 7, 128, 1, 64)]
 DTYPES = [  # dtype, atol, rtol (fp32: elementwise; fp16/bf16: see tolerance.assert_kernel_close)
     (torch.float32, 2e-5, 1e-4),
     (torch.float16, 1e-3, 1e-3),
@@ -33,6 +34,12 @@ def _make(b, c, kc, h, dh, seed=0):
     grad_out = torch.randn(b, c, d, generator=g)
     grad_attn = torch.randn(b, h, c, kc, generator=g)
     return q, k, v, prior, grad_out, grad_attn
+
+
+def _triton(*args, **kw):
+    """The Triton path; fp32 in exact IEEE arithmetic (the default tf32x3 is checked separately)."""
+    kw.setdefault("precision", "ieee")
+    return causal_attention(*args, backend="triton", **kw)
 
 
 def _run(fn, q, k, v, prior, h, dtype, device, grad_out, grad_attn, return_attn, **kw):
@@ -77,7 +84,7 @@ def test_triton_forward_backward(shape, return_attn, dtype, atol, rtol, device):
     q, k, v, prior, grad_out, grad_attn = _make(*shape)
     args = (q, k, v, prior, h)
     rest = (device, grad_out, grad_attn, return_attn)
-    tri = _run(lambda *a, **kw: causal_attention(*a, backend="triton", **kw), *args, dtype, *rest)
+    tri = _run(_triton, *args, dtype, *rest)
     ref32 = _run(causal_attention_ref, *args, torch.float32, *rest)
     ref_lp = _run(causal_attention_ref, *args, dtype, *rest)
     for name, t, r32, rlp in zip(NAMES, tri, ref32, ref_lp):
@@ -109,7 +116,7 @@ def test_triton_strided_inputs_broadcast_grads_and_scale(dtype, atol, rtol, devi
         (out.float().sum() + attn.float().pow(2).sum()).backward()
         return [out, attn, qb.grad.transpose(0, 1), kb.grad.T, vb.grad[:, ::2], p.grad]
 
-    tri = run(lambda *a, **kw: causal_attention(*a, backend="triton", **kw), dtype)
+    tri = run(_triton, dtype)
     ref32 = run(causal_attention_ref, torch.float32)
     ref_lp = run(causal_attention_ref, dtype)
     for name, t, r32, rlp in zip(NAMES, tri, ref32, ref_lp):
@@ -119,9 +126,8 @@ def test_triton_strided_inputs_broadcast_grads_and_scale(dtype, atol, rtol, devi
 def test_triton_backward_is_deterministic(device):
     """dK/dV reduce through per-chunk partials, not atomics: two runs agree bit for bit."""
     q, k, v, prior, grad_out, grad_attn = _make(2, 81, 13, 2, 40, seed=7)
-    fn = lambda *a, **kw: causal_attention(*a, backend="triton", **kw)  # noqa: E731
-    r1 = _run(fn, q, k, v, prior, 2, torch.float32, device, grad_out, grad_attn, True)
-    r2 = _run(fn, q, k, v, prior, 2, torch.float32, device, grad_out, grad_attn, True)
+    r1 = _run(_triton, q, k, v, prior, 2, torch.float32, device, grad_out, grad_attn, True)
+    r2 = _run(_triton, q, k, v, prior, 2, torch.float32, device, grad_out, grad_attn, True)
     for name, a, b in zip(NAMES, r1, r2):
         assert torch.equal(a, b), name
 
@@ -130,8 +136,79 @@ def test_dispatch_and_default_scale(device):
     q, k, v, prior, _, _ = (t.to(device) for t in _make(1, 4, 6, 2, 24, seed=3))
     ref = causal_attention(q, k, v, prior, 2, backend="torch")
     assert_close(ref, causal_attention_ref(q, k, v, prior, 2, scale=24 ** -0.5), 1e-6, 1e-6, "default scale")
-    tri = causal_attention(q, k, v, prior, 2, backend="triton")
+    tri = causal_attention(q, k, v, prior, 2, backend="triton", precision="ieee")
     assert_close(tri, ref, 2e-5, 1e-4, "triton vs torch backend")
+
+
+@pytest.mark.parametrize("precision, atol, rtol", [("tf32x3", 2e-5, 1e-4), ("tf32", 2e-2, 2e-2)])
+def test_fp32_tensor_core_precisions(precision, atol, rtol, device):
+    """fp32 on tensor cores: tf32x3 (the default) as close to the fp32 reference as IEEE, tf32
+    within 2e-2 (on a GPU; the interpreter computes every dot in fp32)."""
+    shape = (2, 20, 64, 2, 64)
+    q, k, v, prior, grad_out, grad_attn = _make(*shape, seed=11)
+    rest = (torch.float32, device, grad_out, grad_attn, True)
+    got = _run(_triton, q, k, v, prior, 2, *rest, precision=precision)
+    default = _run(lambda *a, **kw: causal_attention(*a, backend="triton", **kw), q, k, v, prior, 2, *rest)
+    ref = _run(causal_attention_ref, q, k, v, prior, 2, *rest)
+    for name, t, d, r in zip(NAMES, got, default, ref):
+        assert_close(t, r, atol * max(1.0, float(r.abs().max())), rtol, f"{precision} {name}")
+        if precision == "tf32x3":
+            assert torch.equal(t, d), f"the default precision is tf32x3 ({name})"
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_large_logits_stay_finite_and_exact(dtype, atol, rtol, device):
+    """|logits| in the thousands (scale x 40 on q and k): the online softmax subtracts the running
+    max, so nothing overflows and probabilities saturate as the reference's do. Bound: four times
+    PyTorch's own error in the same dtype against float64, plus atol + rtol * max|ref|: a logit of
+    3000 has an fp32 ulp of 2.4e-4, which both make, and the kernel rounds once more in the exp2
+    domain (s * log2(e)), as flash attention does (measured: dq 2.3x PyTorch's error)."""
+    shape = (2, 9, 70, 2, 32)
+    q, k, v, prior, grad_out, grad_attn = _make(*shape, seed=12)
+    q, k = q * 40, k * 40
+    rest = (device, grad_out, grad_attn, True)
+    tri = _run(_triton, q, k, v, prior, 2, dtype, *rest)
+    ref64 = _run(causal_attention_ref, q, k, v, prior.double(), 2, torch.float64, *rest)
+    ref_lp = _run(causal_attention_ref, q, k, v, prior, 2, dtype, *rest)
+    for name, t, r64, rlp in zip(NAMES, tri, ref64, ref_lp):
+        assert torch.isfinite(t).all(), f"{name}: not finite"
+        ref = r64.detach().cpu()
+        err = (t.detach().double().cpu() - ref).abs().max().item()
+        bound = 4 * (rlp.detach().double().cpu() - ref).abs().max().item() + atol + rtol * ref.abs().max().item()
+        assert err <= bound, f"{name} ({dtype}): error {err:.3g} > bound {bound:.3g}"
+
+
+def test_prior_gradient_skipped_when_not_needed(device):
+    """The model's prior is a buffer: no dprior is computed, the other gradients are unchanged."""
+    q, k, v, prior, grad_out, _ = _make(2, 11, 37, 2, 24, seed=13)
+    ins = [t.detach().to(device).requires_grad_() for t in (q, k, v)]
+    out = _triton(*ins, prior.to(device), 2)
+    grads = torch.autograd.grad(out, ins, grad_out.to(device))
+    full = _run(_triton, q, k, v, prior, 2, torch.float32, device, grad_out, None, False)
+    for name, a, b in zip(("dq", "dk", "dv"), grads, full[2:5]):
+        assert torch.equal(a, b), name
+    p = prior.to(device).requires_grad_()
+    _triton(*[t.detach() for t in ins], p, 2).sum().backward()
+    assert p.grad is not None and p.grad.shape == prior.shape
+
+
+def test_unused_attention_output_gets_no_gradient_pass(device):
+    """return_attn=True with only the output in the loss: the same gradients as without attn."""
+    q, k, v, prior, grad_out, _ = _make(2, 5, 9, 1, 16, seed=14)
+    results = []
+    for return_attn in (True, False):
+        ins = [t.detach().to(device).requires_grad_() for t in (q, k, v, prior)]
+        res = _triton(*ins, 1, return_attn=return_attn)
+        out = res[0] if return_attn else res
+        results.append(torch.autograd.grad(out, ins, grad_out.to(device)))
+    for name, a, b in zip(NAMES[2:], *results):
+        assert torch.equal(a, b), name
+
+
+def test_bad_precision_is_one_line(device):
+    q, k, v, prior, _, _ = (t.to(device) for t in _make(1, 2, 3, 1, 16))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        causal_attention(q, k, v, prior, 1, backend="triton", precision="fp64")
 
 
 def test_custom_ops_opcheck(device):
@@ -140,11 +217,13 @@ def test_custom_ops_opcheck(device):
 
     q, k, v, prior, grad_out, grad_attn = (t.to(device) for t in _make(2, 5, 7, 2, 16, seed=5))
     for return_attn in (False, True):
-        fwd_args = (q, k, v, prior, 2, 0.25, return_attn)
+        fwd_args = (q, k, v, prior, 2, 0.25, return_attn, "ieee")
         torch.library.opcheck(torch.ops.cit_fast.causal_attention_fwd.default, fwd_args)
         out, _, lse = torch.ops.cit_fast.causal_attention_fwd(*fwd_args)
-        bwd_args = (q, k, v, prior, out, lse, grad_out, grad_attn if return_attn else None, 2, 0.25)
-        torch.library.opcheck(torch.ops.cit_fast.causal_attention_bwd.default, bwd_args)
+        for need_dprior in (True, False):
+            bwd_args = (q, k, v, prior, out, lse, grad_out, grad_attn if return_attn else None, 2, 0.25,
+                        need_dprior, "ieee")
+            torch.library.opcheck(torch.ops.cit_fast.causal_attention_bwd.default, bwd_args)
 
 
 def test_torch_compile_fullgraph_forward_backward(device):

@@ -61,6 +61,63 @@ def test_composite_matches_reference(shape, mode, kind, flip, channels_last, dty
             assert torch.equal(a, rlp), f"{mode} output {i}: not bitwise equal to composite_ref"
 
 
+# Widths that are multiples of 8 take the packed kernel (32-bit words, whole octets of pixels):
+# one octet; 3 octets a row over 9 rows; 5 a row over 13 rows (a ragged last tile per image).
+PACKED_SHAPES = [(1, 3, 8), (3, 9, 24), (2, 13, 40)]
+
+
+@pytest.fixture
+def packed_calls(monkeypatch):
+    """Counts launches of the packed kernel (and still runs it)."""
+    from cit_fast.kernels import _composite
+
+    calls = []
+    real = _composite._launch_packed
+    monkeypatch.setattr(_composite, "_launch_packed", lambda *a, **k: calls.append(a[7]) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", OUT_DTYPES[::2])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("flip", [False, True], ids=["noflip", "flip"])
+@pytest.mark.parametrize("mode", COMPOSITE_MODES)
+@pytest.mark.parametrize("shape", PACKED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_packed_kernel_matches_reference(shape, mode, flip, channels_last, dtype, atol, rtol, device, packed_calls):
+    obj, mask, ctx, ctx_mask, flips = _inputs(*shape, "uint8", device, seed=21)
+    kw = dict(mode=mode, flip=flips if flip else None, channels_last=channels_last)
+    got = _as_tuple(composite(obj, mask, ctx, ctx_mask, backend="triton", out_dtype=dtype, **kw))
+    ref32 = _as_tuple(composite_ref(obj, mask, ctx, ctx_mask, out_dtype=torch.float32, **kw))
+    ref_lp = _as_tuple(composite_ref(obj, mask, ctx, ctx_mask, out_dtype=dtype, **kw))
+    assert packed_calls == [mode]
+    for i, (a, r32, rlp) in enumerate(zip(got, ref32, ref_lp)):
+        assert a.stride() == rlp.stride()
+        assert_kernel_close(a, rlp, r32, dtype, atol, rtol, f"{mode} output {i}")
+        if device.type == "cpu":
+            assert torch.equal(a, rlp), f"{mode} output {i}: not bitwise equal to composite_ref"
+
+
+def test_packed_kernel_bool_masks_and_half_output(device, packed_calls):
+    obj, mask, ctx, ctx_mask, flips = _inputs(3, 5, 16, "uint8", device, seed=22)
+    mask, ctx_mask = mask > 127, ctx_mask > 127
+    for mode in COMPOSITE_MODES:
+        kw = dict(mode=mode, flip=flips, out_dtype=torch.float16, channels_last=mode in ("pair", "none"))
+        got = _as_tuple(composite(obj, mask, ctx, ctx_mask, backend="triton", **kw))
+        for i, (a, r) in enumerate(zip(got, _as_tuple(composite_ref(obj, mask, ctx, ctx_mask, **kw)))):
+            assert torch.equal(a, r) if device.type == "cpu" else (a.float() - r.float()).abs().max() < 4e-3, mode
+    assert packed_calls == list(COMPOSITE_MODES)
+
+
+def test_generic_kernel_takes_what_packing_cannot(device, packed_calls):
+    """A width not a multiple of 8, a strided object, float images: the per-pixel kernel."""
+    obj, mask, ctx, _, flips = _inputs(2, 6, 20, "uint8", device, seed=23)
+    strided = obj.flip(1)  # negative row stride
+    fobj = obj.float() / 255
+    for o, c, w in ((obj[:, :, :-2], ctx[:, :, :-2], 18), (strided, ctx, 20), (fobj, ctx, 20)):
+        got = composite(o, mask[:, :, :w], c, mode="single", flip=flips, backend="triton")
+        assert torch.equal(got, composite_ref(o, mask[:, :, :w], c, mode="single", flip=flips)) or device.type != "cpu"
+    assert packed_calls == []
+
+
 def test_flip_really_flips(device):
     """Guards the reference too: flipping the inputs by hand == the flip flag."""
     obj, mask, ctx, _, _ = _inputs(2, 6, 5, "uint8", device, seed=3)

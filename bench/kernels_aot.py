@@ -1,0 +1,594 @@
+#!/usr/bin/env python
+"""Ahead-of-time compilation gate: how the Triton kernels would run on sm_90 / sm_80, on a CPU.
+
+    python bench/kernels_aot.py                     # the full table, sm_90 and sm_80; prints it
+    python bench/kernels_aot.py --subset ci --check # the CI subset; exit 1 if a gate rule fails
+    python bench/kernels_aot.py --arch sm_90 --only attention --markdown
+    python bench/kernels_aot.py --json out.json     # every launch's figures, for tests and diffs
+
+The real launchers (``composite_forward``, ``causal_attention_forward`` / ``_backward``) are called
+on ``meta`` tensors of training shapes; every launch they make is intercepted where
+``JITFunction.run`` would compile it, specialised exactly as ``run`` does (same binder, same
+``_pack_args``), and compiled with ``triton.compile`` for a CUDA target with the ptxas bundled in
+the triton wheel. Nothing runs; no GPU is needed. Per launch it reports:
+
+  regs       registers per thread (ptxas -v)          spill     spill-store bytes per thread (ptxas)
+  smem       shared memory per CTA (Triton metadata)  CTAs/SM   resident CTAs per SM (regs, smem,
+  waves      programs / (CTAs/SM * SMs)                          warps and CTA limits of the part)
+  dots       how every tl.dot lowered (TTGIR): wgmma (Hopper warp-group MMA), mma (mma.sync v2),
+             fma (no tensor cores)
+  ld / st    global loads / stores per width in bytes (PTX: ld/st.global, cp.async)
+
+Gate rules (--check, and tests/kernels/test_aot_gate.py): every case compiles; zero spills; on sm_90
+every attention dot is wgmma (bf16, fp16, and fp32 through tf32), on sm_80 mma; the composite's
+common cases (uint8 images, W a multiple of 8) load and store pixels >= 8 bytes at a time.
+
+Results are cached per case under --cache (keyed on the kernel sources, Triton's version, the target
+and the case), so a second run over unchanged kernels takes seconds; a cold full table compiles
+several hundred kernels (minutes on 2 cores), the CI subset a few dozen.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compile, never interpret
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+HARNESS_VERSION = 3  # bump when what a record holds changes
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The parts the gate compiles for (datasheet limits; SMs of the SXM parts)."""
+
+    name: str
+    cc: int  # compute capability, e.g. 90
+    sms: int  # streaming multiprocessors
+    smem_per_sm: int  # bytes of shared memory an SM can give its CTAs
+    smem_per_cta: int  # largest opt-in shared memory per CTA
+    part: str
+
+
+ARCHS = {
+    "sm_90": Arch("sm_90", 90, 132, 228 * 1024, 227 * 1024, "H100/H200 SXM"),
+    "sm_80": Arch("sm_80", 80, 108, 164 * 1024, 163 * 1024, "A100 SXM"),
+}
+REGS_PER_SM, MAX_WARPS_PER_SM, MAX_CTAS_PER_SM = 65536, 64, 32
+
+
+def resident_ctas(regs: int, smem: int, num_warps: int, arch: Arch) -> int:
+    """CTAs an SM holds at once (the CUDA occupancy calculator's rules for sm_80 / sm_90)."""
+    per_warp = -(-regs * 32 // 256) * 256  # registers are allocated per warp in units of 256
+    by_regs = REGS_PER_SM // (per_warp * num_warps) if regs else MAX_CTAS_PER_SM
+    by_warps = MAX_WARPS_PER_SM // num_warps
+    by_smem = arch.smem_per_sm // (smem + 1024) if smem else MAX_CTAS_PER_SM  # 1 KB reserved per CTA
+    return max(0, min(by_regs, by_warps, by_smem, MAX_CTAS_PER_SM))
+
+
+# ----------------------------------------------------------------------------------------------
+# Cases
+# ----------------------------------------------------------------------------------------------
+COMPOSITE_SHAPE = (256, 224, 224)  # N, H, W: an ImageNet batch
+ATTN_B, ATTN_HEADS = 64, 8
+MODES = ("none", "single", "pair", "double")
+OUT_DTYPES = ("float32", "bfloat16", "float16")
+ATTN_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str  # "composite" or "attention"
+    params: Tuple[Tuple[str, object], ...]
+
+    @property
+    def p(self) -> Dict[str, object]:
+        return dict(self.params)
+
+    @property
+    def label(self) -> str:
+        p = self.p
+        if self.op == "composite":
+            return (f"composite {p['mode']:<6} {p['layout']} {p['out']:<8} "
+                    f"{'flip' if p['flip'] else 'noflip'}")
+        return (f"attn Lq={p['lq']:<3} Kc={p['kc']:<4} D={p['d']:<3} {p['dtype']:<8}"
+                f"{' +attn' if p['return_attn'] else ''}")
+
+
+def composite_cases(subset: str) -> List[Case]:
+    cases = []
+    for mode in MODES:
+        for layout in ("nchw", "nhwc"):
+            for out in OUT_DTYPES:
+                for flip in (False, True):
+                    if subset == "ci" and not (mode in ("single", "pair") and out != "float16" and flip):
+                        continue
+                    cases.append(Case("composite", (("mode", mode), ("layout", layout), ("out", out),
+                                                    ("flip", flip))))
+    return cases
+
+
+def attention_cases(subset: str) -> List[Case]:
+    """D is the head dim (the model dim is 8 * D); Lq the labels per image (M = 64 * Lq rows)."""
+    cases = []
+    for lq in (20, 80, 171):
+        for kc in (16, 100, 1024):
+            for d in (32, 64, 128):
+                for dtype in ATTN_DTYPES:
+                    for ret in (False, True):
+                        if subset == "ci" and not _ci_attention(lq, kc, d, dtype, ret):
+                            continue
+                        cases.append(Case("attention", (("lq", lq), ("kc", kc), ("d", d), ("dtype", dtype),
+                                                        ("return_attn", ret))))
+    return cases
+
+
+def _ci_attention(lq, kc, d, dtype, ret) -> bool:
+    """A representative subset: every Kc and dtype at D=64, the other head dims at Kc=100, the
+    return_attn variants at D=128 (the most registers), one Lq (Lq changes grids, not kernels)."""
+    if lq != 80:
+        return False
+    if d == 64 and not ret:
+        return True
+    if d != 64 and kc == 100 and dtype in ("float32", "bfloat16") and not ret:
+        return True
+    return d == 128 and kc in (16, 1024) and dtype in ("float32", "bfloat16") and ret
+
+
+def all_cases(subset: str, only: Optional[str]) -> List[Case]:
+    cases = []
+    if only in (None, "composite"):
+        cases += composite_cases(subset)
+    if only in (None, "attention"):
+        cases += attention_cases(subset)
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiling what a launcher launches
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Launch:
+    """One kernel launch of a case, compiled for one arch."""
+
+    kernel: str
+    grid: Tuple[int, int, int]
+    num_warps: int
+    num_stages: int
+    constexprs: Dict[str, str]
+    regs: int = 0
+    spill_stores: int = 0
+    spill_loads: int = 0
+    stack: int = 0
+    smem: int = 0
+    ctas_per_sm: int = 0
+    waves: float = 0.0
+    dots: List[str] = field(default_factory=list)
+    ld: Dict[str, int] = field(default_factory=dict)  # width in bytes (str) -> instructions
+    st: Dict[str, int] = field(default_factory=dict)
+    wgmma_waits0: int = 0  # warp_group_dot_wait with pendings = 0 (nothing overlapped)
+    compile_s: float = 0.0
+    error: str = ""
+
+
+class _Compiled:
+    """What the patched JITFunction.run returns: enough of a CompiledKernel for the launchers."""
+
+    def __init__(self, kernel, regs: int, spills: int):
+        self._k = kernel
+        self.metadata = kernel.metadata
+        self.n_regs, self.n_spills = regs, spills
+        self.asm = kernel.asm
+
+
+_PTXAS_RE = {
+    "regs": re.compile(r"Used (\d+) registers"),
+    "spill_stores": re.compile(r"(\d+) bytes spill stores"),
+    "spill_loads": re.compile(r"(\d+) bytes spill loads"),
+    "stack": re.compile(r"(\d+) bytes stack frame"),
+}
+
+
+def _ptxas_figures(log: str, ptx: str, arch: Arch) -> Dict[str, int]:
+    if "Used" not in log:  # Triton's cache served the kernel: ptxas did not run, run it here
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        gpu = f"sm_{arch.cc}a" if arch.cc == 90 else f"sm_{arch.cc}"
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "k.ptx"
+            src.write_text(ptx)
+            res = subprocess.run([get_ptxas(arch.cc).path, "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}",
+                                  str(src), "-o", str(Path(tmp) / "k.o")], capture_output=True, text=True)
+            log = res.stderr + res.stdout
+    out = {}
+    for key, rx in _PTXAS_RE.items():
+        vals = [int(v) for v in rx.findall(log)]
+        out[key] = max(vals) if vals else 0
+    return out
+
+
+def _dot_lowering(ttgir: str) -> Tuple[List[str], int]:
+    """How each dot of the TTGIR lowered, and how many wgmma waits wait for everything."""
+    versions = {m.group(1): int(m.group(2)) for m in
+                re.finditer(r"^(#mma\d*) = #ttg\.nvidia_mma<\{versionMajor = (\d+)", ttgir, re.M)}
+    dots = []
+    for line in ttgir.splitlines():
+        if "ttng.warp_group_dot " in line:
+            dots.append("wgmma")
+        elif re.search(r"= tt\.dot ", line):
+            enc = re.search(r"-> tensor<[^,>]+, (#\w+)>", line)
+            name = enc.group(1) if enc else ""
+            ver = versions.get(name)
+            dots.append("mma" if ver == 2 else "wgmma" if ver == 3 else "fma")
+    waits0 = len(re.findall(r"warp_group_dot_wait .*pendings = 0 ", ttgir))
+    return dots, waits0
+
+
+_WIDTH_RE = re.compile(r"^[bsuf](8|16|32|64|128)$")
+
+
+def _mem_widths(ptx: str) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """Global loads and stores by width in bytes, from the PTX (cp.async counts as a load)."""
+    ld, st = Counter(), Counter()
+    for line in ptx.splitlines():
+        s = line.strip()
+        if s.startswith("@"):
+            s = s.split(None, 1)[1] if " " in s else ""
+        op = s.split(None, 1)[0] if s else ""
+        if op.startswith("cp.async.") and ".shared.global" in op:
+            m = re.search(r",\s*(\d+)\s*(?:,|;)", s)
+            if m:
+                ld[m.group(1)] += 1
+            continue
+        if not (op.startswith("ld.global") or op.startswith("st.global")):
+            continue
+        parts = op.split(".")
+        vec = next((int(p[1:]) for p in parts if p in ("v2", "v4", "v8")), 1)
+        bits = next((int(m.group(1)) for p in parts if (m := _WIDTH_RE.match(p))), 0)
+        (ld if op.startswith("ld") else st)[str(vec * bits // 8)] += 1
+    return dict(ld), dict(st)
+
+
+_MEMO: Dict[Tuple[str, str], Tuple[Optional[_Compiled], Launch]] = {}  # (arch, launch key) -> compiled
+
+
+class Capture:
+    """Patches JITFunction.run so that launches compile for ``arch`` instead of running.
+
+    Compiled kernels are remembered for the process: cases that launch the same specialisation
+    (e.g. differing only in Lq) compile it once.
+    """
+
+    def __init__(self, arch: Arch):
+        self.arch = arch
+        self.launches: List[Launch] = []
+
+    def __enter__(self):
+        import triton
+        from triton import knobs
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource, make_backend
+        from triton.runtime.jit import JITFunction, create_function_from_signature
+
+        target = GPUTarget("cuda", self.arch.cc, 32)
+        backend = make_backend(target)
+        binders = {}
+        cap = self
+
+        def run(fn, *args, grid, warmup, **kwargs):
+            kwargs["debug"] = kwargs.get("debug", fn.debug) or knobs.runtime.debug
+            kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+            if fn not in binders:
+                binders[fn] = create_function_from_signature(fn.signature, fn.params, backend)
+            bound, spec, opts = binders[fn](*args, **kwargs)
+            options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, opts)
+            names = [p.name for p in fn.params]
+            cexpr = {names[k[0]]: str(v) for k, v in constexprs.items() if len(k) == 1}
+            key = (cap.arch.name, json.dumps([fn.fn.__qualname__, str(signature), sorted(cexpr.items()), str(attrs),
+                                              sorted((k, str(v)) for k, v in options.__dict__.items())]))
+            if key not in _MEMO:
+                rec = Launch(fn.fn.__name__, (1, 1, 1), options.num_warps, options.num_stages, cexpr)
+                log = io.StringIO()
+                t0 = time.perf_counter()
+                old = knobs.nvidia.dump_ptxas_log
+                knobs.nvidia.dump_ptxas_log = True
+                try:
+                    with contextlib.redirect_stdout(log):
+                        kern = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                                              options=options.__dict__)
+                except Exception as e:  # noqa: BLE001 - a failed compile is a gate failure, recorded
+                    rec.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+                    _MEMO[key] = (None, rec)
+                else:
+                    rec.compile_s = time.perf_counter() - t0
+                    fig = _ptxas_figures(log.getvalue(), kern.asm["ptx"], cap.arch)
+                    rec.regs, rec.spill_stores = fig["regs"], fig["spill_stores"]
+                    rec.spill_loads, rec.stack = fig["spill_loads"], fig["stack"]
+                    rec.smem = int(kern.metadata.shared)
+                    rec.ctas_per_sm = resident_ctas(rec.regs, rec.smem, rec.num_warps, cap.arch)
+                    rec.dots, rec.wgmma_waits0 = _dot_lowering(kern.asm["ttgir"])
+                    rec.ld, rec.st = _mem_widths(kern.asm["ptx"])
+                    _MEMO[key] = (_Compiled(kern, rec.regs, rec.spill_stores), rec)
+                finally:
+                    knobs.nvidia.dump_ptxas_log = old
+            compiled, proto = _MEMO[key]
+            if warmup:  # a launcher asking for the compiled kernel (occupancy, autotune candidates)
+                if compiled is None:
+                    raise RuntimeError(f"{fn.fn.__name__}: {proto.error}")
+                return compiled
+            if callable(grid):
+                grid = grid(bound)
+            g = tuple(int(x) for x in grid) + (1,) * (3 - len(grid))
+            rec = Launch(**{**asdict(proto), "grid": g})
+            programs = g[0] * g[1] * g[2]
+            rec.waves = programs / (rec.ctas_per_sm * cap.arch.sms) if rec.ctas_per_sm else float("inf")
+            cap.launches.append(rec)
+            return compiled
+
+        self._JIT, self._old_run = JITFunction, JITFunction.run
+        JITFunction.run = run
+        from cit_fast.kernels import _triton_compat
+
+        self._compat = _triton_compat
+        _triton_compat.set_aot_target(_triton_compat.Target(
+            cc=self.arch.cc, sms=self.arch.sms, smem_per_sm=self.arch.smem_per_sm,
+            smem_per_cta=self.arch.smem_per_cta), all_configs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self._JIT.run = self._old_run
+        self._compat.set_aot_target(None)
+        return False
+
+
+def _launch_case(case: Case) -> None:
+    """Call the real launchers on meta tensors, as training would."""
+    import torch
+
+    meta = torch.device("meta")
+    p = case.p
+    if case.op == "composite":
+        from cit_fast.kernels._composite import composite_forward
+
+        n, h, w = COMPOSITE_SHAPE
+        img = torch.empty((n, h, w, 3), dtype=torch.uint8, device=meta)
+        msk = torch.empty((n, h, w), dtype=torch.uint8, device=meta)
+        flip = torch.empty((n,), dtype=torch.bool, device=meta) if p["flip"] else None
+        mode = p["mode"]
+        composite_forward(img, msk if mode != "none" else None, img if mode != "none" else None,
+                          msk if mode == "double" else None, flip, mode, [0.485, 0.456, 0.406],
+                          [0.229, 0.224, 0.225], getattr(torch, p["out"]), p["layout"] == "nhwc")
+        return
+    from cit_fast.kernels import _causal_attention as ca
+
+    dt = getattr(torch, p["dtype"])
+    b, c, kc, dh, heads = ATTN_B, p["lq"], p["kc"], p["d"], ATTN_HEADS
+    d = dh * heads
+    q = torch.empty((b, c, d), dtype=dt, device=meta)
+    k = torch.empty((kc, d), dtype=dt, device=meta)
+    v = torch.empty((kc, d), dtype=dt, device=meta)
+    prior = torch.empty((kc,), dtype=torch.float32, device=meta)
+    scale = dh ** -0.5
+    out, attn, lse = ca.causal_attention_forward(q, k, v, prior, heads, scale, p["return_attn"])
+    dattn = torch.empty_like(attn) if p["return_attn"] else None
+    ca.causal_attention_backward(q, k, v, prior, out, lse, torch.empty_like(out), dattn, heads, scale)
+
+
+def _source_hash() -> str:
+    import triton
+
+    h = hashlib.sha256(f"{HARNESS_VERSION} {triton.__version__}".encode())
+    for f in sorted((ROOT / "kernels").glob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_case(arch_name: str, case: Case, cache: Optional[str]) -> Dict[str, object]:
+    """Compile one case for one arch (cached): {'arch', 'case', 'launches' | 'error'}."""
+    path = None
+    if cache:
+        key = hashlib.sha256(json.dumps([_source_hash(), arch_name, case.op, case.params]).encode()).hexdigest()
+        path = Path(cache) / f"{key[:24]}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+    res: Dict[str, object] = {"arch": arch_name, "op": case.op, "case": case.label, "params": case.p}
+    t0 = time.perf_counter()
+    try:
+        with Capture(ARCHS[arch_name]) as cap:
+            _launch_case(case)
+        res["launches"] = [asdict(x) for x in cap.launches]
+        errors = [x.error for x in cap.launches if x.error]
+        if errors:
+            res["error"] = errors[0]
+    except Exception as e:  # noqa: BLE001 - recorded: a case that cannot compile fails the gate
+        msg = str(e).strip().splitlines()
+        res["error"] = f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
+        res["launches"] = []
+    res["seconds"] = time.perf_counter() - t0
+    if path is not None and "error" not in res:
+        from cit_fast.utils import atomic_write_text
+
+        atomic_write_text(path, json.dumps(res))
+    return res
+
+
+def _run_chunk(args) -> List[Dict[str, object]]:
+    arch_name, cases, cache = args
+    return [run_case(arch_name, c, cache) for c in cases]
+
+
+def run_all(archs: Sequence[str], cases: Sequence[Case], jobs: int, cache: Optional[str]) -> List[Dict[str, object]]:
+    work = [(a, c) for a in archs for c in cases]
+    if jobs <= 1 or len(work) <= 1:
+        return [run_case(a, c, cache) for a, c in work]
+    # cases that differ only in Lq launch the same kernels: one worker compiles them once
+    groups: Dict[Tuple, List[Case]] = {}
+    for a, c in work:
+        groups.setdefault((a, tuple(kv for kv in c.params if kv[0] != "lq")), []).append(c)
+    args = [(key[0], lst, cache) for key, lst in groups.items()]
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        out = [r for chunk in pool.map(_run_chunk, args) for r in chunk]
+    order = {(a, c.label): i for i, (a, c) in enumerate(work)}
+    return sorted(out, key=lambda r: order[(r["arch"], r["case"])])
+
+
+# ----------------------------------------------------------------------------------------------
+# Gate rules and report
+# ----------------------------------------------------------------------------------------------
+def composite_is_common(params: Dict[str, object]) -> bool:
+    """uint8 NHWC images whose width is a multiple of 8 (every table case: 224 wide)."""
+    return COMPOSITE_SHAPE[2] % 8 == 0
+
+
+def _narrow(counts: Dict[str, int]) -> int:
+    return sum(n for w, n in counts.items() if int(w) < 8)
+
+
+def gate_failures(results: Iterable[Dict[str, object]]) -> List[str]:
+    """Every rule the gate checks, as one line per failure."""
+    fails = []
+    for r in results:
+        where = f"{r['arch']} {r['case']}"
+        if r.get("error"):
+            fails.append(f"{where}: does not compile: {r['error']}")
+            continue
+        for ln in r["launches"]:
+            w = f"{where} {ln['kernel']}"
+            if ln["spill_stores"] or ln["spill_loads"]:
+                fails.append(f"{w}: spills {ln['spill_stores']} B stores / {ln['spill_loads']} B loads")
+            if r["op"] == "attention":
+                want = "wgmma" if r["arch"] == "sm_90" else "mma"
+                bad = [d for d in ln["dots"] if d != want]
+                if bad:
+                    fails.append(f"{w}: dots lowered to {', '.join(sorted(set(bad)))}, not {want}")
+            elif composite_is_common(r["params"]):
+                # one narrow load is allowed: the per-sample flip flag (a byte)
+                if _narrow(ln["ld"]) > 1 or _narrow(ln["st"]):
+                    fails.append(f"{w}: narrow global accesses (< 8 B): loads {_narrow(ln['ld'])}, "
+                                 f"stores {_narrow(ln['st'])} ({ln['ld']} / {ln['st']})")
+    return fails
+
+
+def _widths(counts: Dict[str, int]) -> str:
+    return " ".join(f"{n}x{w}B" for w, n in sorted(counts.items(), key=lambda t: int(t[0]))) or "-"
+
+
+def _dots(dots: List[str]) -> str:
+    c = Counter(dots)
+    return " ".join(f"{k}x{n}" for k, n in sorted(c.items())) or "-"
+
+
+COLUMNS = ("case", "kernel", "tile", "grid", "warps", "regs", "spill B", "smem KB", "CTAs/SM", "waves", "dots", "ld", "st")
+
+
+def rows(results: Iterable[Dict[str, object]]) -> List[List[str]]:
+    out = []
+    for r in results:
+        if r.get("error") and not r["launches"]:
+            out.append([f"{r['arch']} {r['case']}", "-", "-", "-", "-", "-", "-", "-", "-", "-", "ERROR",
+                        r["error"][:60], ""])
+            continue
+        for ln in r["launches"]:
+            g = ln["grid"]
+            grid = "x".join(str(x) for x in (g[:2] if g[2] == 1 else g))
+            ce = ln["constexprs"]
+            tile = "x".join(ce[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_H", "BLOCK_W", "BLOCK")
+                            if k in ce) or "-"
+            out.append([f"{r['arch']} {r['case']}", ln["kernel"].strip("_").replace("kernel", "").strip("_"), tile, grid,
+                        str(ln["num_warps"]), str(ln["regs"]), str(ln["spill_stores"]), f"{ln['smem'] / 1024:.1f}",
+                        str(ln["ctas_per_sm"]), f"{ln['waves']:.2f}", _dots(ln["dots"]) if ln["dots"] else "-",
+                        _widths(ln["ld"]), _widths(ln["st"])])
+    return out
+
+
+def print_table(results, markdown: bool) -> str:
+    table = rows(results)
+    if markdown:
+        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table]
+    else:
+        widths = [max(len(COLUMNS[i]), *(len(row[i]) for row in table)) if table else len(COLUMNS[i])
+                  for i in range(len(COLUMNS))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def summary(results: List[Dict[str, object]]) -> str:
+    launches = [(r, ln) for r in results for ln in r["launches"]]
+    spilling = [(r, ln) for r, ln in launches if ln["spill_stores"]]
+    worst = max(spilling, key=lambda t: t[1]["spill_stores"], default=None)
+    dots = Counter(d for r, ln in launches if r["op"] == "attention" for d in ln["dots"])
+    errors = sum(1 for r in results if r.get("error"))
+    parts = [f"{len(results)} cases, {len(launches)} launches, {errors} failing to compile",
+             f"{len(spilling)} launches spill" + (f" (worst {worst[1]['spill_stores']} B: {worst[0]['arch']} "
+                                                  f"{worst[0]['case']} {worst[1]['kernel']})" if worst else ""),
+             "attention dots: " + (", ".join(f"{k} {n}" for k, n in sorted(dots.items())) or "none")]
+    return "; ".join(parts)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    ap.add_argument("--subset", default="full", choices=["full", "ci"], help="the whole table or the CI subset")
+    ap.add_argument("--only", choices=["composite", "attention"])
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiling processes")
+    ap.add_argument("--cache", default=str(ROOT / "build" / "kernels_aot"),
+                    help="per-case result cache ('' = none)")
+    ap.add_argument("--json", default="", help="write every record here")
+    ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a gate rule fails")
+    args = ap.parse_args(argv)
+    try:
+        import triton
+    except ImportError as e:
+        print(f"kernels_aot: needs triton ({e})", file=sys.stderr)
+        return 2
+    cases = all_cases(args.subset, args.only)
+    t0 = time.perf_counter()
+    results = run_all(args.arch, cases, args.jobs, args.cache or None)
+    secs = time.perf_counter() - t0
+    print(f"# AOT gate: {args.subset} table, {', '.join(f'{a} ({ARCHS[a].part}, {ARCHS[a].sms} SMs)' for a in args.arch)}; "
+          f"triton {triton.__version__}; {secs:.1f} s")
+    print(f"# command: {' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}")
+    print_table(results, args.markdown)
+    print("# " + summary(results))
+    fails = gate_failures(results)
+    if args.json:
+        from cit_fast.utils import atomic_write_json
+
+        atomic_write_json(Path(args.json), {"seconds": secs, "results": results, "failures": fails})
+    if fails:
+        print(f"# gate: {len(fails)} failures")
+        for f in fails[:40]:
+            print(f"#   {f}")
+    else:
+        print("# gate: pass")
+    return 1 if (fails and args.check) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
