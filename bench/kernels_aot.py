@@ -29,26 +29,23 @@ several hundred kernels (minutes on 2 cores), the CI subset a few dozen.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import hashlib
+import io
+import json
 import os
-
-os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compile, never interpret
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import hashlib  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple  # noqa: E402
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -72,16 +69,13 @@ ARCHS = {
     "sm_90": Arch("sm_90", 90, 132, 228 * 1024, 227 * 1024, "H100/H200 SXM"),
     "sm_80": Arch("sm_80", 80, 108, 164 * 1024, 163 * 1024, "A100 SXM"),
 }
-REGS_PER_SM, MAX_WARPS_PER_SM, MAX_CTAS_PER_SM = 65536, 64, 32
 
 
 def resident_ctas(regs: int, smem: int, num_warps: int, arch: Arch) -> int:
-    """CTAs an SM holds at once (the CUDA occupancy calculator's rules for sm_80 / sm_90)."""
-    per_warp = -(-regs * 32 // 256) * 256  # registers are allocated per warp in units of 256
-    by_regs = REGS_PER_SM // (per_warp * num_warps) if regs else MAX_CTAS_PER_SM
-    by_warps = MAX_WARPS_PER_SM // num_warps
-    by_smem = arch.smem_per_sm // (smem + 1024) if smem else MAX_CTAS_PER_SM  # 1 KB reserved per CTA
-    return max(0, min(by_regs, by_warps, by_smem, MAX_CTAS_PER_SM))
+    """CTAs an SM holds at once: the launchers' own rule (kernels/_triton_compat.py)."""
+    from cit_fast.kernels._triton_compat import Target, resident_ctas as rule
+
+    return rule(regs, smem, num_warps, Target(arch.cc, arch.sms, arch.smem_per_sm, arch.smem_per_cta))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,7 +104,18 @@ class Case:
             return (f"composite {p['mode']:<6} {p['layout']} {p['out']:<8} "
                     f"{'flip' if p['flip'] else 'noflip'}")
         return (f"attn Lq={p['lq']:<3} Kc={p['kc']:<4} D={p['d']:<3} {p['dtype']:<8}"
-                f"{' +attn' if p['return_attn'] else ''}")
+                f"{' +attn' if p['return_attn'] else ''}{' tf32x3' if p.get('precision') else ''}")
+
+
+# The CI subset (tests/kernels/test_aot_gate.py, about a minute cold on 2 cores): every composite
+# mode, both layouts, the three output dtypes; attention at the model's Kc=100 (fp32 and bf16, head
+# dim 64 and 128), the smallest and largest Kc with return_attn, one Lq (Lq changes grids only).
+CI_COMPOSITE = {("single", "nchw", "bfloat16", True), ("pair", "nhwc", "float32", True),
+                ("double", "nchw", "float16", False), ("none", "nhwc", "bfloat16", False)}
+CI_ATTENTION = {(80, 100, 64, "float32", False), (80, 100, 64, "bfloat16", False),
+                (80, 100, 128, "float32", False), (80, 16, 128, "bfloat16", True),
+                (80, 1024, 32, "float16", True)}
+CI_TF32X3 = {(100, 64)}  # fp32 through tf32x3 (the table: Kc 100/1024 x every D, at Lq=80)
 
 
 def composite_cases(subset: str) -> List[Case]:
@@ -119,7 +124,7 @@ def composite_cases(subset: str) -> List[Case]:
         for layout in ("nchw", "nhwc"):
             for out in OUT_DTYPES:
                 for flip in (False, True):
-                    if subset == "ci" and not (mode in ("single", "pair") and out != "float16" and flip):
+                    if subset == "ci" and (mode, layout, out, flip) not in CI_COMPOSITE:
                         continue
                     cases.append(Case("composite", (("mode", mode), ("layout", layout), ("out", out),
                                                     ("flip", flip))))
@@ -134,23 +139,17 @@ def attention_cases(subset: str) -> List[Case]:
             for d in (32, 64, 128):
                 for dtype in ATTN_DTYPES:
                     for ret in (False, True):
-                        if subset == "ci" and not _ci_attention(lq, kc, d, dtype, ret):
+                        if subset == "ci" and (lq, kc, d, dtype, ret) not in CI_ATTENTION:
                             continue
                         cases.append(Case("attention", (("lq", lq), ("kc", kc), ("d", d), ("dtype", dtype),
                                                         ("return_attn", ret))))
+    for kc in (100, 1024):  # the accurate fp32 option
+        for d in (32, 64, 128):
+            if subset == "ci" and (kc, d) not in CI_TF32X3:
+                continue
+            cases.append(Case("attention", (("lq", 80), ("kc", kc), ("d", d), ("dtype", "float32"),
+                                            ("return_attn", False), ("precision", "tf32x3"))))
     return cases
-
-
-def _ci_attention(lq, kc, d, dtype, ret) -> bool:
-    """A representative subset: every Kc and dtype at D=64, the other head dims at Kc=100, the
-    return_attn variants at D=128 (the most registers), one Lq (Lq changes grids, not kernels)."""
-    if lq != 80:
-        return False
-    if d == 64 and not ret:
-        return True
-    if d != 64 and kc == 100 and dtype in ("float32", "bfloat16") and not ret:
-        return True
-    return d == 128 and kc in (16, 1024) and dtype in ("float32", "bfloat16") and ret
 
 
 def all_cases(subset: str, only: Optional[str]) -> List[Case]:
@@ -277,9 +276,12 @@ class Capture:
     (e.g. differing only in Lq) compile it once.
     """
 
-    def __init__(self, arch: Arch):
+    def __init__(self, arch: Arch, all_configs: bool = True):
         self.arch = arch
+        self.all_configs = all_configs
         self.launches: List[Launch] = []
+        self.candidates: List[Launch] = []  # compiled on request (autotuning candidates, occupancy)
+        self._seen: set = set()
 
     def __enter__(self):
         import triton
@@ -331,6 +333,9 @@ class Capture:
                     knobs.nvidia.dump_ptxas_log = old
             compiled, proto = _MEMO[key]
             if warmup:  # a launcher asking for the compiled kernel (occupancy, autotune candidates)
+                if key not in cap._seen:
+                    cap._seen.add(key)
+                    cap.candidates.append(proto)
                 if compiled is None:
                     raise RuntimeError(f"{fn.fn.__name__}: {proto.error}")
                 return compiled
@@ -350,7 +355,7 @@ class Capture:
         self._compat = _triton_compat
         _triton_compat.set_aot_target(_triton_compat.Target(
             cc=self.arch.cc, sms=self.arch.sms, smem_per_sm=self.arch.smem_per_sm,
-            smem_per_cta=self.arch.smem_per_cta), all_configs=True)
+            smem_per_cta=self.arch.smem_per_cta), all_configs=self.all_configs)
         return self
 
     def __exit__(self, *exc):
@@ -387,9 +392,13 @@ def _launch_case(case: Case) -> None:
     v = torch.empty((kc, d), dtype=dt, device=meta)
     prior = torch.empty((kc,), dtype=torch.float32, device=meta)
     scale = dh ** -0.5
-    out, attn, lse = ca.causal_attention_forward(q, k, v, prior, heads, scale, p["return_attn"])
+    prec = p.get("precision")
+    kw = {"precision": prec} if prec else {}  # (the kernels before issue 13 had no precision)
+    out, attn, lse = ca.causal_attention_forward(q, k, v, prior, heads, scale, p["return_attn"], **kw)
     dattn = torch.empty_like(attn) if p["return_attn"] else None
-    ca.causal_attention_backward(q, k, v, prior, out, lse, torch.empty_like(out), dattn, heads, scale)
+    # the model's prior is a buffer (no dprior); the kernels before issue 13 always computed it
+    bkw = dict(kw, need_dprior=False) if "need_dprior" in ca.causal_attention_backward.__code__.co_varnames else {}
+    ca.causal_attention_backward(q, k, v, prior, out, lse, torch.empty_like(out), dattn, heads, scale, **bkw)
 
 
 def _source_hash() -> str:
@@ -401,20 +410,25 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def run_case(arch_name: str, case: Case, cache: Optional[str]) -> Dict[str, object]:
-    """Compile one case for one arch (cached): {'arch', 'case', 'launches' | 'error'}."""
+def run_case(arch_name: str, case: Case, cache: Optional[str], all_configs: bool = True) -> Dict[str, object]:
+    """Compile one case for one arch (cached): {'arch', 'case', 'launches' | 'error'}.
+
+    all_configs: also compile every autotuning candidate (their launches are not listed: a
+    failing one shows as the case's error or as a spill in the summary of --json)."""
     path = None
     if cache:
-        key = hashlib.sha256(json.dumps([_source_hash(), arch_name, case.op, case.params]).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps([_source_hash(), arch_name, case.op, case.params,
+                                         all_configs]).encode()).hexdigest()
         path = Path(cache) / f"{key[:24]}.json"
         if path.exists():
             return json.loads(path.read_text())
     res: Dict[str, object] = {"arch": arch_name, "op": case.op, "case": case.label, "params": case.p}
     t0 = time.perf_counter()
     try:
-        with Capture(ARCHS[arch_name]) as cap:
+        with Capture(ARCHS[arch_name], all_configs) as cap:
             _launch_case(case)
         res["launches"] = [asdict(x) for x in cap.launches]
+        res["candidates"] = [asdict(x) for x in cap.candidates]
         errors = [x.error for x in cap.launches if x.error]
         if errors:
             res["error"] = errors[0]
@@ -431,19 +445,20 @@ def run_case(arch_name: str, case: Case, cache: Optional[str]) -> Dict[str, obje
 
 
 def _run_chunk(args) -> List[Dict[str, object]]:
-    arch_name, cases, cache = args
-    return [run_case(arch_name, c, cache) for c in cases]
+    arch_name, cases, cache, all_configs = args
+    return [run_case(arch_name, c, cache, all_configs) for c in cases]
 
 
-def run_all(archs: Sequence[str], cases: Sequence[Case], jobs: int, cache: Optional[str]) -> List[Dict[str, object]]:
+def run_all(archs: Sequence[str], cases: Sequence[Case], jobs: int, cache: Optional[str],
+            all_configs: bool = True) -> List[Dict[str, object]]:
     work = [(a, c) for a in archs for c in cases]
     if jobs <= 1 or len(work) <= 1:
-        return [run_case(a, c, cache) for a, c in work]
+        return [run_case(a, c, cache, all_configs) for a, c in work]
     # cases that differ only in Lq launch the same kernels: one worker compiles them once
     groups: Dict[Tuple, List[Case]] = {}
     for a, c in work:
         groups.setdefault((a, tuple(kv for kv in c.params if kv[0] != "lq")), []).append(c)
-    args = [(key[0], lst, cache) for key, lst in groups.items()]
+    args = [(key[0], lst, cache, all_configs) for key, lst in groups.items()]
     from multiprocessing import get_context
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
@@ -472,8 +487,8 @@ def gate_failures(results: Iterable[Dict[str, object]]) -> List[str]:
         if r.get("error"):
             fails.append(f"{where}: does not compile: {r['error']}")
             continue
-        for ln in r["launches"]:
-            w = f"{where} {ln['kernel']}"
+        for ln in r["launches"] + r.get("candidates", []):
+            w = f"{where} {ln['kernel']}" + (f" (candidate {_tile(ln)})" if ln in r.get("candidates", []) else "")
             if ln["spill_stores"] or ln["spill_loads"]:
                 fails.append(f"{w}: spills {ln['spill_stores']} B stores / {ln['spill_loads']} B loads")
             if r["op"] == "attention":
@@ -481,12 +496,18 @@ def gate_failures(results: Iterable[Dict[str, object]]) -> List[str]:
                 bad = [d for d in ln["dots"] if d != want]
                 if bad:
                     fails.append(f"{w}: dots lowered to {', '.join(sorted(set(bad)))}, not {want}")
-            elif composite_is_common(r["params"]):
+            elif composite_is_common(r["params"]) and ln in r["launches"]:
                 # one narrow load is allowed: the per-sample flip flag (a byte)
                 if _narrow(ln["ld"]) > 1 or _narrow(ln["st"]):
                     fails.append(f"{w}: narrow global accesses (< 8 B): loads {_narrow(ln['ld'])}, "
                                  f"stores {_narrow(ln['st'])} ({ln['ld']} / {ln['st']})")
     return fails
+
+
+def _tile(ln: Dict[str, object]) -> str:
+    ce = ln["constexprs"]
+    tile = "x".join(ce[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_H", "BLOCK_W", "BLOCK") if k in ce)
+    return (tile or "-") + f" w{ln['num_warps']}"
 
 
 def _widths(counts: Dict[str, int]) -> str:
@@ -511,10 +532,8 @@ def rows(results: Iterable[Dict[str, object]]) -> List[List[str]]:
         for ln in r["launches"]:
             g = ln["grid"]
             grid = "x".join(str(x) for x in (g[:2] if g[2] == 1 else g))
-            ce = ln["constexprs"]
-            tile = "x".join(ce[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_H", "BLOCK_W", "BLOCK")
-                            if k in ce) or "-"
-            out.append([f"{r['arch']} {r['case']}", ln["kernel"].strip("_").replace("kernel", "").strip("_"), tile, grid,
+            out.append([f"{r['arch']} {r['case']}", ln["kernel"].strip("_").replace("kernel", "").strip("_"),
+                        _tile(ln).split(" ")[0], grid,
                         str(ln["num_warps"]), str(ln["regs"]), str(ln["spill_stores"]), f"{ln['smem'] / 1024:.1f}",
                         str(ln["ctas_per_sm"]), f"{ln['waves']:.2f}", _dots(ln["dots"]) if ln["dots"] else "-",
                         _widths(ln["ld"]), _widths(ln["st"])])
@@ -542,7 +561,11 @@ def summary(results: List[Dict[str, object]]) -> str:
     worst = max(spilling, key=lambda t: t[1]["spill_stores"], default=None)
     dots = Counter(d for r, ln in launches if r["op"] == "attention" for d in ln["dots"])
     errors = sum(1 for r in results if r.get("error"))
+    cands = {(r["arch"], ln["kernel"], json.dumps(ln["constexprs"], sort_keys=True)): ln
+             for r in results for ln in r.get("candidates", [])}
     parts = [f"{len(results)} cases, {len(launches)} launches, {errors} failing to compile",
+             f"{len(cands)} distinct configs compiled on request (autotuning candidates, occupancy), "
+             f"{sum(1 for ln in cands.values() if ln['spill_stores'])} spill",
              f"{len(spilling)} launches spill" + (f" (worst {worst[1]['spill_stores']} B: {worst[0]['arch']} "
                                                   f"{worst[0]['case']} {worst[1]['kernel']})" if worst else ""),
              "attention dots: " + (", ".join(f"{k} {n}" for k, n in sorted(dots.items())) or "none")]
@@ -561,7 +584,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--json", default="", help="write every record here")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
     ap.add_argument("--check", action="store_true", help="exit 1 if a gate rule fails")
+    ap.add_argument("--all-configs", choices=["yes", "no", "auto"], default="auto",
+                    help="also compile every autotuning candidate (auto: for the full table only)")
     args = ap.parse_args(argv)
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") == "1":
+        print("kernels_aot: triton was imported with TRITON_INTERPRET=1; run this as its own process",
+              file=sys.stderr)
+        return 2
+    os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compile, never interpret
     try:
         import triton
     except ImportError as e:
@@ -569,10 +599,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     cases = all_cases(args.subset, args.only)
     t0 = time.perf_counter()
-    results = run_all(args.arch, cases, args.jobs, args.cache or None)
+    all_configs = args.all_configs == "yes" or (args.all_configs == "auto" and args.subset == "full")
+    results = run_all(args.arch, cases, args.jobs, args.cache or None, all_configs)
     secs = time.perf_counter() - t0
     print(f"# AOT gate: {args.subset} table, {', '.join(f'{a} ({ARCHS[a].part}, {ARCHS[a].sms} SMs)' for a in args.arch)}; "
-          f"triton {triton.__version__}; {secs:.1f} s")
+          f"triton {triton.__version__}; {'every autotuning candidate compiled; ' if all_configs else ''}{secs:.1f} s")
     print(f"# command: {' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}")
     print_table(results, args.markdown)
     print("# " + summary(results))

@@ -19,10 +19,12 @@ atomics); one reduction kernel that sums the partials, casts and writes dK, dV a
 when the prior needs a gradient: the model's prior is a buffer).
 
 Precision: fp16/bf16 inputs run on tensor cores with fp32 accumulation. fp32 inputs take
-``precision`` = "tf32x3" by default: three tf32 MMAs per dot (hi*hi + hi*lo + lo*hi), tensor cores
-at about fp32 accuracy (1e-6 of max|ref| where plain tf32, whose operands the hardware truncates to
-10 mantissa bits, is off by 2.5e-3; bench/RESULTS.md); "tf32" (one MMA per dot) or "ieee" (exact
-fp32 FMA code, no tensor cores: what the tight fp32 tests compare against the reference).
+``precision`` = "tf32" by default: one tensor-core MMA per dot on operands the hardware truncates to
+10 mantissa bits, measured 2.5e-3 of max|ref| off the float64 reference at the model's shapes
+(PyTorch's default for fp32 convolutions is TF32 too); "tf32x3" splits each operand into hi + lo
+parts for three MMAs (1e-6 of max|ref|, as exact as fp32, at 3x the MMAs and more registers: its
+configs are smaller); "ieee" is exact fp32 FMA code, no tensor cores: what the tight fp32 tests
+compare against the reference (bench/RESULTS.md, bench/kernels.py --precision-error).
 
 Configs: ``_fwd_configs`` / ``_dq_configs`` / ``_dkv_configs`` list a few tile shapes per
 (Kc, head dim, dtype, target), pruned by estimates of the registers and shared memory each needs;
@@ -50,7 +52,7 @@ from .reference import check_attention_args
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 _LOG2E = 1.4426950408889634
 PRECISIONS = ("tf32", "tf32x3", "ieee")
-DEFAULT_FP32_PRECISION = "tf32x3"
+DEFAULT_FP32_PRECISION = "tf32"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,7 +355,10 @@ REG_BUDGET = 176  # estimated fp32 tile registers per thread a config may use (p
 
 
 def _elem_bytes(dtype: torch.dtype, precision: str) -> int:
-    return 4 if dtype == torch.float32 else 2
+    """Bytes of an operand element; 8 stands for tf32x3's split operands (see _operands)."""
+    if dtype == torch.float32:
+        return 8 if precision == "tf32x3" else 4
+    return 2
 
 
 def _fits(regs: float, smem: float, target: Optional[Target]) -> bool:
@@ -387,7 +392,10 @@ def _tiles(kc: int, sizes) -> List[int]:
 
 def _operands(target: Target, e: int, *tiles: int) -> float:
     """Registers of MMA operand fragments: mma.sync (sm_80) reads both operands from registers,
-    wgmma (sm_90) its B operand (and usually A) from shared memory."""
+    wgmma (sm_90) its B operand (and usually A) from shared memory. e = 8 for tf32x3, whose hi and
+    lo parts pass through registers on both."""
+    if e == 8:
+        return 2 * sum(tiles)
     return 0.0 if target.cc >= 90 else sum(tiles) * e / 4
 
 
@@ -404,9 +412,9 @@ def _fwd_configs(m: int, kc: int, bd: int, dtype: torch.dtype, precision: str, r
 
     def cost(cf):
         thr = 32 * cf.num_warps
-        regs = (cf.block_m * bd + (3 if return_attn else 2) * cf.block_m * cf.block_n
+        regs = (cf.block_m * bd + (4 if return_attn else 3) * cf.block_m * cf.block_n  # S, P, P * prior
                 + _operands(target, e, cf.block_m * bd, cf.block_n * bd, cf.block_m * cf.block_n)) / thr
-        smem = (cf.block_m * bd + cf.num_stages * 2 * cf.block_n * bd + cf.block_m * cf.block_n) * e
+        smem = (cf.block_m * bd + cf.num_stages * 2 * cf.block_n * bd + cf.block_m * cf.block_n) * min(e, 4)
         return regs, smem
     return _keep(cands, cost, target)
 
@@ -426,9 +434,9 @@ def _dq_configs(m: int, kc: int, bd: int, dtype: torch.dtype, precision: str, ha
 
     def cost(cf):
         thr = 32 * cf.num_warps
-        regs = (cf.block_m * bd * (1 + 2 * e / 4) + 4 * cf.block_m * cf.block_n
+        regs = (cf.block_m * bd * (1 + 2 * min(e, 4) / 4) + 4 * cf.block_m * cf.block_n
                 + _operands(target, e, cf.block_n * bd, cf.block_m * cf.block_n)) / thr
-        smem = (2 * cf.block_m * bd + cf.num_stages * 2 * cf.block_n * bd + cf.block_m * cf.block_n) * e
+        smem = (2 * cf.block_m * bd + cf.num_stages * 2 * cf.block_n * bd + cf.block_m * cf.block_n) * min(e, 4)
         return regs, smem
     return _keep(cands, cost, target)
 
@@ -446,9 +454,9 @@ def _dkv_configs(m: int, kc: int, bd: int, dtype: torch.dtype, precision: str, h
 
     def cost(cf):
         thr = 32 * cf.num_warps
-        regs = (cf.block_n * bd * (2 + 2 * e / 4) + 4 * cf.block_n * cf.block_m
+        regs = (cf.block_n * bd * (2 + 2 * min(e, 4) / 4) + 4 * cf.block_n * cf.block_m
                 + _operands(target, e, cf.block_m * bd, cf.block_n * cf.block_m)) / thr
-        smem = (2 * cf.block_n * bd + cf.num_stages * 2 * cf.block_m * bd + 2 * cf.block_n * cf.block_m) * e
+        smem = (2 * cf.block_n * bd + cf.num_stages * 2 * cf.block_m * bd + 2 * cf.block_n * cf.block_m) * min(e, 4)
         return regs, smem
     return _keep(cands, cost, target)
 
