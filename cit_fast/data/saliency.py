@@ -302,6 +302,7 @@ def grabcut_refine(img: np.ndarray, prior: np.ndarray, iters: int = 4, border: f
     if fg.all() or not fg.any():
         return fg
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut seeds its colour models by k-means on OpenCV's global RNG: same image, same mask
     try:
         cv2.grabCut(np.ascontiguousarray(img[..., ::-1]), seeds, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # degenerate colour models (e.g. a flat image): keep the prior's split
@@ -494,6 +495,10 @@ class TorchMasker:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.input_size, self.threshold, self.background, self.clean = input_size, threshold, background, clean
         self.model = self._load(p, arch, num_classes).to(self.device).eval()
+        self.what = f"{arch or 'TorchScript'} model {p.name}"
+
+    def describe(self) -> str:
+        return f"masks by --model: {self.what} at {self.input_size} px on {self.device}"
 
     @staticmethod
     def _load(p: Path, arch: str, num_classes: int):

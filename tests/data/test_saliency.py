@@ -419,3 +419,20 @@ def test_imagefolder_out_inside_src_is_refused(tmp_path, capsys):
     assert cli_main(["masks", str(root), str(root / "masks"), "--no-progress"]) == 2
     assert "would read as a class folder" in capsys.readouterr().err
     assert not (root / "masks").exists()
+
+
+def test_without_opencv_the_default_falls_back_to_numpy(tmp_path, capsys, monkeypatch):
+    import cit_fast.data.saliency as saliency
+
+    monkeypatch.setattr(saliency, "_cv2", lambda: None)  # as if opencv-contrib were not installed
+    root = make_imagefolder(tmp_path / "photos", 2)
+    assert cli_main(["masks", str(root), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "masks by rbd" in out and "numpy (no OpenCV: the numpy fallback of grabcut)" in out
+    ious = []
+    for k, (c, seed) in enumerate([("cup", 0), ("cup", 1), ("rocket", 10), ("rocket", 11)]):
+        m = np.asarray(Image.open(tmp_path / "photos_masks" / c / f"{c}_{seed % 10}.png"))
+        ious.append(mask_iou(m, photo_like_scene(seed, 60, 80)[1]))
+    assert np.mean(ious) > 0.5, ious
+    assert cli_main(["masks", str(root), "--method", "fine_grained", "--overwrite", "--no-progress"]) == 2
+    assert "needs OpenCV's contrib modules" in capsys.readouterr().err
