@@ -9,6 +9,7 @@ meaningful to about +-0.05, enough to tell a mask of the object from one of its 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -90,13 +91,11 @@ def sample_photos(names: Optional[Sequence[str]] = None, skip_missing: bool = Fa
 
 
 def write_photo_folder(root, per_class: int = 40, size: int = 96, seed: int = 0,
-                       names: Sequence[str] = SKIMAGE_PHOTOS, quality: int = 90) -> "Path":
+                       names: Sequence[str] = SKIMAGE_PHOTOS, quality: int = 90) -> Path:
     """A small real-photo classification set in torchvision's ImageFolder layout, ``root/<photo>/<photo>_NN.jpg``:
     ``per_class`` random crops (70-100% of each side, half of them mirrored) of each sample photo,
     resized to ``size`` x ``size`` JPEGs. Classes are the photos (astronaut, chelsea, coffee, ...); no
     masks: ``cit-fast masks root`` makes them. Deterministic in ``seed``; written atomically per file."""
-    from pathlib import Path
-
     from ..utils import atomic_path
 
     root = Path(root)
