@@ -21,8 +21,10 @@ anything else (a function, a class with custom reconstruction) is refused with o
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import re
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -59,9 +61,21 @@ def _numpy_globals() -> List[Any]:
     return out
 
 
+@contextlib.contextmanager
+def _importing_deepspeed() -> Iterator[None]:
+    """DeepSpeed logs to stdout from its import on (and warns when it has to guess the accelerator):
+    keep a command's own output (``--json``) clean."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 def _deepspeed_globals() -> List[Any]:
     """Records DeepSpeed puts in its optimizer-state files (an enum, a dataclass, the loss scaler)."""
     out: List[Any] = []
+    if "deepspeed" not in sys.modules:
+        with contextlib.suppress(Exception), _importing_deepspeed():
+            import deepspeed  # noqa: F401
     with contextlib.suppress(Exception):
         from deepspeed.runtime.zero.config import ZeroStageEnum
 
@@ -97,8 +111,9 @@ def safe_load(path: Path, map_location: Any = "cpu", what: str = "checkpoint", d
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = _unsafe_globals(path)
-        if unsafe or "Unsupported global" in str(e) or "weights_only" in str(e).lower():
-            shown = ", ".join(unsafe[:4]) or str(e).strip().splitlines()[0][:120]
+        if unsafe or "Unsupported global" in str(e):
+            found = [l.split("GLOBAL", 1)[1].strip().split(" ")[0] for l in str(e).splitlines() if "GLOBAL" in l]
+            shown = ", ".join(unsafe[:4] or found[:4]) or "an unsupported object"
             raise CheckpointError(f"{what} {path}: refused: it pickles Python objects that loading would run "
                                   f"({shown}); cit_fast reads only tensors and plain data (weights_only=True)") from None
         raise CheckpointError(f"{what} {path}: cannot be read ({type(e).__name__}: {e})") from None
@@ -264,11 +279,12 @@ def load_deepspeed_checkpoint(path: Path) -> Dict[str, Any]:
         weights = {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
     else:
         try:
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            with _importing_deepspeed():
+                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         except ImportError:
             raise CheckpointError(f"DeepSpeed checkpoint {path}: ZeRO-{stage} weights are sharded; reading them "
                                   f"needs deepspeed installed (pip install deepspeed)") from None
-        with weights_only_torch_load(), contextlib.redirect_stdout(None):
+        with weights_only_torch_load(), contextlib.redirect_stdout(sys.stderr):
             weights = dict(get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name))
         if isinstance(module, dict):  # buffers DeepSpeed keeps beside the sharded parameters
             for k, v in module.items():

@@ -52,3 +52,40 @@ def test_report_renders_curves_and_composite_grids(tmp_path):
 def test_report_on_missing_dir_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_report_of_a_double_branch_run_shows_its_evaluation_and_both_branch_maps(tmp_path):
+    run = tmp_path / "dbl"
+    assert main(["train", "model.name=double_resnet8", "data.synthetic_version=V2", "data.synthetic_train_per_class=8",
+                 "data.synthetic_test_per_class=3", "data.batch_size=16", "optim.epochs=1", "progress=false",
+                 "intervention.plan=stratify_c", f"out_dir={run}"]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--table2", "--bg-challenge", "--out", str(run / "eval.json")]) == 0
+    assert main(["report", str(run)]) == 0
+    page = (run / "report" / "index.html").read_text()
+    assert "CIT Table II (top-1 %)" in page and "only background" in page and "Background Challenge" in page
+    assert "Per class (top-1 %)" in page and "synthetic_train_per_class" not in page  # metrics, not the config
+    parser = Images()
+    parser.feed(page)
+    cam = decode_png(parser.images["grad-cam dbl"])
+    grid = decode_png(parser.images["composite grid dbl"])
+    assert cam.shape[0] > 3.5 * 32  # four rows: content, its map, context, its map
+    # one image per class: the 8 tiles show 8 different classes' images (a spread, not the first 8)
+    assert cam.shape[1] >= 8 * 32 and grid.std() > 10
+
+
+def test_a_failing_report_leaves_nothing_behind(tmp_path, monkeypatch):
+    import cit_fast.report as report
+
+    run = tmp_path / "r"
+    assert main(["train", "model.name=resnet8", "data.synthetic_train_per_class=4", "data.synthetic_test_per_class=2",
+                 "data.batch_size=8", "optim.epochs=1", "progress=false", f"out_dir={run}"]) == 0
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(report, "gradcam_figure", broken)
+    try:
+        main(["report", str(run)])
+    except RuntimeError:
+        pass
+    assert not (run / "report").exists() and not [p for p in run.iterdir() if p.name.startswith(".")]

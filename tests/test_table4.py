@@ -20,6 +20,7 @@ def test_table4_runs_all_cells_and_appends_results(tmp_path, capsys):
     runs = [p for p in (tmp_path / "t4").iterdir() if (p / "results.json").is_file()]
     assert len(runs) == 1 + 3 * len(VERSIONS) and all((p / "train.log").stat().st_size > 0 for p in runs)
     assert "13 runs in" in out
+    assert "[1/13]" in out and "[13/13]" in out and "12 left, about" in out  # progress with an ETA
 
     # the report of the sweep: Table IV, Grad-CAM of baseline vs CIT, per-class accuracy change
     assert main(["report", str(tmp_path / "t4")]) == 0

@@ -38,17 +38,25 @@ def _base_optimizer(engine) -> torch.optim.Optimizer:
     return getattr(opt, "optimizer", opt)  # ZeRO / bf16 wrappers hold the torch optimizer
 
 
+def _flat_params(engine) -> List[Tuple[int, torch.Tensor]]:
+    """(param-group index, flat fp32 partition) of every tensor the torch optimizer steps. ZeRO-3 hands
+    its sub-groups to the optimizer one at a time (the group's params list is empty in between)."""
+    opt = engine.optimizer
+    if hasattr(opt, "fp32_partitioned_groups_flat"):  # ZeRO-3
+        return [(opt.sub_group_to_group_id[i], flat) for i, flat in enumerate(opt.fp32_partitioned_groups_flat)]
+    return [(gi, p) for gi, g in enumerate(_base_optimizer(engine).param_groups) for p in g["params"]]
+
+
 def _state_keys(engine) -> Tuple[List[str], Dict[str, Any]]:
     """(tensor keys kept per parameter, scalar state) of the optimizer, from its first flat parameter."""
     base = _base_optimizer(engine)
-    for group in base.param_groups:
-        for flat in group["params"]:
-            st = base.state.get(flat, {})
-            if st:
-                tensors = [k for k, v in st.items() if torch.is_tensor(v) and v.shape == flat.shape]
-                scalars = {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v)
-                           for k, v in st.items() if k not in tensors}
-                return tensors, scalars
+    for _, flat in _flat_params(engine):
+        st = base.state.get(flat, {})
+        if st:
+            tensors = [k for k, v in st.items() if torch.is_tensor(v) and v.shape == flat.shape]
+            scalars = {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v)
+                       for k, v in st.items() if k not in tensors}
+            return tensors, scalars
     return [], {}
 
 
@@ -93,13 +101,22 @@ def _materialise_optimizer_state(engine) -> None:
     lrs = [g["lr"] for g in base.param_groups]
     for g in base.param_groups:
         g["lr"] = 0.0
-        for flat in g["params"]:
-            flat.grad = torch.zeros_like(flat)
-    base.step()
+    for gi, flat in _flat_params(engine):
+        group = base.param_groups[gi]
+        kept = group["params"]
+        group["params"] = [flat]  # one partition at a time (ZeRO-3 steps its sub-groups so)
+        flat.grad = torch.zeros_like(flat)
+        others = [g["params"] for g in base.param_groups if g is not group]
+        for g in base.param_groups:
+            if g is not group:
+                g["params"] = []
+        base.step()
+        flat.grad = None
+        for g, params in zip([g for g in base.param_groups if g is not group], others):
+            g["params"] = params
+        group["params"] = kept
     for g, lr in zip(base.param_groups, lrs):
         g["lr"] = lr
-        for flat in g["params"]:
-            flat.grad = None
     link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
     if link is not None:  # ZeRO-1/2 and bf16: map each parameter's fragment into the new state
         engine.optimizer._hp_optimizer_states_linked = False
@@ -140,7 +157,7 @@ def load_consolidated(engine, path: Path, client: Dict[str, Any], saved_world: i
                 p.data.copy_(full.to(p.dtype))
         else:
             p.data.copy_(full.to(p.dtype))
-    for st in base.state.values():
+    for st in (base.state[flat] for _, flat in _flat_params(engine) if flat in base.state):
         for key, value in data["scalars"].items():
             st[key] = value.clone().to(st[key].device) if torch.is_tensor(value) and key in st else value
     for g, saved in zip(base.param_groups, data["param_groups"]):
