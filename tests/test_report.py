@@ -2,6 +2,7 @@ import base64
 import io
 from html.parser import HTMLParser
 
+import pytest
 import numpy as np
 from PIL import Image
 
@@ -89,3 +90,19 @@ def test_a_failing_report_leaves_nothing_behind(tmp_path, monkeypatch):
     except RuntimeError:
         pass
     assert not (run / "report").exists() and not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_report_and_eval_of_a_deepspeed_run(tmp_path, monkeypatch):
+    """A DeepSpeed run's checkpoint is a directory: eval reads it, the report draws its Grad-CAM."""
+    pytest.importorskip("deepspeed")
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    run = tmp_path / "ds"
+    assert main(["train", "model.name=resnet8", "dist.engine=deepspeed", "dist.zero_stage=2",
+                 "data.synthetic_train_per_class=4", "data.synthetic_test_per_class=2", "data.batch_size=8",
+                 "optim.epochs=1", "progress=false", f"out_dir={run}"]) == 0
+    ck = run / "checkpoints" / "ds_e0001_s000000"
+    assert ck.is_dir() and main(["eval", "--checkpoint", str(ck), "--out", str(tmp_path / "e.json")]) == 0
+    assert main(["report", str(run)]) == 0
+    parser = Images()
+    parser.feed((run / "report" / "index.html").read_text())
+    assert decode_png(parser.images["grad-cam ds"]).std() > 10

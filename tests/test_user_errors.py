@@ -312,3 +312,20 @@ def test_every_gauge_is_set_even_when_epochs_are_shorter_than_log_interval(tmp_p
     for gauge in ("cit_fast_loss", "cit_fast_learning_rate", "cit_fast_throughput_samples_per_second"):
         assert values[gauge] > 0, gauge
     assert 'cit_fast_memory_bytes{job="cit_fast",kind="host_rss"' in text
+
+
+@pytest.mark.distributed
+def test_torchrun_launcher_needs_nothing_on_path(tmp_path, arrays_file):
+    """launchers/torchrun.sh runs the torchrun of the Python that has cit_fast, with a bare PATH."""
+    launcher = str(Path(__file__).resolve().parents[1] / "launchers" / "torchrun.sh")
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = "/usr/bin:/bin"
+    r = subprocess.run([launcher, "2", "--", f"data.train={arrays_file}", f"data.test={arrays_file}",
+                        f"out_dir={tmp_path / 'r'}", *FAST[:1], "optim.epochs=1", "data.batch_size=2",
+                        "progress=false", "threads=1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["world_size"] == 2
+    r = subprocess.run([launcher, "2", "--", "optim.lr=fast"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 2 and r.stderr.strip() == "cit-fast train: error: optim.lr: expected a number, got 'fast'"
