@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 # torch is pinned: an unpinned `pip install torch` pulls several GB of CUDA wheels.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test test-fast test-gpu bench clean
+.PHONY: venv demo test test-fast test-gpu gpu-check bench clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ test-fast: venv
 test-gpu: venv
 	$(PY) -m pytest -q -m "cuda or not slow" tests/kernels
 	$(PY) bench/kernels.py
+
+# On a machine with a GPU: the cuda tests, the kernel and pipeline benchmarks (DALI mixed decoding)
+# and short bf16 channels-last trainings (1 GPU; 2 processes over NCCL), every figure appended to
+# bench/RESULTS.md with the device name (~8 min on one H100/H200). Without CUDA: one line, exit 1.
+gpu-check: venv
+	$(PY) bench/gpu_check.py
 
 clean:
 	rm -rf runs build *.egg-info

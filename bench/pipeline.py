@@ -16,10 +16,11 @@ measures, each with intervention plan stratify_c and the same number of workers:
   (c) dali          cit_fast's DaliPipeline (DALI decoding and resizing, max(1, workers) threads),
                     decode reuse off/on.
 (b) and (c) end in ``compose``, i.e. ``kernels.composite`` (on a CPU the PyTorch reference, run
-over cache-sized chunks), as training runs them: every end-to-end configuration yields model
-inputs, normalised float32 (B, 3, S, S) composites on --device. One more view of (b) and (c) with
-decode reuse: the raw batches alone, the host data path that feeds an accelerator (where compose
-is the Triton kernel).
+over cache-sized chunks), as training runs them (the torch pipeline on a CPU: in its workers):
+every end-to-end configuration yields model inputs, normalised float32 (B, 3, S, S) composites on
+--device. For comparison, torch with the composite after the loader (the GPU arrangement, on the
+CPU); and (b), (c) with decode reuse stopping at the raw batches, the host data path that feeds an
+accelerator (where compose is the Triton kernel).
 
 Timing: per configuration one epoch, the first --warmup batches (worker start-up, pipeline build)
 untimed; --repeats rounds with the configurations interleaved. samples/s and ms/batch: the median
@@ -125,9 +126,11 @@ def baseline_batches(samples, args, epoch: int) -> Iterator[torch.Tensor]:
 # (b), (c) ours
 
 
-def pipeline_batches(kind: str, reuse: bool, raw_only: bool = False) -> Callable:
-    """raw_only: stop before compose -- the host data path that feeds an accelerator, where compose
-    is the Triton kernel."""
+def pipeline_batches(kind: str, reuse: bool, how: str = "pipeline") -> Callable:
+    """how: "pipeline" -- the pipeline's own iteration, as training runs it (on a CPU the torch
+    pipeline composes in its workers); "after" -- raw batches, then compose in this process (the
+    GPU arrangement, here on the CPU); "raw" -- stop before compose: the host data path that
+    feeds an accelerator, where compose is the Triton kernel."""
     def run(samples, args, epoch: int) -> Iterator[torch.Tensor]:
         from cit_fast.data.pipeline import compose
 
@@ -140,8 +143,12 @@ def pipeline_batches(kind: str, reuse: bool, raw_only: bool = False) -> Callable
             from cit_fast.data.torch_pipeline import TorchPipeline as cls
         p = cls(samples, spec)
         p.set_epoch(epoch)
-        for raw in p.raw_batches():
-            yield raw["obj"] if raw_only else compose(raw, spec)["image"]
+        if how == "pipeline":
+            for b in p:
+                yield b["image"]
+        else:
+            for raw in p.raw_batches():
+                yield raw["obj"] if how == "raw" else compose(raw, spec)["image"]
 
     return run
 
@@ -231,8 +238,9 @@ def main(argv=None) -> int:
     for kind in ("torch", "dali"):
         for reuse in (False, True):
             configs[kind + (" + decode reuse" if reuse else "")] = pipeline_batches(kind, reuse)
+    configs["torch + decode reuse, compose after the loader"] = pipeline_batches("torch", True, "after")
     for kind in ("torch", "dali"):
-        configs[f"{kind} + decode reuse, raw batches (host path)"] = pipeline_batches(kind, True, True)
+        configs[f"{kind} + decode reuse, raw batches (host path)"] = pipeline_batches(kind, True, "raw")
     if args.only:
         unknown = [c for c in args.only if c not in configs]
         if unknown:

@@ -229,10 +229,16 @@ class Pipeline(ABC):
     def raw_batches(self) -> Iterator[Batch]:
         """Raw uint8 batches (see module doc) for the rest of the epoch, on any device."""
 
-    def __iter__(self) -> Iterator[Batch]:
+    def model_batches(self) -> Iterator[Batch]:
+        """Model inputs (``compose`` of each raw batch) for the rest of the epoch. A pipeline may
+        compose elsewhere (the torch pipeline on a CPU: in its loader workers)."""
         for raw in self.raw_batches():
-            self.start_batch += 1
             yield compose(raw, self.spec)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.model_batches():
+            self.start_batch += 1
+            yield batch
         self.start_batch = 0
 
 

@@ -3,7 +3,12 @@
 The DataLoader's sampler yields whole batches of (index, partner) keys and the dataset fetches a
 batch per key, so in-memory data is gathered with one fancy-index per column and files
 are decoded in worker processes, each sample of a batch once even when it is both an object and a
-context (with ``decode_reuse`` that is every sample). The blend happens after the loader, in ``compose``.
+context (with ``decode_reuse`` that is every sample).
+
+Where the blend runs: on a GPU after the loader, in ``compose`` (the Triton kernel, one pass over
+the uint8 batch that crossed the bus); on a CPU inside the loader workers, which then hand over
+model inputs (the composite is CPU work too, and the main process would run it on one thread
+after the workers).
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .pipeline import Batch, Pipeline, PipelineSpec, crop_pairs, decode_set, flip_flags
+from .pipeline import Batch, Pipeline, PipelineSpec, compose, crop_pairs, decode_set, flip_flags
 from .records import DataError, SampleSet
 
 
@@ -44,10 +49,14 @@ def _resize(images: List[np.ndarray], masks: List[np.ndarray], size: int) -> Tup
 
 
 class CompositeDataset(Dataset):
-    """Fetches batches of (object, its mask, context partner, the partner's mask) by key."""
+    """Fetches batches of (object, its mask, context partner, the partner's mask) by key.
 
-    def __init__(self, samples: SampleSet, spec: PipelineSpec, epoch: int):
+    compose=True: returns the model inputs instead (``_assemble`` and ``compose`` in the worker).
+    """
+
+    def __init__(self, samples: SampleSet, spec: PipelineSpec, epoch: int, compose: bool = False):
         self.samples, self.spec, self.epoch = samples, spec, epoch
+        self.compose = compose
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -68,6 +77,12 @@ class CompositeDataset(Dataset):
         return s.in_memory and not spec.image_size and not (spec.train and spec.crop_padding)
 
     def __getitem__(self, key: Tuple[np.ndarray, np.ndarray]) -> Dict[str, np.ndarray]:
+        batch = self._fetch(key)
+        if not self.compose:
+            return batch
+        return compose(_assemble(_to_tensors(batch), self.spec, self.epoch), self.spec)
+
+    def _fetch(self, key: Tuple[np.ndarray, np.ndarray]) -> Dict[str, np.ndarray]:
         """key = (indices, partners) of one whole batch.
 
         In-memory data without resizing or cropping: the raw batch itself. Otherwise the batch's
@@ -122,18 +137,29 @@ def _to_tensors(batch: Dict[str, np.ndarray]) -> Batch:
 
 
 class TorchPipeline(Pipeline):
+    def _loader(self, keys, compose: bool) -> DataLoader:
+        ds = CompositeDataset(self.samples, self.spec, self.epoch, compose=compose)
+        return DataLoader(ds, batch_size=None, sampler=keys, collate_fn=_to_tensors,
+                          num_workers=self.spec.num_workers,
+                          pin_memory=self.spec.device.type == "cuda",
+                          prefetch_factor=4 if self.spec.num_workers else None,
+                          # its own generator: drawing worker seeds from the global RNG would
+                          # shift a resumed run's dropout stream by one draw
+                          generator=torch.Generator().manual_seed(self.spec.seed * 1000003 + self.epoch))
+
+    def model_batches(self) -> Iterator[Batch]:
+        if self.spec.device.type != "cpu":
+            yield from super().model_batches()
+            return
+        keys = self.batch_keys()
+        if keys:
+            yield from self._loader(keys, compose=True)  # composed in the workers
+
     def raw_batches(self) -> Iterator[Batch]:
         keys = self.batch_keys()
         if not keys:
             return
-        ds = CompositeDataset(self.samples, self.spec, self.epoch)
-        loader = DataLoader(ds, batch_size=None, sampler=keys, collate_fn=_to_tensors,
-                            num_workers=self.spec.num_workers,
-                            pin_memory=self.spec.device.type == "cuda",
-                            prefetch_factor=4 if self.spec.num_workers else None,
-                            # its own generator: drawing worker seeds from the global RNG would
-                            # shift a resumed run's dropout stream by one draw
-                            generator=torch.Generator().manual_seed(self.spec.seed * 1000003 + self.epoch))
+        loader = self._loader(keys, compose=False)
         gpu = self.spec.device.type == "cuda"
         for b in loader:
             if gpu and "images" in b:
