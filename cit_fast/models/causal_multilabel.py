@@ -162,12 +162,15 @@ class CausalMultiLabel(nn.Module):
         u = self.ctx_head(self.ctx_proj(self.confounders.z.to(mix.dtype)))  # (K, C)
         return mix @ u
 
-    def intervene(self, feats: torch.Tensor) -> torch.Tensor:
-        """Label features X (B, C, D) -> intervened features H (B, C, D) (backdoor over Z)."""
+    def intervene(self, feats: torch.Tensor, return_attn: bool = False):
+        """Label features X (B, C, D) -> intervened features H (B, C, D) (backdoor over Z); with
+        ``return_attn`` also the attention over the confounders (B, heads, C, K) (diagnostics)."""
         z = self.confounders.z.to(feats.dtype)
-        e = causal_attention(self.q_proj(feats), self.k_proj(z), self.v_proj(z),
-                             self.confounders.prior.to(feats.dtype), self.num_heads)  # (B, C, D)
-        return self.norm(feats + self.out_proj(e))
+        out = causal_attention(self.q_proj(feats), self.k_proj(z), self.v_proj(z),
+                               self.confounders.prior.to(feats.dtype), self.num_heads, return_attn=return_attn)
+        e, attn = out if return_attn else (out, None)  # (B, C, D), (B, H, C, K)
+        h = self.norm(feats + self.out_proj(e))
+        return (h, attn) if return_attn else h
 
     def correlations(self, feats: torch.Tensor) -> torch.Tensor:
         """Causal label correlations R (B, C, C): R[b, i, j] = effect of category i on category j."""
