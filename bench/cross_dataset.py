@@ -75,7 +75,7 @@ def main() -> None:
 
     import torch
 
-    from cit_fast.cross_dataset import run_cross_eval
+    from cit_fast.eval.cross_dataset import run_cross_eval
 
     out = Path(args.out_dir)
     t0 = time.perf_counter()

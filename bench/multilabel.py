@@ -100,7 +100,8 @@ def _pretrain(out: Path, epochs: int, lr: float) -> str:
 
 def _evaluate(checkpoint: str, pairs: List[Tuple[int, int]]) -> Dict[str, float]:
     from cit_fast.eval.run import load_run
-    from cit_fast.train.metrics_eval import collect, multilabel_report
+    from cit_fast.eval.collect import collect
+    from cit_fast.eval.scores import multilabel_report
 
     run = load_run(checkpoint, device="cpu")
     scores, targets = collect(run.model, run.pipeline())

@@ -76,7 +76,7 @@ def _train(args: Tuple[str, List[str]]) -> Tuple[str, float, str]:
 
 
 def _evaluate(checkpoint: str) -> Dict[str, float]:
-    from cit_fast.train.eval_cli import run_eval
+    from cit_fast.eval.commands import run_eval
 
     double = not Path(checkpoint).parts[-3].startswith("Baseline")
     ev = run_eval(checkpoint, bg_challenge=True, table2=double and "Only" not in checkpoint)

@@ -171,7 +171,7 @@ class CamMasker:
 
     def cam(self, img: np.ndarray, class_name: Optional[str] = None) -> Tuple[np.ndarray, int]:
         """(float (H, W) map in [0, 1] at the image's size, the class explained)."""
-        from .explain import grad_cam
+        from .eval.explain import grad_cam
 
         x = self._input(img)
         classes = self.clf.classes

@@ -171,9 +171,8 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .train.eval_cli import run_eval
-
-    from .train.metrics_eval import format_report
+    from .eval.commands import run_eval
+    from .eval.tables import format_report
 
     report = run_eval(args.checkpoint, args.overrides, args.out, pairs=args.pairs, bg_challenge=args.bg_challenge,
                       table2=args.table2, top_k=args.top_k)
@@ -182,7 +181,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_cross_eval(args) -> int:
-    from .cross_dataset import format_cross_report, run_cross_eval
+    from .eval.cross_dataset import format_cross_report, run_cross_eval
 
     report = run_cross_eval(args.checkpoint, args.mapping, args.overrides, args.out, source_too=args.source_too)
     print(json.dumps(report, indent=2) if args.json else format_cross_report(report))
@@ -243,11 +242,11 @@ def _cmd_explain(args) -> int:
 
     from .errors import UsageError
     from .eval.run import load_run
-    from .explain import explain_images
+    from .eval.explain import explain_images
     from .utils import atomic_path
 
     if args.diagnostics:
-        from .diagnostics import run_diagnostics
+        from .eval.diagnostics import run_diagnostics
 
         paths = run_diagnostics(args.checkpoint, args.out, args.overrides, args.embedding, args.max_images)
         print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -155,7 +155,7 @@ def _latest_ckpt(run: Path) -> Optional[Path]:
 def gradcam_figure(run: Path, out: Path, n: int = 8) -> Optional[bytes]:
     """Grad-CAM of the run's newest checkpoint over a spread of test classes (every model family)."""
     from .eval.run import load_run
-    from .explain import explain_images, spread_indices
+    from .eval.explain import explain_images, spread_indices
 
     ck = _latest_ckpt(run)
     if ck is None:
@@ -172,7 +172,7 @@ def per_class_change_figure(pairs: List[tuple], out: Path) -> Optional[bytes]:
     import matplotlib.pyplot as plt
 
     from .eval.run import load_run
-    from .explain import per_class_accuracy
+    from .eval.explain import per_class_accuracy
 
     deltas = []
     for name, base, cit in pairs:
@@ -197,7 +197,7 @@ def per_class_change_figure(pairs: List[tuple], out: Path) -> Optional[bytes]:
 
 def multilabel_section(run: Path, out_dir: Path) -> List[str]:
     """Causal multi-label runs: PCA of label features and confounders, confounder attention per label."""
-    from .diagnostics import run_diagnostics
+    from .eval.diagnostics import run_diagnostics
 
     ck = _latest_ckpt(run)
     if ck is None:
@@ -343,7 +343,7 @@ def _build_report(root: Path, runs: List[Path], out_dir: Path, title: str) -> No
 
     pairs = [(v, by_name[f"none-{v}"], by_name[f"stratify_c-{v}"]) for v in VERSIONS
              if f"none-{v}" in by_name and f"stratify_c-{v}" in by_name]
-    from .diagnostics import run_is_multilabel_transformer
+    from .eval.diagnostics import run_is_multilabel_transformer
 
     multilabel_runs = [r for r in runs[:4] if run_is_multilabel_transformer(r)]
     cam_runs = [r for p in pairs[-1:] for r in p[1:]] if pairs else runs[:2]

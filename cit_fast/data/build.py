@@ -1,7 +1,7 @@
 """From a DataConfig to SampleSets and pipelines."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -68,11 +68,14 @@ def _load_coco(path: str, root: str, classes=None, verify: str = "header") -> Sa
 
 def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world_size: int = 1,
                    device: torch.device = torch.device("cpu"), output: str = "image",
-                   batch_size: int = 0, out_dtype: torch.dtype = torch.float32) -> Pipeline:
+                   batch_size: int = 0, out_dtype: torch.dtype = torch.float32,
+                   plan: Optional[str] = None) -> Pipeline:
+    """The run's pipeline over ``samples``: cfg's kind (torch / DALI), sizes, normalisation and, in
+    training, its intervention plan (``plan`` names another one, e.g. for the evaluation probes)."""
     d = cfg.data
     spec = PipelineSpec(
         batch_size=batch_size or d.batch_size,
-        plan=cfg.intervention.plan if train else "none",
+        plan=plan or (cfg.intervention.plan if train else "none"),
         output=output,
         epochwise=cfg.intervention.epochwise if train else False,
         train=train, image_size=d.image_size, hflip=d.hflip, crop_padding=d.crop_padding,

@@ -1,4 +1,5 @@
-"""Evaluation: top-1 / top-5 accuracy over a pipeline, reduced over ranks (and mAP for multi-hot labels)."""
+"""Evaluation during training: top-1 / top-5 accuracy over a pipeline, reduced over ranks (and mAP
+for multi-hot labels), with the scores of the evaluation wing (``cit_fast.eval``)."""
 from __future__ import annotations
 
 from typing import Callable, Dict
@@ -6,53 +7,31 @@ from typing import Callable, Dict
 import torch
 import torch.distributed as dist
 
-from ..data.pipeline import Batch, Pipeline
-
-
-def model_inputs(batch: Batch) -> tuple:
-    """The positional inputs a model takes from a composed batch."""
-    if "content" in batch:
-        return batch["content"], batch["context"]
-    return (batch["image"],)
+from ..data.batch import model_inputs
+from ..data.pipeline import Pipeline
+from ..eval.collect import collect
+from ..eval.scores import mean_ap, multilabel_hits, topk_correct
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, pipeline: Pipeline,
              forward: Callable[..., torch.Tensor] | None = None) -> Dict[str, float]:
     """{'top1': %, 'top5': %, 'n': samples} over the pipeline's samples (all ranks together)."""
+    forward = forward or model
+    if pipeline.samples.multilabel:  # mAP needs every score: gathered once over the ranks
+        scores, targets = collect(model, pipeline, lambda b: forward(*model_inputs(b)))
+        return {**multilabel_hits(scores, targets), "mAP": mean_ap(scores, targets)[0], "n": int(len(scores))}
     was_training = model.training
     model.eval()
-    forward = forward or model
     device = pipeline.spec.device
-    correct1 = torch.zeros((), dtype=torch.float64, device=device)
-    correct5 = torch.zeros((), dtype=torch.float64, device=device)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    if pipeline.samples.multilabel:
-        return _evaluate_multilabel(model, pipeline, forward, was_training)
-    for batch in pipeline:
-        logits = forward(*model_inputs(batch)).float()
-        y = batch["label"]
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices
-        hit = topk == y[:, None]
-        correct1 += hit[:, 0].sum()
-        correct5 += hit.any(dim=1).sum()
-        total += len(y)
-    if dist.is_available() and dist.is_initialized():
-        stats = torch.stack([correct1, correct5, total])
-        dist.all_reduce(stats)
-        correct1, correct5, total = stats
-    model.train(was_training)
-    n = float(total)  # host sync: once per evaluation
-    return {"top1": 100.0 * float(correct1) / max(n, 1), "top5": 100.0 * float(correct5) / max(n, 1), "n": int(n)}
-
-
-def _evaluate_multilabel(model, pipeline: Pipeline, forward, was_training: bool) -> Dict[str, float]:
-    """Multi-hot labels: mAP (%), and top-1 / top-5 as "the top-k scores hold a true label" (%)."""
-    from .metrics_eval import collect, mean_ap, multilabel_hits
-
+    stats = torch.zeros(3, dtype=torch.float64, device=device)  # correct top-1, correct top-5, total
     try:
-        scores, targets = collect(model, pipeline, lambda b: forward(*model_inputs(b)))  # all ranks
+        for batch in pipeline:
+            hits = topk_correct(forward(*model_inputs(batch)).float(), batch["label"], (1, 5))
+            stats += torch.stack([hits[1], hits[5], torch.tensor(len(batch["label"]), device=hits[1].device)]).to(stats)
     finally:
         model.train(was_training)
-    return {**multilabel_hits(scores, targets), "mAP": mean_ap(scores, targets)[0], "n": int(len(scores))}
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stats)
+    correct1, correct5, n = stats.tolist()  # host sync: once per evaluation
+    return {"top1": 100.0 * correct1 / max(n, 1), "top5": 100.0 * correct5 / max(n, 1), "n": int(n)}

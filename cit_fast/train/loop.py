@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from ..config import TrainConfig, finalize, save_config, to_dict
 from ..data.build import build_datasets, build_pipeline, require_masks
 from ..data.mix import mix_batch, soft_cross_entropy
-from ..data.pipeline import Batch, Pipeline
+from ..data.batch import Batch, model_inputs
+from ..data.pipeline import Pipeline
 from ..models import build_model, model_task
 from ..metrics import TrainingMetrics
 from ..errors import CheckpointError, ConfigError, UsageError
@@ -32,7 +33,7 @@ from ..utils import atomic_write_json, print0
 from .. import checkpoint as ckpt
 from .distributed import DistEnv, setup_distributed
 from .engine import Engine, autocast_dtype, build_engine
-from .evaluate import evaluate, model_inputs
+from .evaluate import evaluate
 from .losses import build_loss
 
 # Fault injection for the recovery tests: the given rank exits hard at this global step, on the

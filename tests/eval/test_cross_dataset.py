@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cit_fast.cli import main as cli
-from cit_fast.cross_dataset import common_class_ap, match_classes
+from cit_fast.eval.cross_dataset import common_class_ap, match_classes
 from cit_fast.data.nuswide import save_nuswide
 from cit_fast.data.records import DataError, SampleSet
 from cit_fast.data.synthetic import save_arrays

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cit_fast.explain import grad_cam, overlay
+from cit_fast.eval.explain import grad_cam, overlay
 from cit_fast.models import create_model
 
 

@@ -20,14 +20,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import yaml
 
-from .data.records import DataError, SampleSet
+from ..config import from_dict, infer_source, merge_trees, parse_overrides, resolve_paths, resolve_source, to_dict
+from ..data.build import build_datasets, build_pipeline, load_split
+from ..data.records import DataError, SampleSet
+from ..utils import atomic_write_json
+from .collect import collect
+from .run import load_run
+from .scores import average_precision
 
 
 def load_mapping(path: str) -> Dict[str, str]:
     """{source class: target class} from a YAML/JSON mapping file."""
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise DataError(f"mapping {path}: not found")
@@ -75,8 +80,6 @@ def match_classes(mapping: Dict[str, str], source: Sequence[str], target: Sequen
 def common_class_ap(scores: np.ndarray, targets: np.ndarray, pairs: Sequence[Tuple[int, int]],
                     source: Sequence[str], target: Sequence[str]) -> Dict[str, Any]:
     """scores (N, C_source), targets (N, C_target) multi-hot -> mAP (%) and AP (%) per common class."""
-    from .train.metrics_eval import average_precision
-
     rows = []
     for si, ti in pairs:
         ap = 100 * average_precision(scores[:, si], targets[:, ti])
@@ -94,8 +97,6 @@ def _multi_hot(samples: SampleSet) -> np.ndarray:
 
 
 def _target_set(cfg) -> SampleSet:
-    from .data.build import build_datasets, load_split
-
     d = cfg.data
     if d.source == "synthetic":
         return build_datasets(d)[1]
@@ -105,9 +106,6 @@ def _target_set(cfg) -> SampleSet:
 
 
 def _scores(model, samples: SampleSet, cfg, device, task: str) -> np.ndarray:
-    from .data.build import build_pipeline
-    from .train.metrics_eval import collect
-
     labelled = SampleSet(samples.images, samples.masks, _multi_hot(samples), list(samples.classes),
                          samples.strata, samples.bias, samples.name)
     pipe = build_pipeline(labelled, cfg, train=False, device=device, output="double" if task == "double" else "image")
@@ -121,11 +119,6 @@ def run_cross_eval(checkpoint: str, mapping: str, overrides: Sequence[str] = (),
 
     source_too: also the same classes on the checkpoint's own test set (the in-domain reference).
     """
-    from .config import (from_dict, infer_source, merge_trees, parse_overrides, resolve_paths, resolve_source,
-                         to_dict)
-    from .eval.run import load_run
-    from .utils import atomic_write_json
-
     run = load_run(checkpoint)  # the model, its own data and classes
     state, src_cfg, src_train, src_test = run.state, run.cfg, run.train_set, run.test_set
     model, device, task = run.model, run.device, run.task

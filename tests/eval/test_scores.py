@@ -7,9 +7,10 @@ import torch.nn as nn
 
 from cit_fast.data.records import SampleSet
 from cit_fast.config import load_config
-from cit_fast.train.metrics_eval import (average_precision, bg_challenge, biased_pairs, biased_pairs_recall,
-                                         format_report, mean_ap, multilabel_report, parse_pairs, table2,
-                                         top_k_recall, topk_accuracy)
+from cit_fast.eval.probes import bg_challenge, table2
+from cit_fast.eval.scores import (average_precision, biased_pairs, biased_pairs_recall, mean_ap, multilabel_report,
+                                  parse_pairs, top_k_recall, topk_accuracy)
+from cit_fast.eval.tables import format_report
 
 
 # -- AP on tiny examples, by hand -------------------------------------------------------------------

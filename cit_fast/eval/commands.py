@@ -13,11 +13,12 @@ from typing import Any, Dict, Optional, Sequence
 
 from ..config import to_dict
 from ..errors import UsageError
-from ..eval.run import load_run
 from ..utils import atomic_write_json
-from .metrics_eval import bg_challenge as run_bg_challenge
-from .metrics_eval import collect, multilabel_hits, multilabel_report, parse_pairs, topk_accuracy
-from .metrics_eval import table2 as run_table2
+from .collect import collect
+from .probes import bg_challenge as run_bg_challenge
+from .probes import table2 as run_table2
+from .run import load_run
+from .scores import multilabel_hits, multilabel_report, parse_pairs, topk_accuracy
 
 
 def run_eval(checkpoint: str, overrides: Sequence[str] = (), out: Optional[str] = None, *, pairs: str = "",

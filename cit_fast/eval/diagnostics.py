@@ -24,8 +24,13 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+import yaml
 
-from .utils import atomic_path
+from ..errors import UsageError
+from ..models import list_models
+from ..utils import atomic_path
+from .collect import collect_outputs
+from .run import load_run
 
 EMBEDDINGS = ("pca", "tsne")
 SPACES = ("attention", "features")
@@ -38,10 +43,6 @@ def is_label_feature_model(model: torch.nn.Module) -> bool:
 
 def run_is_multilabel_transformer(run: Path) -> bool:
     """From a run directory's config.yaml, without loading anything heavy."""
-    import yaml
-
-    from .models import list_models
-
     cfg = run / "config.yaml"
     if not cfg.is_file():
         return False
@@ -52,38 +53,24 @@ def run_is_multilabel_transformer(run: Path) -> bool:
 @torch.no_grad()
 def attention_probs(model: torch.nn.Module, feats: torch.Tensor) -> torch.Tensor:
     """Label features X (B, C, D) -> the intervention's attention over the confounders (B, H, C, K)."""
-    from .kernels import causal_attention
-
-    z = model.confounders.z.to(feats.dtype)
-    _, attn = causal_attention(model.q_proj(feats), model.k_proj(z), model.v_proj(z),
-                               model.confounders.prior.to(feats.dtype), model.num_heads, return_attn=True)
-    return attn
+    return model.intervene(feats, return_attn=True)[1]
 
 
-@torch.no_grad()
 def collect(model: torch.nn.Module, batches) -> Dict[str, np.ndarray]:
-    """Over composed evaluation batches: features (N, C, D), targets (N, C), queries q(X) (N, C, D)
-    and, for a causal model, attention (N, C, K) (mean over heads)."""
-    was = model.training
-    model.eval()
-    feats, targets, queries, attn = [], [], [], []
+    """Over composed evaluation batches (all ranks, sample order): features (N, C, D), targets (N, C),
+    queries q(X) (N, C, D) and, for a causal model, attention (N, C, K) (mean over heads)."""
+
+    def outputs(batch):
+        f = model.label_features(batch["image"])  # (B, C, D)
+        out = {"features": f, "targets": batch["label"].float()}
+        if model.causal:
+            out.update(queries=model.q_proj(f), attention=attention_probs(model, f).float().mean(1))  # (B, C, K)
+        return out
+
     try:
-        for batch in batches:
-            f = model.label_features(batch["image"])  # (B, C, D)
-            feats.append(f.float().cpu())
-            targets.append(batch["label"].float().cpu())
-            if model.causal:
-                queries.append(model.q_proj(f).float().cpu())
-                attn.append(attention_probs(model, f).float().mean(1).cpu())  # (B, C, K)
-    finally:
-        model.train(was)
-    if not feats:
-        raise ValueError("diagnostics: no test batches")
-    out = {"features": torch.cat(feats).numpy(), "targets": torch.cat(targets).numpy()}
-    if attn:
-        out["queries"] = torch.cat(queries).numpy()
-        out["attention"] = torch.cat(attn).numpy()
-    return out
+        return collect_outputs(model, batches, outputs)
+    except ValueError:
+        raise UsageError("diagnostics: no test batches") from None
 
 
 def confounder_points(model: torch.nn.Module, space: str) -> np.ndarray:
@@ -207,9 +194,6 @@ def run_diagnostics(checkpoint, out_dir, overrides: Sequence[str] = (), method: 
                     max_images: int = 256, show: Optional[Sequence[str]] = None, prefix: str = "",
                     space: str = "attention") -> Dict[str, Path]:
     """Render ``{prefix}embedding.png`` and (causal models) ``{prefix}confounder_attention.png``."""
-    from .errors import UsageError
-    from .eval.run import load_run
-
     if method not in EMBEDDINGS:
         raise UsageError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got {method!r}")
     run = load_run(checkpoint, overrides)

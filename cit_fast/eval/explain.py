@@ -14,6 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.batch import model_inputs
+from ..data.pipeline import compose
+from ..errors import UsageError
+
 
 def grad_cams(model: torch.nn.Module, inputs: Sequence[torch.Tensor], classes: torch.Tensor) -> List[torch.Tensor]:
     """The model's inputs (each (B, 3, H, W)), (B,) class indices -> one (B, H, W) map in [0, 1] per
@@ -59,8 +63,6 @@ def overlay(image_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.
 
 def per_class_accuracy(model: torch.nn.Module, pipeline) -> np.ndarray:
     """Top-1 accuracy (%) of every class over the pipeline's samples."""
-    from .train.evaluate import model_inputs
-
     model.eval()
     correct: Dict[int, int] = {}
     total: Dict[int, int] = {}
@@ -106,15 +108,10 @@ def explain_images(run, indices: Optional[Sequence[int]] = None, classes: Option
 
     run: a ``cit_fast.eval.Run``; indices: test sample indices (default: a spread over the classes).
     """
-    from .data.pipeline import compose
-    from .train.evaluate import model_inputs
-
     indices = list(indices) if indices is not None else spread_indices(run.test_set)
     n = len(run.test_set)
     bad = [i for i in indices if not 0 <= i < n]
     if bad:
-        from .errors import UsageError
-
         raise UsageError(f"--indices: {bad[:5]} out of range; the test set has {n} images (0..{n - 1})")
     pipe = run.pipeline(run.test_set.subset(indices), batch_size=len(indices))
     raw = next(iter(pipe.raw_batches()))
