@@ -25,8 +25,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data.saliency import RBD_SIDE, _resize_long_side, _upsample_mask, clean_mask, grabcut_refine, grabcut_seeds
-from .errors import CheckpointError
+from .checkpoint import is_deepspeed_checkpoint, read_weights, safe_load
+from .data.layout import detect_layout
+from .data.saliency import RBD_SIDE, clean_mask, grabcut_refine, grabcut_seeds, opencv, resize_long_side, upsample_mask
+from .errors import CheckpointError, UsageError, UserError
+from .eval.explain import grad_cam
+from .eval.run import load_run
+from .models.build import model_task
+from .models.registry import create_model
+from .models.weights import fit_state_dict, is_torchvision_resnet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,8 +68,6 @@ def load_classifier(path: str, arch: str = "", device: str = "") -> Classifier:
     """A ``--classifier`` file -> Classifier; one CheckpointError line for a missing file or a file of
     the wrong kind. A cit_fast checkpoint goes through ``eval.run.load_run`` (the one door from a
     run back to its model); a torchvision state dict through ``models.weights`` (its key names)."""
-    from .checkpoint import is_deepspeed_checkpoint, read_weights, safe_load
-    from .models.weights import fit_state_dict, is_torchvision_resnet
 
     p = Path(path)
     if not p.exists():
@@ -89,7 +94,6 @@ def load_classifier(path: str, arch: str = "", device: str = "") -> Classifier:
     if arch and arch != found:
         raise CheckpointError(f"--classifier {path}: --arch {arch} does not match the state dict (its keys are "
                               f"those of a {found}); leave --arch out to use what the file holds")
-    from .models.registry import create_model
 
     model = create_model(found, num_classes=int(state["fc.weight"].shape[0]))
     state, _ = fit_state_dict(state, model, f"--classifier {path}")
@@ -101,8 +105,6 @@ def load_classifier(path: str, arch: str = "", device: str = "") -> Classifier:
 def _run_classes(cfg) -> Optional[List[str]]:
     """The class names of a folder-source run without reading its images (load_folder's order:
     the sorted class folders of data.train); None for other sources or when the folder is gone."""
-    from .data.layout import detect_layout
-    from .errors import UserError
 
     if cfg.data.source != "folder" or not cfg.data.train:
         return None
@@ -113,7 +115,6 @@ def _run_classes(cfg) -> Optional[List[str]]:
 
 
 def _check_single(config: dict, p: Path) -> None:
-    from .models.build import model_task
 
     model = config.get("model", {}) if isinstance(config, dict) else {}
     task = model_task(str(model.get("name", "")), task=str(model.get("task", "auto")))
@@ -124,7 +125,6 @@ def _check_single(config: dict, p: Path) -> None:
 
 def _from_run(p: Path, device: str) -> Classifier:
     """A cit_fast checkpoint (file, DeepSpeed directory or run directory) of a single-branch model."""
-    from .eval.run import load_run
 
     run = load_run(p, device=device or None, datasets=False)
     _check_single({"model": {"name": run.cfg.model.name, "task": run.task}}, p)
@@ -141,10 +141,9 @@ class CamMasker:
     uses_class = True  # generate_masks passes the image's class folder name
 
     def __init__(self, classifier: Classifier, device: str = "", use_cv2: bool = True):
-        from .data.saliency import _cv2
 
         self.clf = classifier
-        self.grabcut = use_cv2 and _cv2() is not None  # without OpenCV: Otsu's split of the map
+        self.grabcut = use_cv2 and opencv() is not None  # without OpenCV: Otsu's split of the map
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = classifier.model.to(self.device).eval()
         self._mean = torch.tensor(classifier.mean, device=self.device).view(1, 3, 1, 1)
@@ -171,7 +170,6 @@ class CamMasker:
 
     def cam(self, img: np.ndarray, class_name: Optional[str] = None) -> Tuple[np.ndarray, int]:
         """(float (H, W) map in [0, 1] at the image's size, the class explained)."""
-        from .eval.explain import grad_cam
 
         x = self._input(img)
         classes = self.clf.classes
@@ -186,19 +184,18 @@ class CamMasker:
 
     def __call__(self, img: np.ndarray, class_name: Optional[str] = None) -> np.ndarray:
         cam, _ = self.cam(img, class_name)
-        work = _resize_long_side(img, *RBD_SIDE)
+        work = resize_long_side(img, *RBD_SIDE)
         prior = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(work.shape[1::-1], Image.BILINEAR))
         if self.grabcut:
             binary = grabcut_refine(work, prior)
         else:
             seeds = grabcut_seeds(prior)
             binary = (seeds == 1) | (seeds == 3)  # the map above Otsu's threshold
-        return _upsample_mask(clean_mask(binary, use_cv2=self.grabcut), img.shape[:2])
+        return upsample_mask(clean_mask(binary, use_cv2=self.grabcut), img.shape[:2])
 
 
 def make_cam_masker(classifier: str, arch: str = "", device: str = "") -> CamMasker:
     """``--method cam --classifier FILE [--arch resnet18]``."""
-    from .errors import UsageError
 
     if not classifier:
         raise UsageError("--method cam needs --classifier FILE (a torchvision ResNet state dict, or a cit_fast "

@@ -116,7 +116,9 @@ def safe_load(path: Path, map_location: Any = "cpu", what: str = "checkpoint", d
             shown = ", ".join(unsafe[:4] or found[:4]) or "an unsupported object"
             raise CheckpointError(f"{what} {path}: refused: it pickles Python objects that loading would run "
                                   f"({shown}); cit_fast reads only tensors and plain data (weights_only=True)") from None
-        raise CheckpointError(f"{what} {path}: cannot be read ({type(e).__name__}: {e})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{what} {path}: cannot be read, not a PyTorch file of tensors "
+                              f"({type(e).__name__}: {first[:160]})") from None
     except Exception as e:  # truncated, not a torch file, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"{what} {path}: cannot be read, truncated or not a PyTorch file "

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from .errors import ConfigError
+from .utils import atomic_write_text
 
 SOURCES = ("auto", "synthetic", "arrays", "folder", "manifest", "coco", "nuswide")
 SYNTHETIC_VERSIONS = ("original", "V1", "V2", "V3", "V4")
@@ -88,6 +89,10 @@ class ModelConfig:
     # backdoor with z observed in training: the logits see the image's own confounder mix (its tokens'
     # nearest prototypes), marginalised with P(z) in evaluation (kmeans confounders only)
     observed_confounders: bool = False
+    correlation: str = "residual"  # causal label correlations: residual (s_j of i's intervened feature) | raising (minus j's baseline under the prior)
+    branch1_loss: float = 0.0  # weight of a second loss on branch 1's logits alone (0 = the merged output only)
+    confounder_net: str = ""  # local single-branch checkpoint (trunk's architecture): k-means over ITS spatial features (frozen), not the model's
+    freeze_trunk: bool = False  # multi-label models: the (pre-trained) trunk is not trained, its batch norm stays in eval mode
 
 
 @dataclass
@@ -302,7 +307,7 @@ def from_dict(tree: Dict[str, Any], overrides: Sequence[str] = ()) -> TrainConfi
 # every key that names a file or directory (resolved to an absolute path when a run starts, so a
 # run's config.yaml and checkpoints work from any directory)
 PATH_KEYS = ("data.train", "data.test", "data.root", "data.strata_file", "model.init", "model.init_single",
-             "dist.deepspeed_config", "out_dir")
+             "model.confounder_net", "dist.deepspeed_config", "out_dir")
 
 
 def resolve_paths(tree: Dict[str, Any], base: Path, keys: Sequence[str] = PATH_KEYS) -> Dict[str, Any]:
@@ -421,6 +426,10 @@ def validate(cfg: TrainConfig) -> None:
     _choice(mc.task, ("auto", "single", "double", "multilabel"), "model.task")
     _choice(mc.confounder_source, ("kmeans", "early", "label", "random"), "model.confounder_source")
     _choice(mc.merge, ("sum", "linear", "proposed"), "model.merge")
+    _choice(mc.correlation, ("residual", "raising"), "model.correlation")
+    _positive(mc.branch1_loss, "model.branch1_loss", allow_zero=True)
+    if mc.confounder_net and (mc.confounder_source != "kmeans" or mc.observed_confounders):
+        raise ConfigError("model.confounder_net: needs model.confounder_source=kmeans and no model.observed_confounders")
     if mc.observed_confounders and mc.confounder_source != "kmeans":
         raise ConfigError("model.observed_confounders: needs model.confounder_source=kmeans (prototypes of the "
                           f"projected tokens), got {mc.confounder_source!r}")
@@ -459,8 +468,6 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    from .utils import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 

@@ -20,6 +20,7 @@ from typing import Optional
 
 from .config import MetricsConfig
 from .errors import UsageError
+from .utils import atomic_write_text
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, start_http_server)
 
@@ -97,8 +98,6 @@ class TrainingMetrics:
             return
         sd_dir = Path(cfg.sd_dir) if cfg.sd_dir else (Path(out_dir) / "prometheus" if out_dir else None)
         if sd_dir is not None:
-            from .utils import atomic_write_text
-
             host = cfg.host if cfg.host not in ("0.0.0.0", "::") else os.uname().nodename
             self._sd_file = sd_dir / f"{cfg.job}_rank{self.rank}.json"
             atomic_write_text(self._sd_file, json.dumps(

@@ -17,7 +17,15 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .checkpoint import find_latest
+from .data.build import build_datasets, build_pipeline
+from .data.pipeline import compose
 from .errors import UsageError
+from .eval.diagnostics import run_diagnostics, run_is_multilabel_transformer
+from .eval.explain import explain_images, per_class_accuracy, spread_indices
+from .eval.run import load_run, run_dir_config
+from .models import model_task
+from .table4 import ROWS, VERSIONS, format_table
 from .utils import atomic_path, atomic_write_text
 
 
@@ -80,9 +88,6 @@ def composite_grid(run: Path, out: Path, n: int = 8) -> Optional[bytes]:
     object and on the composite (like the paper's Fig. 7)."""
     from PIL import Image
 
-    from .data.build import build_datasets, build_pipeline
-    from .data.pipeline import compose
-    from .eval.run import run_dir_config
 
     cfg = run_dir_config(run)
     if cfg is None:
@@ -147,15 +152,12 @@ def _png_bytes(arr: np.ndarray, path: Path, min_height: int = 160) -> bytes:
 
 
 def _latest_ckpt(run: Path) -> Optional[Path]:
-    from .checkpoint import find_latest
 
     return find_latest(run / "checkpoints")
 
 
 def gradcam_figure(run: Path, out: Path, n: int = 8) -> Optional[bytes]:
     """Grad-CAM of the run's newest checkpoint over a spread of test classes (every model family)."""
-    from .eval.run import load_run
-    from .eval.explain import explain_images, spread_indices
 
     ck = _latest_ckpt(run)
     if ck is None:
@@ -171,8 +173,6 @@ def per_class_change_figure(pairs: List[tuple], out: Path) -> Optional[bytes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .eval.run import load_run
-    from .eval.explain import per_class_accuracy
 
     deltas = []
     for name, base, cit in pairs:
@@ -197,7 +197,6 @@ def per_class_change_figure(pairs: List[tuple], out: Path) -> Optional[bytes]:
 
 def multilabel_section(run: Path, out_dir: Path) -> List[str]:
     """Causal multi-label runs: PCA of label features and confounders, confounder attention per label."""
-    from .eval.diagnostics import run_diagnostics
 
     ck = _latest_ckpt(run)
     if ck is None:
@@ -220,7 +219,6 @@ def _img_tag(data: bytes, alt: str) -> str:
 
 
 def _table4(root: Path) -> Optional[str]:
-    from .table4 import ROWS, VERSIONS, format_table
 
     acc = {}
     for label, fixed, plan in ROWS:
@@ -282,8 +280,6 @@ def eval_section(report: Dict, title: str) -> str:
 
 
 def _is_double(run: Path) -> bool:
-    from .eval.run import run_dir_config
-    from .models import model_task
 
     cfg = run_dir_config(run)
     return cfg is not None and model_task(cfg.model.name, False, cfg.model.task) == "double"
@@ -339,11 +335,9 @@ def _build_report(root: Path, runs: List[Path], out_dir: Path, title: str) -> No
                          + _img_tag(grid, f"composite grid {run.name}"))
     # diagnostics (the paper's Grad-CAM figure; per-class accuracy change of CIT over the baseline)
     by_name = {r.name: r for r in runs}
-    from .table4 import VERSIONS
 
     pairs = [(v, by_name[f"none-{v}"], by_name[f"stratify_c-{v}"]) for v in VERSIONS
              if f"none-{v}" in by_name and f"stratify_c-{v}" in by_name]
-    from .eval.diagnostics import run_is_multilabel_transformer
 
     multilabel_runs = [r for r in runs[:4] if run_is_multilabel_transformer(r)]
     cam_runs = [r for p in pairs[-1:] for r in p[1:]] if pairs else runs[:2]

@@ -16,6 +16,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .config import load_config
+from .train.loop import main
+from .utils import atomic_write_text
+
 VERSIONS = ("V1", "V2", "V3", "V4")
 ROWS = (("Baseline on Ori.", "original", "none"), ("Baseline on Syn.", None, "none"),
         ("CIT - Stratify B", None, "stratify_b"), ("CIT - Stratify C|A", None, "stratify_c"))
@@ -27,9 +31,6 @@ def _run_one(args: Tuple[str, List[str]]) -> Tuple[str, float, float]:
     import torch
 
     torch.set_num_threads(1)
-    from .config import load_config
-    from .train.loop import main
-
     cfg = load_config(str(DEFAULT_CONFIG), overrides)
     t0 = time.perf_counter()
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
@@ -100,8 +101,6 @@ def _eta(left: int, durations: List[float], jobs: int) -> str:
 
 def append_results(results_md: str, title: str, cmd: str, body: str) -> None:
     """Append a dated section to a markdown results file, atomically."""
-    from .utils import atomic_write_text
-
     path = Path(results_md)
     old = path.read_text() if path.exists() else "# Benchmark results\n"
     section = f"\n## {title} - {date.today().isoformat()}, {os.cpu_count()}-core CPU\n\nCommand: `{cmd}`\n\n{body}\n"
@@ -111,8 +110,6 @@ def append_results(results_md: str, title: str, cmd: str, body: str) -> None:
 
 def run_table4(out_dir: Path, overrides: Sequence[str] = (), jobs: int = 2,
                results_md: Optional[str] = None) -> Dict[str, float]:
-    from .config import load_config
-
     load_config(str(DEFAULT_CONFIG), overrides)  # fail fast on a bad override
     runs = plan_runs(out_dir, overrides)
     t0 = time.perf_counter()

@@ -8,7 +8,9 @@ import torch
 from ..config import resolve_source
 from .pipeline import Pipeline, PipelineSpec
 from .records import DataError, SampleSet
+from .nuswide import load_nuswide
 from .sources import apply_strata_file, load_arrays, load_folder, load_manifest
+from .torch_pipeline import TorchPipeline
 from .synthetic import make_cit_benchmark
 
 
@@ -38,7 +40,7 @@ def load_split(d, path: str, classes=None) -> SampleSet:
             "folder": lambda p, classes=None: load_folder(p, classes, verify=v),
             "manifest": lambda p, classes=None: load_manifest(p, d.root, classes, verify=v),
             "coco": lambda p, classes=None: _load_coco(p, d.root, classes, verify=v),
-            "nuswide": lambda p, classes=None: _load_nuswide(p, d.root, classes, verify=v)}
+            "nuswide": lambda p, classes=None: load_nuswide(p, d.root, classes, verify=v)}
     if source not in load:
         raise DataError(f"data.source={source}: not a file-based source ({', '.join(load)})")
     return load[source](path, classes=classes)
@@ -52,12 +54,6 @@ def require_masks(samples: SampleSet, why: str, missing_masks: str = "error", hi
     raise DataError(f"{samples.name}: {why} needs object masks, but the data has none; {how} (saliency, no "
                     f"weights needed), add a 'mask' column to a manifest or 'masks' to an .npz; "
                     f"data.missing_masks=full trains with every pixel as object (the intervention then does nothing)")
-
-
-def _load_nuswide(path: str, root: str, classes=None, verify: str = "header") -> SampleSet:
-    from .nuswide import load_nuswide
-
-    return load_nuswide(path, root, classes, verify=verify)
 
 
 def _load_coco(path: str, root: str, classes=None, verify: str = "header") -> SampleSet:
@@ -85,6 +81,4 @@ def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world
         from .dali_pipeline import DaliPipeline  # optional dependency: nvidia-dali
 
         return DaliPipeline(samples, spec)
-    from .torch_pipeline import TorchPipeline
-
     return TorchPipeline(samples, spec)

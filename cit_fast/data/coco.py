@@ -25,7 +25,9 @@ from typing import List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from .files import check_pairs
 from .multilabel import check_multi_hot
+from ..utils import atomic_path
 from .records import DataError, SampleSet
 
 
@@ -137,8 +139,6 @@ def load_coco(ann_file: str, root: str = "", classes: Optional[Sequence[str]] = 
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco = COCO(str(path))
         mask_paths = []
-        from ..utils import atomic_path
-
         for im in data["images"]:
             mp = out_dir / f"{im['id']}.png"
             mask_paths.append(str(mp))
@@ -151,8 +151,6 @@ def load_coco(ann_file: str, root: str = "", classes: Optional[Sequence[str]] = 
             with atomic_path(mp) as tmp:
                 Image.fromarray(m.astype(np.uint8) * 255).save(tmp, format="PNG")
     if verify != "none":
-        from .sources import check_pairs
-
         for img, im in zip(images, data["images"]):
             if not Path(img).is_file():
                 raise DataError(f"image {img}: file not found ({where}, image id {im['id']}, "

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .files import check_pairs, manifest_row_fields
 from .records import DataError, SampleSet
 
 
@@ -67,8 +68,6 @@ def check_multi_hot(labels: np.ndarray, classes: Sequence[str], where: str, requ
 def manifest_multilabel(path: Path, rows: List[dict], base: Path, classes: Optional[Sequence[str]],
                         verify: str = "header") -> SampleSet:
     """The multi-label branch of ``sources.load_manifest`` (rows already read)."""
-    from .sources import check_pairs, manifest_row_fields
-
     if "image" not in rows[0]:
         raise DataError(f"manifest {path}: missing column 'image' (has {', '.join(rows[0])})")
     first = 2 if path.suffix.lower() == ".csv" else 1

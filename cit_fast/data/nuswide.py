@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .files import check_pairs
 from .multilabel import check_multi_hot
 from .records import DataError, SampleSet
 
@@ -194,8 +195,6 @@ def _to_training_order(names: List[str], labels: np.ndarray, classes: Sequence[s
 
 def _check_images(images: List[str], rels: List[str], masks: Optional[List[str]], list_file: Path,
                   verify: str = "header") -> None:
-    from .sources import check_pairs
-
     for ln, (img, rel) in enumerate(zip(images, rels), 1):
         try:
             check_pairs([img], [masks[ln - 1] if masks is not None else None], verify)

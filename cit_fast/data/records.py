@@ -9,7 +9,6 @@ arrays at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 import numpy as np

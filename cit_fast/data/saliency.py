@@ -58,7 +58,7 @@ SEGMENTATION_ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mo
 Masker = Callable[[np.ndarray], np.ndarray]  # uint8 (H, W, 3) RGB -> uint8 (H, W) in {0, 255}
 
 
-def _cv2():
+def opencv():
     try:
         import cv2
 
@@ -189,7 +189,7 @@ def slic_numpy(lab: np.ndarray, n_segments: int = 200, compactness: float = 10.0
 
 def superpixels(img: np.ndarray, lab: np.ndarray, n_segments: int = 200, use_cv2: bool = True) -> np.ndarray:
     """int (h, w) SLIC labels 0..n-1: OpenCV's SLICO when available, else ``slic_numpy``."""
-    cv2 = _cv2() if use_cv2 else None
+    cv2 = opencv() if use_cv2 else None
     if cv2 is None or not hasattr(cv2, "ximgproc"):
         return slic_numpy(lab, n_segments)
     h, w = img.shape[:2]
@@ -310,7 +310,7 @@ def grabcut_refine(img: np.ndarray, prior: np.ndarray, iters: int = 4, border: f
     return (seeds == 1) | (seeds == 3)
 
 
-def _resize_long_side(img: np.ndarray, lo: int, hi: int) -> np.ndarray:
+def resize_long_side(img: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Resize so that the longer side lies in [lo, hi] (bicubic when enlarging, bilinear when shrinking)."""
     h, w = img.shape[:2]
     side = max(h, w)
@@ -336,7 +336,7 @@ def clean_mask(binary: np.ndarray, keep_ratio: float = 0.3, use_cv2: bool = True
 
     morph: the structuring element's side as a fraction of the longer image side.
     """
-    cv2 = _cv2() if use_cv2 else None
+    cv2 = opencv() if use_cv2 else None
     h, w = binary.shape
     k = _odd(morph * max(h, w))
     m = binary.astype(np.uint8) * 255
@@ -386,7 +386,7 @@ class SaliencyMasker:
     def __post_init__(self) -> None:
         if self.method not in SALIENCY_METHODS:
             raise UsageError(f"--method: expected one of {', '.join(SALIENCY_METHODS)} (or cam), got {self.method!r}")
-        self._cv2 = _cv2() if self.use_cv2 else None
+        self._cv2 = opencv() if self.use_cv2 else None
         if self.method == "fine_grained" and self._cv2 is None:
             raise UsageError("--method fine_grained needs OpenCV's contrib modules: "
                              "pip install opencv-contrib-python-headless (or use --method rbd)")
@@ -411,7 +411,7 @@ class SaliencyMasker:
 
     def _object(self, img: np.ndarray) -> np.ndarray:
         """rbd / grabcut: uint8 (H, W, 3) -> bool (h, w) at the working size."""
-        work = _resize_long_side(img, *RBD_SIDE)
+        work = resize_long_side(img, *RBD_SIDE)
         sal = self._rbd(work)
         if self.runs == "grabcut":
             binary = grabcut_refine(work, sal)
@@ -424,7 +424,7 @@ class SaliencyMasker:
         """spectral / fine_grained: uint8 (H, W, 3) -> float32 (h, w) in [0, 1] at the working size
         (longer side <= WORK_SIDE); rbd / grabcut: the robust-background map at their working size."""
         if self.runs in ("rbd", "grabcut"):
-            return self._rbd(_resize_long_side(img, *RBD_SIDE)).astype(np.float32)
+            return self._rbd(resize_long_side(img, *RBD_SIDE)).astype(np.float32)
         h, w = img.shape[:2]
         scale = min(1.0, WORK_SIDE / max(h, w))
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -452,7 +452,7 @@ class SaliencyMasker:
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         if self.runs in ("rbd", "grabcut"):
-            return _upsample_mask(self._object(img), img.shape[:2])
+            return upsample_mask(self._object(img), img.shape[:2])
         sal = self.saliency(img)
         s8 = np.round(sal * 255).astype(np.uint8)
         if s8.max() == s8.min():
@@ -460,10 +460,10 @@ class SaliencyMasker:
         else:
             binary = s8 > otsu_threshold(s8)
         m = clean_mask(binary, self.keep_ratio, use_cv2=self._cv2 is not None, morph=self.morph)
-        return _upsample_mask(m, img.shape[:2])
+        return upsample_mask(m, img.shape[:2])
 
 
-def _upsample_mask(m: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
+def upsample_mask(m: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
     """bool (h, w) -> uint8 (H, W) in {0, 255}, smooth edges thresholded at half."""
     im = Image.fromarray(m.astype(np.uint8) * 255)
     if im.size != (hw[1], hw[0]):

@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..utils import atomic_path
+
 Polygon = List[Tuple[float, float]]  # (x, y) in the photo's pixels
 
 # name -> (package, loader, outline): the object a CIT user would call the photo's content
@@ -96,8 +98,6 @@ def write_photo_folder(root, per_class: int = 40, size: int = 96, seed: int = 0,
     ``per_class`` random crops (70-100% of each side, half of them mirrored) of each sample photo,
     resized to ``size`` x ``size`` JPEGs. Classes are the photos (astronaut, chelsea, coffee, ...); no
     masks: ``cit-fast masks root`` makes them. Deterministic in ``seed``; written atomically per file."""
-    from ..utils import atomic_path
-
     root = Path(root)
     rng = np.random.default_rng(seed)
     for name, (img, _) in sample_photos(names).items():

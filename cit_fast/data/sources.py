@@ -10,16 +10,14 @@
 """
 from __future__ import annotations
 
-import csv
-import json
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
+from .files import check_pairs, manifest_row_fields, read_manifest_rows
 from .layout import IMAGE_EXTS, detect_layout
+from .multilabel import check_multi_hot, manifest_multilabel
 from .records import DataError, SampleSet, as_uint8_mask
 
 
@@ -81,7 +79,6 @@ def _check_side_columns(masks, strata, bias, nhw, where):
 
 def _arrays_multilabel(images, masks, labels, strata, bias, names, classes, where) -> SampleSet:
     """The multi-hot branch of load_arrays: labels (N, C) of 0/1."""
-    from .multilabel import check_multi_hot
 
     n, h, w = images.shape[:3]
     if len(labels) != n:
@@ -116,61 +113,6 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str, require_all:
 
 # ---------------------------------------------------------------------------------------------
 # files
-
-
-def image_size(path: Path, kind: str) -> tuple:
-    """(width, height) from the file header; a DataError naming the file if it cannot be read."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise DataError(f"{kind} {path}: file not found") from None
-    except Exception as e:
-        raise DataError(f"{kind} {path}: cannot read ({type(e).__name__}: {e})") from None
-
-
-def _check_jpeg_end(path: Path, kind: str) -> None:
-    """A JPEG ends with the EOI marker FF D9 (trailing padding allowed): a cheap test for truncation."""
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        f.seek(max(0, size - 64))
-        tail = f.read()
-    if b"\xff\xd9" not in tail:
-        raise DataError(f"{kind} {path}: truncated JPEG (no end-of-image marker); re-copy or remove it")
-
-
-def _check_decodes(path: Path, kind: str) -> None:
-    try:
-        with Image.open(path) as im:
-            im.load()
-    except Exception as e:
-        raise DataError(f"{kind} {path}: cannot decode ({type(e).__name__}: {e})") from None
-
-
-def check_pairs(images: Sequence[str], masks: Sequence[Optional[str]], verify: str = "header") -> None:
-    """Every image readable (``verify="full"``: decoded; ``header``: its header and, for a JPEG, its end
-    marker), its mask present, readable and of the same size."""
-    from tqdm import tqdm
-
-    full = verify == "full"
-    pairs = list(zip(images, masks))
-    bar = tqdm(pairs, desc="verify", unit="img", disable=not full or not sys.stderr.isatty(), leave=False)
-    for img, msk in bar:
-        isz = image_size(Path(img), "image")
-        if full:
-            _check_decodes(Path(img), "image")
-        elif Path(img).suffix.lower() in (".jpg", ".jpeg"):
-            _check_jpeg_end(Path(img), "image")
-        if msk is None:
-            continue
-        if not Path(msk).is_file():
-            raise DataError(f"mask {msk}: file not found (expected beside image {img})")
-        msz = image_size(Path(msk), "mask")
-        if full:
-            _check_decodes(Path(msk), "mask")
-        if msz != isz:
-            raise DataError(f"mask {msk}: size {msz[0]}x{msz[1]} does not match image {img} ({isz[0]}x{isz[1]})")
 
 
 def load_folder(root: str, classes: Optional[Sequence[str]] = None, verify: str = "header",
@@ -216,52 +158,6 @@ def load_folder(root: str, classes: Optional[Sequence[str]] = None, verify: str 
                      name=f"folder {root}")
 
 
-def _read_manifest_rows(path: Path) -> List[Dict[str, str]]:
-    if not path.is_file():
-        raise DataError(f"manifest {path}: not found")
-    if path.suffix.lower() == ".jsonl":
-        rows = []
-        for ln, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"manifest {path}, line {ln}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"manifest {path}, line {ln}: expected a JSON object")
-            rows.append(row)
-        return rows
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    raise DataError(f"manifest {path}: expected a .csv or .jsonl file")
-
-
-def manifest_row_fields(row: Dict, where: str, base: Path, has_mask: bool):
-    """(image path, mask path or None, stratum or None, bias or None) of one manifest row."""
-    img = str(row.get("image", "") or "").strip()
-    if not img:
-        raise DataError(f"{where}: empty 'image'")
-    msk = None
-    if has_mask:
-        m = str(row.get("mask", "") or "").strip()
-        if not m:
-            raise DataError(f"{where}: empty 'mask' for image {img}")
-        msk = str(base / m)
-    side = []
-    for col in ("stratum", "bias"):
-        v = row.get(col)
-        if v is not None and str(v).strip() != "":
-            try:
-                side.append(int(v))
-            except ValueError:
-                raise DataError(f"{where}: {col!r} must be an integer, got {v!r}") from None
-        else:
-            side.append(None)
-    return str(base / img), msk, side[0], side[1]
-
-
 def _manifest_classes(raw_labels: Sequence[str], path: str, first_row: int) -> List[str]:
     """The classes of a training manifest's ``label`` column: class names (sorted), or integer indices
     0..C-1 with every index present; a mix of the two, or a gap in the indices, is an error naming a row."""
@@ -294,13 +190,11 @@ def _manifest_classes(raw_labels: Sequence[str], path: str, first_row: int) -> L
 def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = None,
                   verify: str = "header") -> SampleSet:
     p = Path(path)
-    rows = _read_manifest_rows(p)
+    rows = read_manifest_rows(p)
     if not rows:
         raise DataError(f"manifest {path}: no rows")
     base = Path(root) if root else p.parent
     if "labels" in rows[0] and "label" not in rows[0]:  # multi-hot labels: see multilabel.py
-        from .multilabel import manifest_multilabel
-
         return manifest_multilabel(p, rows, base, classes, verify)
     for col in ("image", "label"):
         if col not in rows[0]:

@@ -28,6 +28,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from ..utils import atomic_path
 from .records import SampleSet
 
 SHAPE_CLASSES = ("circle", "ring", "square", "frame", "triangle", "cross", "star", "crescent", "bar", "ell")
@@ -222,8 +223,6 @@ def make_cit_benchmark(version: str, train_per_class: int = 400, test_per_class:
 
 def save_arrays(samples: SampleSet, path: str) -> None:
     """Write a SampleSet held in memory as an `arrays` .npz (atomically)."""
-    from ..utils import atomic_path
-
     if not samples.in_memory:
         raise ValueError("save_arrays needs a SampleSet held in memory")
     with atomic_path(path) as tmp:
@@ -235,8 +234,6 @@ def save_arrays(samples: SampleSet, path: str) -> None:
 def save_preview(samples: SampleSet, path, per_class: int = 10, zoom: int = 3) -> None:
     """A PNG grid, one row per class, of the first `per_class` samples of each class."""
     from PIL import Image
-
-    from ..utils import atomic_path
 
     rows = []
     for c in range(samples.num_classes):

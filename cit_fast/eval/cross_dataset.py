@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 import yaml
 
 from ..config import from_dict, infer_source, merge_trees, parse_overrides, resolve_paths, resolve_source, to_dict
@@ -120,7 +119,7 @@ def run_cross_eval(checkpoint: str, mapping: str, overrides: Sequence[str] = (),
     source_too: also the same classes on the checkpoint's own test set (the in-domain reference).
     """
     run = load_run(checkpoint)  # the model, its own data and classes
-    state, src_cfg, src_train, src_test = run.state, run.cfg, run.train_set, run.test_set
+    src_cfg, src_train, src_test = run.cfg, run.train_set, run.test_set
     model, device, task = run.model, run.device, run.task
     upd = resolve_paths(parse_overrides(overrides), Path.cwd())
     saved = to_dict(src_cfg)

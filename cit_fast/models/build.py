@@ -10,7 +10,10 @@ from typing import Any, Dict
 
 import torch.nn as nn
 
+from ..checkpoint import read_weights
+from ..utils import print0
 from . import registry
+from .weights import is_torchvision_resnet, load_weights
 
 TASKS = ("auto", "single", "double", "multilabel")
 
@@ -39,21 +42,21 @@ def model_kwargs(name: str, mcfg: Any) -> Dict[str, Any]:
     if family == "multilabel":
         kw = {"embed_dim": getattr(mcfg, "embed_dim", 128), "num_heads": getattr(mcfg, "num_heads", 4),
               "decoder_layers": getattr(mcfg, "decoder_layers", 1), "dropout": getattr(mcfg, "dropout", 0.1),
-              "init": getattr(mcfg, "init_single", "")}
+              "init": getattr(mcfg, "init_single", ""), "freeze_trunk": getattr(mcfg, "freeze_trunk", False)}
         if name.startswith("causal_"):
             kw.update(num_confounders=getattr(mcfg, "num_confounders", 16),
                       confounder_source=getattr(mcfg, "confounder_source", "kmeans"),
                       merge=getattr(mcfg, "merge", "proposed"),
-                      observed_confounders=getattr(mcfg, "observed_confounders", False))
+                      observed_confounders=getattr(mcfg, "observed_confounders", False),
+                      correlation=getattr(mcfg, "correlation", "residual"),
+                      branch1_loss=getattr(mcfg, "branch1_loss", 0.0),
+                      confounder_net=getattr(mcfg, "confounder_net", ""))
         return kw
     return {}
 
 
 def _single_branch_file(path: str) -> bool:
     """Whether a weight file holds a single-branch ResNet (torchvision's format or a cit_fast resnet*)."""
-    from ..checkpoint import read_weights
-    from .weights import is_torchvision_resnet
-
     state = read_weights(path, what="model.init")
     return is_torchvision_resnet(state) or ("fc.weight" in state and any(k.startswith(("stem.", "conv1.", "layers."))
                                                                          for k in state))
@@ -63,13 +66,9 @@ def build_model(mcfg: Any, num_classes: int) -> nn.Module:
     """``create_model(mcfg.name, num_classes, **options of its family)``, with its initial weights:
     ``model.init_single`` (the trunk of double-branch and multi-label models) and ``model.init`` (the
     whole model; for those models a single-branch file there is taken as ``init_single``)."""
-    from .weights import load_weights
-
     family = getattr(registry.get_model_fn(mcfg.name), "task", "single")
     init, init_single = getattr(mcfg, "init", ""), getattr(mcfg, "init_single", "")
     if init and family in ("double", "multilabel") and not init_single and _single_branch_file(init):
-        from ..utils import print0
-
         print0(f"model.init {init}: a single-branch ResNet; {mcfg.name} starts its "
                f"{'branches' if family == 'double' else 'trunk'} from it (as model.init_single)")
         init, init_single = "", init

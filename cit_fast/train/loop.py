@@ -25,12 +25,12 @@ from ..config import TrainConfig, finalize, save_config, to_dict
 from ..data.build import build_datasets, build_pipeline, require_masks
 from ..data.mix import mix_batch, soft_cross_entropy
 from ..data.batch import Batch, model_inputs
-from ..data.pipeline import Pipeline
 from ..models import build_model, model_task
+from ..models.causal_multilabel import MultiLabelOutput
+from ..models.confounders import fit_confounders
 from ..metrics import TrainingMetrics
 from ..errors import CheckpointError, ConfigError, UsageError
 from ..utils import atomic_write_json, print0
-from .. import checkpoint as ckpt
 from .distributed import DistEnv, setup_distributed
 from .engine import Engine, autocast_dtype, build_engine
 from .evaluate import evaluate
@@ -78,6 +78,13 @@ def compute_loss(model, batch: Batch, criterion=None) -> torch.Tensor:
     else:
         def ce(logits):
             return F.cross_entropy(logits.float(), batch["label"])
+    # -- multi-label auxiliary losses (issue 15): a training forward may return a MultiLabelOutput
+    # (merged logits, aux logits by name, loss weights); its loss is ce(logits) + sum_k w_k ce(aux_k).
+    ce_logits = ce
+
+    def ce(out):
+        return out.loss(ce_logits) if isinstance(out, MultiLabelOutput) else ce_logits(out)
+    # -- end of the multi-label branch
     if "original" in batch:  # epoch-wise augmentation: one forward over both halves
         a, b = model(torch.cat([batch["image"], batch["original"]])).chunk(2)
         return ce(a) + ce(b)  # Eq. 12
@@ -233,8 +240,6 @@ class Trainer:
             return
         if not (epoch == 0 or (refresh and epoch % refresh == 0)):
             return
-        from ..models.confounders import fit_confounders
-
         cfg, env = self.cfg, self.env
         pipe = build_pipeline(self.train_set, cfg, train=False, rank=env.rank, world_size=env.world_size,
                               device=env.device, out_dtype=self.test_pipe.spec.out_dtype)  # its shard, no augmentation

@@ -424,7 +424,7 @@ def test_imagefolder_out_inside_src_is_refused(tmp_path, capsys):
 def test_without_opencv_the_default_falls_back_to_numpy(tmp_path, capsys, monkeypatch):
     import cit_fast.data.saliency as saliency
 
-    monkeypatch.setattr(saliency, "_cv2", lambda: None)  # as if opencv-contrib were not installed
+    monkeypatch.setattr(saliency, "opencv", lambda: None)  # as if opencv-contrib were not installed
     root = make_imagefolder(tmp_path / "photos", 2)
     assert cli_main(["masks", str(root), "--no-progress"]) == 0
     out = capsys.readouterr().out

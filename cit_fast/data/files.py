@@ -1,0 +1,114 @@
+"""Image files and manifest rows, shared by every file-based source (folder, manifest, coco, nuswide,
+and the multi-label manifest): start-up checks that name the file, and the columns of a row."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from PIL import Image
+
+from .records import DataError
+
+
+def image_size(path: Path, kind: str) -> tuple:
+    """(width, height) from the file header; a DataError naming the file if it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise DataError(f"{kind} {path}: file not found") from None
+    except Exception as e:
+        raise DataError(f"{kind} {path}: cannot read ({type(e).__name__}: {e})") from None
+
+
+def _check_jpeg_end(path: Path, kind: str) -> None:
+    """A JPEG ends with the EOI marker FF D9 (trailing padding allowed): a cheap test for truncation."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - 64))
+        tail = f.read()
+    if b"\xff\xd9" not in tail:
+        raise DataError(f"{kind} {path}: truncated JPEG (no end-of-image marker); re-copy or remove it")
+
+
+def _check_decodes(path: Path, kind: str) -> None:
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:
+        raise DataError(f"{kind} {path}: cannot decode ({type(e).__name__}: {e})") from None
+
+
+def check_pairs(images: Sequence[str], masks: Sequence[Optional[str]], verify: str = "header") -> None:
+    """Every image readable (``verify="full"``: decoded; ``header``: its header and, for a JPEG, its end
+    marker), its mask present, readable and of the same size."""
+    from tqdm import tqdm
+
+    full = verify == "full"
+    pairs = list(zip(images, masks))
+    bar = tqdm(pairs, desc="verify", unit="img", disable=not full or not sys.stderr.isatty(), leave=False)
+    for img, msk in bar:
+        isz = image_size(Path(img), "image")
+        if full:
+            _check_decodes(Path(img), "image")
+        elif Path(img).suffix.lower() in (".jpg", ".jpeg"):
+            _check_jpeg_end(Path(img), "image")
+        if msk is None:
+            continue
+        if not Path(msk).is_file():
+            raise DataError(f"mask {msk}: file not found (expected beside image {img})")
+        msz = image_size(Path(msk), "mask")
+        if full:
+            _check_decodes(Path(msk), "mask")
+        if msz != isz:
+            raise DataError(f"mask {msk}: size {msz[0]}x{msz[1]} does not match image {img} ({isz[0]}x{isz[1]})")
+
+
+def read_manifest_rows(path: Path) -> List[Dict[str, str]]:
+    if not path.is_file():
+        raise DataError(f"manifest {path}: not found")
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for ln, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"manifest {path}, line {ln}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"manifest {path}, line {ln}: expected a JSON object")
+            rows.append(row)
+        return rows
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    raise DataError(f"manifest {path}: expected a .csv or .jsonl file")
+
+
+def manifest_row_fields(row: Dict, where: str, base: Path, has_mask: bool):
+    """(image path, mask path or None, stratum or None, bias or None) of one manifest row."""
+    img = str(row.get("image", "") or "").strip()
+    if not img:
+        raise DataError(f"{where}: empty 'image'")
+    msk = None
+    if has_mask:
+        m = str(row.get("mask", "") or "").strip()
+        if not m:
+            raise DataError(f"{where}: empty 'mask' for image {img}")
+        msk = str(base / m)
+    side = []
+    for col in ("stratum", "bias"):
+        v = row.get(col)
+        if v is not None and str(v).strip() != "":
+            try:
+                side.append(int(v))
+            except ValueError:
+                raise DataError(f"{where}: {col!r} must be an integer, got {v!r}") from None
+        else:
+            side.append(None)
+    return str(base / img), msk, side[0], side[1]
