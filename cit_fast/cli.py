@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
+from .config import SYNTHETIC_VERSIONS, TEST_BIAS
 from .errors import UserError
 from .utils import dist_info, is_main_process
 
@@ -70,12 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="key=value overrides of the checkpoint's config (e.g. data.test=...)")
 
     s = sub.add_parser("synth", help="write the synthetic CIT benchmark as arrays .npz files")
-    s.add_argument("--version", default="V4", choices=["original", "V1", "V2", "V3", "V4"])
+    s.add_argument("--version", default="V4", choices=SYNTHETIC_VERSIONS)
     s.add_argument("--out", required=True, help="output directory (train.npz, test.npz)")
     s.add_argument("--train-per-class", type=int, default=400)
     s.add_argument("--test-per-class", type=int, default=100)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--test-bias", default="random", choices=["random", "misleading"])
+    s.add_argument("--test-bias", default="random", choices=TEST_BIAS)
     s.add_argument("--preview", action="store_true", help="also write a PNG grid of training samples")
 
     b = sub.add_parser("table4", help="reproduce the shape of CIT Table IV on the embedded data")

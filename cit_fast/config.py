@@ -17,11 +17,27 @@ import yaml
 from .errors import ConfigError
 from .utils import atomic_write_text
 
+# The allowed values of every choice key, stated once: validate(), the CLI and the modules that act
+# on them (data.intervention, models, train.losses, data.mix, ...) import them from here.
 SOURCES = ("auto", "synthetic", "arrays", "folder", "manifest", "coco", "nuswide")
 SYNTHETIC_VERSIONS = ("original", "V1", "V2", "V3", "V4")
 PLANS = ("none", "stratify_c", "stratify_b", "random")
 PIPELINES = ("torch", "dali")
 TEST_BIAS = ("random", "misleading")
+VERIFY_MODES = ("header", "full")
+MISSING_MASKS = ("error", "full")
+MIX_MODES = ("none", "mixup", "cutmix")
+TASKS = ("auto", "single", "double", "multilabel")
+CONFOUNDER_SOURCES = ("kmeans", "early", "label", "random")
+MERGES = ("sum", "linear", "proposed")
+CORRELATIONS = ("residual", "raising")
+SCHEDULES = ("multistep", "cosine")
+OPTIMIZERS = ("sgd", "adamw")
+LOSSES = ("auto", "ce", "bce", "asl")
+ENGINES = ("ddp", "deepspeed")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+PORT_POLICIES = ("next", "disable", "error")
 
 
 @dataclass
@@ -60,7 +76,7 @@ class InterventionConfig:
 @dataclass
 class MixConfig:
     """Batch-level Mixup / CutMix on top of the intervention (CIT Table I, bottom rows)."""
-    mode: str = "none"  # none | mixup | cutmix
+    mode: str = "none"  # one of MIX_MODES
     alpha: float = 1.0  # Beta(alpha, alpha) for the mixing coefficient
     prob: float = 1.0  # probability that a batch is mixed
 
@@ -70,7 +86,7 @@ class ModelConfig:
     name: str = "resnet20"  # a name from cit_fast.models.list_models()
     num_classes: int = 0  # 0 = taken from the data
     init: str = ""  # optional local checkpoint path to initialise from (never downloaded)
-    task: str = "auto"  # auto (from the model and data) | single | double (content/context) | multilabel
+    task: str = "auto"  # one of TASKS: auto (from the model and data), single, double (content/context), multilabel
     # double-branch models (double_*, CIT Fig. 4b)
     shared_low: bool = True  # stem and low blocks shared by the content and context branches
     freeze_low: bool = False  # train only the top two blocks and the FC (CIT Sec. IV)
@@ -81,7 +97,7 @@ class ModelConfig:
     decoder_layers: int = 1
     dropout: float = 0.1
     num_confounders: int = 16  # K (k-means clusters); `label` uses one per class
-    confounder_source: str = "kmeans"  # kmeans | early | label | random
+    confounder_source: str = "kmeans"  # one of CONFOUNDER_SOURCES
     merge: str = "proposed"  # how branch 1 and the causal branch combine: sum | linear | proposed
     kmeans_iters: int = 20  # Lloyd iterations
     confounder_tokens: int = 16  # spatial tokens per training image clustered (0 = all)
@@ -115,9 +131,9 @@ class OptimConfig:
 
 @dataclass
 class DistConfig:
-    engine: str = "ddp"  # ddp (torch DDP; also a single process) | deepspeed
+    engine: str = "ddp"  # one of ENGINES: ddp (torch DDP; also a single process), deepspeed
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast under ddp; DeepSpeed's own under deepspeed)
+    precision: str = "fp32"  # one of PRECISIONS (autocast under ddp; DeepSpeed's own under deepspeed)
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     sync_bn: bool = False  # SyncBatchNorm across ranks (ddp): batch statistics over the global batch
@@ -130,7 +146,7 @@ class MetricsConfig:
     enabled: bool = False  # serve Prometheus metrics from every rank
     host: str = "127.0.0.1"  # bind address; 0.0.0.0 to let a remote Prometheus scrape
     base_port: int = 9400  # rank with local_rank r serves on base_port + r; 0 = ephemeral ports
-    on_port_taken: str = "next"  # next (try the following ports) | disable | error
+    on_port_taken: str = "next"  # one of PORT_POLICIES: next (try the following ports), disable, error
     job: str = "cit_fast"  # value of the `job` label
     sd_dir: str = ""  # write file-SD targets here ("" = <out_dir>/prometheus)
     linger_seconds: float = 0.0  # keep serving this long after training ends (short jobs)
@@ -148,7 +164,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/default"
     resume: str = ""  # "" = fresh start, "auto" = newest complete checkpoint in out_dir, or a path
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # one of DEVICES
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     log_interval: int = 50  # steps between host syncs for logging
     eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
@@ -393,11 +409,11 @@ def validate(cfg: TrainConfig) -> None:
     _choice(d.synthetic_test_bias, TEST_BIAS, "data.synthetic_test_bias")
     _choice(d.pipeline, PIPELINES, "data.pipeline")
     _choice(cfg.intervention.plan, PLANS, "intervention.plan")
-    _choice(cfg.device, ("auto", "cpu", "cuda"), "device")
+    _choice(cfg.device, DEVICES, "device")
     if d.source not in ("synthetic", "auto") and not d.train:
         raise ConfigError(f"data.train: a path is required for data.source={d.source}")
-    _choice(d.verify, ("header", "full"), "data.verify")
-    _choice(d.missing_masks, ("error", "full"), "data.missing_masks")
+    _choice(d.verify, VERIFY_MODES, "data.verify")
+    _choice(d.missing_masks, MISSING_MASKS, "data.missing_masks")
     for key in ("batch_size", "synthetic_train_per_class", "synthetic_test_per_class"):
         _positive(getattr(d, key), f"data.{key}")
     for key in ("image_size", "crop_padding", "num_workers"):
@@ -405,8 +421,8 @@ def validate(cfg: TrainConfig) -> None:
     if any(s <= 0 for s in d.std):
         raise ConfigError(f"data.std: expected positive values, got {list(d.std)}")
     o = cfg.optim
-    _choice(o.schedule, ("multistep", "cosine"), "optim.schedule")
-    _choice(o.optimizer, ("sgd", "adamw"), "optim.optimizer")
+    _choice(o.schedule, SCHEDULES, "optim.schedule")
+    _choice(o.optimizer, OPTIMIZERS, "optim.optimizer")
     _positive(o.lr, "optim.lr")
     _positive(o.epochs, "optim.epochs")
     _positive(o.weight_decay, "optim.weight_decay", allow_zero=True)
@@ -423,10 +439,10 @@ def validate(cfg: TrainConfig) -> None:
     _positive(cfg.threads, "threads", allow_zero=True)
     _positive(cfg.model.num_classes, "model.num_classes", allow_zero=True)
     mc = cfg.model
-    _choice(mc.task, ("auto", "single", "double", "multilabel"), "model.task")
-    _choice(mc.confounder_source, ("kmeans", "early", "label", "random"), "model.confounder_source")
-    _choice(mc.merge, ("sum", "linear", "proposed"), "model.merge")
-    _choice(mc.correlation, ("residual", "raising"), "model.correlation")
+    _choice(mc.task, TASKS, "model.task")
+    _choice(mc.confounder_source, CONFOUNDER_SOURCES, "model.confounder_source")
+    _choice(mc.merge, MERGES, "model.merge")
+    _choice(mc.correlation, CORRELATIONS, "model.correlation")
     _positive(mc.branch1_loss, "model.branch1_loss", allow_zero=True)
     if mc.confounder_net and (mc.confounder_source != "kmeans" or mc.observed_confounders):
         raise ConfigError("model.confounder_net: needs model.confounder_source=kmeans and no model.observed_confounders")
@@ -442,26 +458,26 @@ def validate(cfg: TrainConfig) -> None:
                           f"({mc.num_heads}) and by 4")
     if not 0 <= mc.dropout < 1:
         raise ConfigError(f"model.dropout: expected a value in [0, 1), got {mc.dropout}")
-    _choice(o.loss, ("auto", "ce", "bce", "asl"), "optim.loss")
+    _choice(o.loss, LOSSES, "optim.loss")
     for key in ("asl_gamma_neg", "asl_gamma_pos", "asl_clip"):
         _positive(getattr(o, key), f"optim.{key}", allow_zero=True)
     _positive(cfg.checkpoint_every_steps, "checkpoint_every_steps", allow_zero=True)
     _positive(cfg.keep_checkpoints, "keep_checkpoints")
     ds = cfg.dist
-    _choice(ds.engine, ("ddp", "deepspeed"), "dist.engine")
-    _choice(ds.precision, ("fp32", "bf16", "fp16"), "dist.precision")
+    _choice(ds.engine, ENGINES, "dist.engine")
+    _choice(ds.precision, PRECISIONS, "dist.precision")
     if ds.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"dist.zero_stage: expected 0, 1, 2 or 3, got {ds.zero_stage}")
     if ds.zero_stage and ds.engine != "deepspeed":
         raise ConfigError("dist.zero_stage: ZeRO needs dist.engine=deepspeed")
     _positive(ds.grad_accum, "dist.grad_accum")
     _positive(ds.grad_clip, "dist.grad_clip", allow_zero=True)
-    _choice(cfg.mix.mode, ("none", "mixup", "cutmix"), "mix.mode")
+    _choice(cfg.mix.mode, MIX_MODES, "mix.mode")
     _positive(cfg.mix.alpha, "mix.alpha", allow_zero=True)
     if not 0 <= cfg.mix.prob <= 1:
         raise ConfigError(f"mix.prob: expected a probability in [0, 1], got {cfg.mix.prob}")
     m = cfg.metrics
-    _choice(m.on_port_taken, ("next", "disable", "error"), "metrics.on_port_taken")
+    _choice(m.on_port_taken, PORT_POLICIES, "metrics.on_port_taken")
     if not 0 <= m.base_port < 65536:
         raise ConfigError(f"metrics.base_port: expected a port in [0, 65535], got {m.base_port}")
     _positive(m.linger_seconds, "metrics.linger_seconds", allow_zero=True)

@@ -13,7 +13,8 @@ from typing import Dict
 import numpy as np
 import torch
 
-MIX_MODES = ("none", "mixup", "cutmix")
+from ..config import MIX_MODES
+
 IMAGE_KEYS = ("image", "original", "content", "context", "original_context")
 
 

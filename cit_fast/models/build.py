@@ -11,11 +11,11 @@ from typing import Any, Dict
 import torch.nn as nn
 
 from ..checkpoint import read_weights
+from ..config import TASKS, ModelConfig
 from ..utils import print0
 from . import registry
 from .weights import is_torchvision_resnet, load_weights
 
-TASKS = ("auto", "single", "double", "multilabel")
 
 
 def model_task(name: str, multilabel_data: bool = False, task: str = "auto") -> str:
@@ -31,26 +31,22 @@ def model_task(name: str, multilabel_data: bool = False, task: str = "auto") -> 
     return own
 
 
-def model_kwargs(name: str, mcfg: Any) -> Dict[str, Any]:
-    """The constructor options of model `name` from a ModelConfig (only those its family takes)."""
+def model_kwargs(name: str, mcfg: ModelConfig) -> Dict[str, Any]:
+    """The constructor options of model `name` from a ModelConfig (only those its family takes; the
+    defaults live in ModelConfig alone)."""
     family = getattr(registry.get_model_fn(name), "task", "single")
     if family == "double":
         if name.startswith(("objonly_", "bgonly_")):
-            return {"init": getattr(mcfg, "init_single", "")}
-        return {"shared_low": getattr(mcfg, "shared_low", True), "freeze_low": getattr(mcfg, "freeze_low", False),
-                "init": getattr(mcfg, "init_single", "")}
+            return {"init": mcfg.init_single}
+        return {"shared_low": mcfg.shared_low, "freeze_low": mcfg.freeze_low, "init": mcfg.init_single}
     if family == "multilabel":
-        kw = {"embed_dim": getattr(mcfg, "embed_dim", 128), "num_heads": getattr(mcfg, "num_heads", 4),
-              "decoder_layers": getattr(mcfg, "decoder_layers", 1), "dropout": getattr(mcfg, "dropout", 0.1),
-              "init": getattr(mcfg, "init_single", ""), "freeze_trunk": getattr(mcfg, "freeze_trunk", False)}
+        kw = {"embed_dim": mcfg.embed_dim, "num_heads": mcfg.num_heads, "decoder_layers": mcfg.decoder_layers,
+              "dropout": mcfg.dropout, "init": mcfg.init_single, "freeze_trunk": mcfg.freeze_trunk}
         if name.startswith("causal_"):
-            kw.update(num_confounders=getattr(mcfg, "num_confounders", 16),
-                      confounder_source=getattr(mcfg, "confounder_source", "kmeans"),
-                      merge=getattr(mcfg, "merge", "proposed"),
-                      observed_confounders=getattr(mcfg, "observed_confounders", False),
-                      correlation=getattr(mcfg, "correlation", "residual"),
-                      branch1_loss=getattr(mcfg, "branch1_loss", 0.0),
-                      confounder_net=getattr(mcfg, "confounder_net", ""))
+            kw.update(num_confounders=mcfg.num_confounders, confounder_source=mcfg.confounder_source,
+                      merge=mcfg.merge, observed_confounders=mcfg.observed_confounders,
+                      correlation=mcfg.correlation, branch1_loss=mcfg.branch1_loss,
+                      confounder_net=mcfg.confounder_net)
         return kw
     return {}
 
@@ -62,12 +58,12 @@ def _single_branch_file(path: str) -> bool:
                                                                          for k in state))
 
 
-def build_model(mcfg: Any, num_classes: int) -> nn.Module:
+def build_model(mcfg: ModelConfig, num_classes: int) -> nn.Module:
     """``create_model(mcfg.name, num_classes, **options of its family)``, with its initial weights:
     ``model.init_single`` (the trunk of double-branch and multi-label models) and ``model.init`` (the
     whole model; for those models a single-branch file there is taken as ``init_single``)."""
     family = getattr(registry.get_model_fn(mcfg.name), "task", "single")
-    init, init_single = getattr(mcfg, "init", ""), getattr(mcfg, "init_single", "")
+    init, init_single = mcfg.init, mcfg.init_single
     if init and family in ("double", "multilabel") and not init_single and _single_branch_file(init):
         print0(f"model.init {init}: a single-branch ResNet; {mcfg.name} starts its "
                f"{'branches' if family == 'double' else 'trunk'} from it (as model.init_single)")

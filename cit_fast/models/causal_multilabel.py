@@ -13,6 +13,43 @@
                            categories branch 1 sees in the image (sigmoid, normalised) weigh their effect
                linear   -> u_j logits1 + v_j logits2 + e_j, a = 1/C (learned per-class mix)
 
+**Two readings of the causal label correlations** (``correlation``), each against the paper's text.
+The paper (Sec. 3, Fig. 2 and its caption) says the causal branch "quantifies the causal influence of
+each category on every other" and illustrates it by comparing P(Y) with P(Y | do(person)): "categories
+where the probability increases significantly due to the presence of a person show causal
+correlation, while categories where the probability remains similar or decreases show spurious
+correlations"; the final prediction "combines predictions from both the decoupled features and the
+causal correlations" (Eq. 7).
+
+- ``residual`` (our first reading, the default): R[b, i, j] = s_j(H_i) with s_j(h) = w2_j . h + c2_j
+  and H_i = LN(X_i + o(E_i)) as above. The effect of i on j is j's classifier applied to i's intervened
+  feature; nothing compares it with j's own level, and because the residual keeps X_i whole (E_i is a
+  function of X_i) R[c, b] can learn "predict b from c's feature", the co-occurrence itself.
+- ``raising`` (the figure's probability-raising read literally): the effect of i on j is measured
+  against j's baseline P(y_j) under the prior, the score of j with no category acted upon, only the
+  confounders at their prior: H_0 = LN(o(E_0)), E_0 = sum_z (1/K) P(z) v(z) (the same attention with a
+  zero query), base_j = s_j(H_0):
+
+      R[b, i, j] = s_j(H_i) - s_j(H_0)              (log-odds raising of j by do(i); c2_j cancels)
+      logits2[b, j] = base_j + sum_i p[b, i] R[b, i, j],   p = sigmoid(logits1) (merge proposed)
+
+  The presence weights p are not normalised: an absent category raises nothing, a present one adds
+  its full raising (with ``sum`` / ``linear`` merges p = 1/C, as in the residual reading). With
+  normalised weights the baseline would cancel and the reading would equal ``residual``.
+
+``branch1_loss=w > 0`` supervises branch 1 on its own as well: a training-mode forward returns a
+``MultiLabelOutput`` (merged logits, ``aux={'branch1': logits1}``, ``weights={'branch1': w}``) and the
+loss is criterion(logits) + w criterion(logits1) (``train.loop.compute_loss``); evaluation forwards
+return the merged logits as a tensor.
+
+**Confounders from a separate pre-trained network** (``confounder_net=PATH``, kmeans source): the
+paper (and its authors' reply to the reviewers: "K-means clustering on the spatial features extracted
+from a pre-trained classification network") clusters spatial features of a pre-trained, frozen network,
+not the model being trained. PATH is a single-branch checkpoint of the trunk's architecture; k-means
+runs over its last spatial map (F channels), so Z is (K, F). It is read when the confounders are
+fitted (not when a run is rebuilt from its checkpoint, which holds Z). ``freeze_trunk=True`` keeps the
+(pre-trained) trunk fixed: no gradient, batch norm in evaluation mode.
+
 ``observed_confounders=True`` adds the backdoor adjustment with the confounder observed in training
 (P(Y | do(X)) = sum_z P(Y | X, z) P(z), Pearl's formula read literally rather than through the
 prior-weighted attention alone): in training, the logits also see the image's own confounder mix
@@ -29,7 +66,8 @@ by ``confounders.fit_confounders`` before training; see that module for the sour
 from __future__ import annotations
 
 import math
-from typing import Optional, Callable, Dict
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -40,6 +78,30 @@ from .double_branch import load_single_branch, split_stages
 from .registry import create_model, register_model
 
 MERGES = ("sum", "linear", "proposed")
+CORRELATIONS = ("residual", "raising")
+
+
+@dataclass
+class MultiLabelOutput:
+    """A training-mode forward with auxiliary losses: the merged logits (B, C), auxiliary logits by
+    name and each one's loss weight (loss = criterion(logits) + sum_k weights[k] criterion(aux[k]))."""
+
+    logits: torch.Tensor
+    aux: Dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: Dict[str, float] = field(default_factory=dict)
+
+    def chunk(self, n: int):
+        """Split along the batch like ``Tensor.chunk`` (the epoch-wise original/intervened halves)."""
+        parts = {k: v.chunk(n) for k, v in self.aux.items()}
+        return tuple(MultiLabelOutput(lg, {k: p[i] for k, p in parts.items()}, dict(self.weights))
+                     for i, lg in enumerate(self.logits.chunk(n)))
+
+    def loss(self, criterion: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """criterion(logits) + sum_k weights[k] criterion(aux[k])."""
+        total = criterion(self.logits)
+        for k, w in self.weights.items():
+            total = total + w * criterion(self.aux[k])
+        return total
 
 
 def sine_positions(h: int, w: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -76,10 +138,20 @@ class CausalMultiLabel(nn.Module):
     def __init__(self, backbone: str = "resnet20", num_classes: int = 20, embed_dim: int = 128,
                  num_heads: int = 4, decoder_layers: int = 1, ff_dim: int = 0, dropout: float = 0.1,
                  causal: bool = True, num_confounders: int = 16, confounder_source: str = "kmeans",
-                 merge: str = "proposed", observed_confounders: bool = False, init: str = ""):
+                 merge: str = "proposed", observed_confounders: bool = False, init: str = "",
+                 correlation: str = "residual", branch1_loss: float = 0.0, confounder_net: str = "",
+                 freeze_trunk: bool = False):
         super().__init__()
         if merge not in MERGES:
             raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
+        if correlation not in CORRELATIONS:
+            raise ValueError(f"correlation must be one of {', '.join(CORRELATIONS)}, got {correlation!r}")
+        if branch1_loss < 0:
+            raise ValueError(f"branch1_loss must be non-negative, got {branch1_loss}")
+        if confounder_net and (not causal or confounder_source != "kmeans" or observed_confounders):
+            raise ValueError("confounder_net: k-means over a separate network's features needs a causal model "
+                             f"with confounder_source kmeans and no observed_confounders, got causal={causal}, "
+                             f"confounder_source={confounder_source!r}, observed_confounders={observed_confounders}")
         if confounder_source not in CONFOUNDER_SOURCES:
             raise ValueError(f"confounder_source must be one of {', '.join(CONFOUNDER_SOURCES)}, "
                              f"got {confounder_source!r}")
@@ -92,9 +164,15 @@ class CausalMultiLabel(nn.Module):
                              f"confounder_source={confounder_source!r}")
         self.causal, self.merge, self.confounder_source = causal, merge, confounder_source
         self.observed_confounders = observed_confounders
+        self.correlation, self.branch1_loss = correlation, float(branch1_loss)
+        self.backbone_name, self.confounder_net = backbone, confounder_net
+        self._confounder_net: list = []  # the loaded network, outside the state dict (Z is what is kept)
+        self.freeze_trunk = freeze_trunk
         # the paper starts from a pre-trained classifier: ``init`` is a local single-branch checkpoint
         self.backbone = load_single_branch(backbone, init) if init else create_model(backbone, num_classes=1)
         self.backbone.fc = nn.Identity()  # the trunk only: forward_features
+        if freeze_trunk:
+            self.backbone.requires_grad_(False)
         self.stages = split_stages(self.backbone)  # shares the backbone's modules (for `early`)
         self.num_features = self.backbone.num_features
         d = embed_dim
@@ -106,7 +184,7 @@ class CausalMultiLabel(nn.Module):
         if causal:
             if confounder_source == "label":
                 num_confounders = num_classes  # one prototype per class
-            zdim = self._early_dim() if confounder_source == "early" else d
+            zdim = self._early_dim() if confounder_source == "early" else (self.num_features if confounder_net else d)
             self.confounders = ConfounderBank(num_confounders, zdim)
             self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(zdim, d), nn.Linear(zdim, d)
             self.out_proj = nn.Linear(d, d)
@@ -123,16 +201,34 @@ class CausalMultiLabel(nn.Module):
         with torch.no_grad():
             return int(self.stages[0](torch.zeros(1, 3, 16, 16)).shape[1])
 
+    def train(self, mode: bool = True) -> "CausalMultiLabel":
+        super().train(mode)
+        if self.freeze_trunk:
+            self.backbone.eval()  # a frozen trunk keeps its batch-norm statistics
+        return self
+
     # -- features ---------------------------------------------------------------------------------
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> projected spatial tokens (B, T, D), without positions."""
         return self.proj(self.backbone.forward_features(x)).flatten(2).transpose(1, 2)
 
     def confounder_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """What k-means clusters: projected tokens (kmeans) or stage-1 tokens (early), (B, T, Dz)."""
+        """What k-means clusters, (B, T, Dz): projected tokens (kmeans), the last spatial map of the
+        separate pre-trained network (kmeans with ``confounder_net``) or stage-1 tokens (early)."""
         if self.confounder_source == "early":
             return self.stages[0](x).flatten(2).transpose(1, 2)
+        if self.confounder_net:
+            with torch.no_grad():
+                return self._pretrained_net(x).forward_features(x).flatten(2).transpose(1, 2)
         return self.tokens(x)
+
+    def _pretrained_net(self, x: torch.Tensor) -> nn.Module:
+        """The frozen network of ``confounder_net``, loaded at its first use (on x's device)."""
+        if not self._confounder_net:
+            net = load_single_branch(self.backbone_name, self.confounder_net, what="model.confounder_net")
+            net.fc = nn.Identity()
+            self._confounder_net.append(net.requires_grad_(False).eval())
+        return self._confounder_net[0].to(x.device)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> the trunk's last spatial map (B, K, h, w) (Grad-CAM hooks here)."""
@@ -172,9 +268,20 @@ class CausalMultiLabel(nn.Module):
         h = self.norm(feats + self.out_proj(e))
         return (h, attn) if return_attn else h
 
+    def baseline_feature(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """H_0 (D,): no category acted upon, the confounders at their prior (a zero query attends
+        uniformly): LN(o(sum_z P(z) v(z) / K)). s_j(H_0) is label j's baseline P(y_j) of the raising reading."""
+        z = self.confounders.z.to(dtype)
+        q0 = torch.zeros(1, 1, self.embed_dim, dtype=dtype, device=z.device)
+        e0 = causal_attention(q0, self.k_proj(z), self.v_proj(z), self.confounders.prior.to(dtype), self.num_heads)
+        return self.norm(self.out_proj(e0))[0, 0]
+
     def correlations(self, feats: torch.Tensor) -> torch.Tensor:
-        """Causal label correlations R (B, C, C): R[b, i, j] = effect of category i on category j."""
+        """Causal label correlations R (B, C, C): R[b, i, j] = effect of category i on category j
+        (``residual``: s_j(H_i); ``raising``: s_j(H_i) - s_j(H_0), see the module doc)."""
         h = self.intervene(feats)
+        if self.correlation == "raising":
+            return torch.einsum("bid,jd->bij", h - self.baseline_feature(h.dtype), self.head2.weight)
         return torch.einsum("bid,jd->bij", h, self.head2.weight) + self.head2.bias
 
     def forward_all(self, x: Optional[torch.Tensor], fmap: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -190,12 +297,16 @@ class CausalMultiLabel(nn.Module):
             return out
         r = self.correlations(feats)  # (B, C, C)
         c = self.num_classes
+        raising = self.correlation == "raising"
         if self.merge == "proposed":
-            a = torch.sigmoid(logits1)
-            a = a / a.sum(1, keepdim=True).clamp_min(1e-6)  # (B, C) weights of the present categories
+            a = torch.sigmoid(logits1)  # (B, C) the categories branch 1 sees in the image
+            if not raising:
+                a = a / a.sum(1, keepdim=True).clamp_min(1e-6)  # normalised weights of the present categories
         else:
             a = torch.full_like(logits1, 1.0 / c)
         logits2 = torch.einsum("bi,bij->bj", a, r)
+        if raising:  # j's baseline plus every present category's raising of it
+            logits2 = logits2 + self.head2(self.baseline_feature(feats.dtype)[None, None].expand(1, c, -1))
         if self.merge == "linear":
             u, v, e = self.mix
             logits = u * logits1 + v * logits2 + e
@@ -215,8 +326,13 @@ class CausalMultiLabel(nn.Module):
         """The trunk's map (B, K, h, w) -> merged logits (B, C)."""
         return self.forward_all(None, fmap)["logits"]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_all(x)["logits"]
+    def forward(self, x: torch.Tensor):
+        """Merged logits (B, C); in training with ``branch1_loss`` a ``MultiLabelOutput`` that also
+        carries branch 1's logits and their loss weight."""
+        out = self.forward_all(x)
+        if self.training and self.causal and self.branch1_loss > 0:
+            return MultiLabelOutput(out["logits"], {"branch1": out["logits1"]}, {"branch1": self.branch1_loss})
+        return out["logits"]
 
 
 def _variant(backbone: str, causal: bool) -> Callable[..., nn.Module]:

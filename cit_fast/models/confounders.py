@@ -5,7 +5,8 @@ The confounder dictionary stands for the contexts that make labels co-occur; the
 backdoor adjustment P(Y | do(X)) = sum_z P(Y | X, z) P(z). Sources (the paper's ablation):
 
 - ``kmeans``: k-means over the projected spatial features (tokens) of the training set; P(z) =
-  cluster frequency. The default.
+  cluster frequency. The default. With the model's ``confounder_net`` (the paper's construction),
+  k-means runs over the last spatial map of that separate, pre-trained and frozen network instead.
 - ``early``:  the same k-means over an early stage's spatial features (stage 1 of the backbone).
 - ``label``:  one prototype per class, the mean label-specific feature over the images holding
   that class; P(z) = class frequency.
@@ -16,6 +17,11 @@ rank holds its shard of tokens; the k-means++ initial centers are drawn from a c
 does not depend on the sharding (the tokens with the smallest hashes of their global ids, gathered
 from all ranks); each Lloyd step assigns locally and all-reduces per-cluster sums (float64) and
 counts. The dictionary lives in buffers, so checkpoints carry it.
+
+When the batches come from a pipeline over data whose strata hold a visible context (the scene style S
+of ``data.synthetic_scenes``), fitting prints how well the clusters recover it: the normalised mutual
+information of each token's cluster with its image's stratum (and of each image's most frequent
+cluster), beside the same for random confounders (seeded Gaussian vectors, nearest-vector assignment).
 """
 from __future__ import annotations
 
@@ -193,6 +199,55 @@ def kmeans(x: torch.Tensor, ids: torch.Tensor, k: int, iters: int = 20, seed: in
 
 
 # ---------------------------------------------------------------------------------------------
+# how well clusters recover a known context (the scene check)
+
+
+def nmi(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised mutual information of two labelings (arithmetic mean of the entropies, as
+    scikit-learn's default); 1 when either determines the other, ~0 when independent."""
+    a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"nmi: two labelings of the same length needed, got {a.shape} and {b.shape}")
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    joint = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(joint, (ai, bi), 1)
+    p = joint / a.size
+    pa, pb = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = float((p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])).sum())
+    ha, hb = float(-(pa * np.log(pa)).sum()), float(-(pb * np.log(pb)).sum())
+    if ha + hb == 0:
+        return 1.0
+    return max(0.0, 2 * mi / (ha + hb))
+
+
+def scene_nmi(assign: torch.Tensor, image: torch.Tensor, strata: np.ndarray, k: int) -> Dict[str, float]:
+    """Cluster of each token (N,), its image's index (N,), the images' strata: NMI of the tokens'
+    clusters with their images' strata, and of each image's most frequent cluster with its stratum."""
+    a, img = assign.cpu().numpy(), image.cpu().numpy()
+    s = np.asarray(strata)[img]
+    ids, inv = np.unique(img, return_inverse=True)
+    hist = np.zeros((len(ids), k))
+    np.add.at(hist, (inv, a), 1)
+    return {"tokens": nmi(a, s), "images": nmi(hist.argmax(1), np.asarray(strata)[ids])}
+
+
+def random_confounders(shape: Tuple[int, int], seed: int) -> torch.Tensor:
+    """The ``random`` source's dictionary (K, Dz): seeded Gaussian vectors."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def _strata_of(batches) -> Optional[np.ndarray]:
+    """The strata of the samples a pipeline iterates, when they are a real partition (> 1 value)."""
+    samples = getattr(batches, "samples", None)
+    strata = getattr(samples, "strata", None)
+    if strata is None or len(np.unique(strata)) < 2:
+        return None
+    return np.asarray(strata)
+
+
+# ---------------------------------------------------------------------------------------------
 # fitting a model's confounders over a pipeline
 
 
@@ -229,8 +284,7 @@ def fit_confounders(model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]]
     k = bank.num
     try:
         if source == "random":
-            g = torch.Generator().manual_seed(int(seed))
-            z = torch.randn(bank.z.shape, generator=g)
+            z = random_confounders(tuple(bank.z.shape), seed)
             bank.set(z.to(bank.z.device), torch.full((k,), 1.0 / k, device=bank.z.device))
             return {"confounders": float(k), "inertia": float("nan")}
         if source == "label":
@@ -252,15 +306,32 @@ def fit_confounders(model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]]
         if source not in ("kmeans", "early"):
             raise ValueError(f"confounder source must be one of {', '.join(CONFOUNDER_SOURCES)}, got {source!r}")
         feats, ids = [], []
+        per_sample = 1
         for batch in batches:
             tok = model.confounder_tokens(batch["image"])  # (B, T, Dz)
+            per_sample = tok.shape[1]  # token t of sample g has global id g * T + t
             f, i = select_tokens(tok.float(), batch["index"], tokens_per_image, seed)
             feats.append(f)
             ids.append(i)
         if not feats:
             raise ValueError("confounders (k-means): no training batches on this rank")
-        centers, counts, inertia = kmeans(torch.cat(feats), torch.cat(ids), k, iters, seed, init_pool)
+        x, gid = torch.cat(feats), torch.cat(ids)
+        centers, counts, inertia = kmeans(x, gid, k, iters, seed, init_pool)
         bank.set(centers.to(bank.z.device), counts.float().to(bank.z.device).clamp_min(1e-6))
-        return {"confounders": float(k), "inertia": inertia, "tokens": float(counts.sum())}
+        stats = {"confounders": float(k), "inertia": inertia, "tokens": float(counts.sum())}
+        strata = _strata_of(batches)
+        if strata is not None:  # the check: do the clusters recover the visible context (this rank's tokens)?
+            image = gid // per_sample
+            got = scene_nmi(nearest_center(x, centers.to(x.device))[0], image, strata, k)
+            rnd = scene_nmi(nearest_center(x, random_confounders(tuple(centers.shape), seed).to(x.device))[0],
+                            image, strata, k)
+            stats.update(nmi_tokens=got["tokens"], nmi_images=got["images"], nmi_tokens_random=rnd["tokens"],
+                         nmi_images_random=rnd["images"])
+            from ..utils import print0
+
+            print0(f"confounders vs the data's strata (scene S): NMI {got['tokens']:.3f} over tokens, "
+                   f"{got['images']:.3f} over images (each image's most frequent cluster); random confounders "
+                   f"{rnd['tokens']:.3f} / {rnd['images']:.3f}")
+        return stats
     finally:
         model.train(was_training)

@@ -10,7 +10,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("auto", "ce", "bce", "asl")
+from ..config import LOSSES
+
 
 
 def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
