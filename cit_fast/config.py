@@ -109,6 +109,7 @@ class ModelConfig:
     branch1_loss: float = 0.0  # weight of a second loss on branch 1's logits alone (0 = the merged output only)
     confounder_net: str = ""  # local single-branch checkpoint (trunk's architecture): k-means over ITS spatial features (frozen), not the model's
     freeze_trunk: bool = False  # multi-label models: the (pre-trained) trunk is not trained, its batch norm stays in eval mode
+    trunk_cache_mb: int = 0  # with freeze_trunk: cache the trunk's maps of seen training inputs, up to this many MB (no augmentation: later epochs skip the trunk)
 
 
 @dataclass
@@ -444,6 +445,9 @@ def validate(cfg: TrainConfig) -> None:
     _choice(mc.merge, MERGES, "model.merge")
     _choice(mc.correlation, CORRELATIONS, "model.correlation")
     _positive(mc.branch1_loss, "model.branch1_loss", allow_zero=True)
+    _positive(mc.trunk_cache_mb, "model.trunk_cache_mb", allow_zero=True)
+    if mc.trunk_cache_mb and not mc.freeze_trunk:
+        raise ConfigError("model.trunk_cache_mb: only a frozen trunk's maps can be cached; set model.freeze_trunk=true")
     if mc.confounder_net and (mc.confounder_source != "kmeans" or mc.observed_confounders):
         raise ConfigError("model.confounder_net: needs model.confounder_source=kmeans and no model.observed_confounders")
     if mc.observed_confounders and mc.confounder_source != "kmeans":

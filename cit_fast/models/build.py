@@ -41,7 +41,8 @@ def model_kwargs(name: str, mcfg: ModelConfig) -> Dict[str, Any]:
         return {"shared_low": mcfg.shared_low, "freeze_low": mcfg.freeze_low, "init": mcfg.init_single}
     if family == "multilabel":
         kw = {"embed_dim": mcfg.embed_dim, "num_heads": mcfg.num_heads, "decoder_layers": mcfg.decoder_layers,
-              "dropout": mcfg.dropout, "init": mcfg.init_single, "freeze_trunk": mcfg.freeze_trunk}
+              "dropout": mcfg.dropout, "init": mcfg.init_single, "freeze_trunk": mcfg.freeze_trunk,
+              "trunk_cache_mb": mcfg.trunk_cache_mb}
         if name.startswith("causal_"):
             kw.update(num_confounders=mcfg.num_confounders, confounder_source=mcfg.confounder_source,
                       merge=mcfg.merge, observed_confounders=mcfg.observed_confounders,

@@ -48,7 +48,8 @@ from a pre-trained classification network") clusters spatial features of a pre-t
 not the model being trained. PATH is a single-branch checkpoint of the trunk's architecture; k-means
 runs over its last spatial map (F channels), so Z is (K, F). It is read when the confounders are
 fitted (not when a run is rebuilt from its checkpoint, which holds Z). ``freeze_trunk=True`` keeps the
-(pre-trained) trunk fixed: no gradient, batch norm in evaluation mode.
+(pre-trained) trunk fixed: no gradient, batch norm in evaluation mode; ``trunk_cache_mb`` then caches its
+maps per distinct training input (a speed-up for data without augmentation).
 
 ``observed_confounders=True`` adds the backdoor adjustment with the confounder observed in training
 (P(Y | do(X)) = sum_z P(Y | X, z) P(z), Pearl's formula read literally rather than through the
@@ -65,6 +66,7 @@ by ``confounders.fit_confounders`` before training; see that module for the sour
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
@@ -72,13 +74,12 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn as nn
 
+from ..config import CORRELATIONS, MERGES
 from ..kernels import causal_attention
 from .confounders import CONFOUNDER_SOURCES, ConfounderBank, nearest_center
 from .double_branch import load_single_branch, split_stages
 from .registry import create_model, register_model
 
-MERGES = ("sum", "linear", "proposed")
-CORRELATIONS = ("residual", "raising")
 
 
 @dataclass
@@ -140,7 +141,7 @@ class CausalMultiLabel(nn.Module):
                  causal: bool = True, num_confounders: int = 16, confounder_source: str = "kmeans",
                  merge: str = "proposed", observed_confounders: bool = False, init: str = "",
                  correlation: str = "residual", branch1_loss: float = 0.0, confounder_net: str = "",
-                 freeze_trunk: bool = False):
+                 freeze_trunk: bool = False, trunk_cache_mb: int = 0):
         super().__init__()
         if merge not in MERGES:
             raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
@@ -168,6 +169,11 @@ class CausalMultiLabel(nn.Module):
         self.backbone_name, self.confounder_net = backbone, confounder_net
         self._confounder_net: list = []  # the loaded network, outside the state dict (Z is what is kept)
         self.freeze_trunk = freeze_trunk
+        if trunk_cache_mb and not freeze_trunk:
+            raise ValueError("trunk_cache_mb: only a frozen trunk's features can be cached (freeze_trunk=True)")
+        self.trunk_cache_bytes = int(trunk_cache_mb) * 2 ** 20
+        self._trunk_cache: Dict[bytes, torch.Tensor] = {}  # input digest -> frozen trunk's map (F, h, w)
+        self._trunk_cache_used = 0
         # the paper starts from a pre-trained classifier: ``init`` is a local single-branch checkpoint
         self.backbone = load_single_branch(backbone, init) if init else create_model(backbone, num_classes=1)
         self.backbone.fc = nn.Identity()  # the trunk only: forward_features
@@ -206,6 +212,32 @@ class CausalMultiLabel(nn.Module):
         if self.freeze_trunk:
             self.backbone.eval()  # a frozen trunk keeps its batch-norm statistics
         return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._trunk_cache.clear()  # new weights: cached trunk maps are stale
+        self._trunk_cache_used = 0
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _trunk_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's map (B, F, h, w). A frozen trunk in training with ``trunk_cache_mb`` keeps the maps
+        of the inputs it has seen (keyed by a digest of the input's bytes, up to that many MB): with no
+        augmentation every epoch after the first costs only the heads. Evaluation never uses the cache."""
+        if not (self.trunk_cache_bytes and self.training):
+            return self.backbone.forward_features(x)
+        host = x.detach().to("cpu", torch.float32).contiguous().numpy()  # host sync: the digests need the bytes
+        keys = [hashlib.blake2b(host[i].tobytes(), digest_size=16).digest() for i in range(len(host))]
+        miss = [i for i, k in enumerate(keys) if k not in self._trunk_cache]
+        if miss:
+            with torch.no_grad():
+                fresh = self.backbone.forward_features(x[miss])
+            for i, f in zip(miss, fresh):
+                if self._trunk_cache_used + f.numel() * f.element_size() <= self.trunk_cache_bytes:
+                    self._trunk_cache[keys[i]] = f.clone()
+                    self._trunk_cache_used += f.numel() * f.element_size()
+            got = dict(zip(miss, fresh))
+        else:
+            got = {}
+        return torch.stack([got[i] if i in got else self._trunk_cache[k] for i, k in enumerate(keys)])
 
     # -- features ---------------------------------------------------------------------------------
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -287,7 +319,7 @@ class CausalMultiLabel(nn.Module):
     def forward_all(self, x: Optional[torch.Tensor], fmap: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Everything: features, branch logits, R and the merged logits (from x, or from the
         trunk's map ``fmap``)."""
-        fmap = self.backbone.forward_features(x) if fmap is None else fmap
+        fmap = self._trunk_map(x) if fmap is None else fmap
         proj = self.proj(fmap)  # (B, D, h, w)
         feats = self._decode(proj)
         logits1 = self.head(feats)  # (B, C)

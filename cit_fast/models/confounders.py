@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-CONFOUNDER_SOURCES = ("kmeans", "early", "label", "random")
+from ..config import CONFOUNDER_SOURCES
+from ..utils import print0
 
 
 class ConfounderBank(nn.Module):
@@ -327,8 +328,6 @@ def fit_confounders(model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]]
                             image, strata, k)
             stats.update(nmi_tokens=got["tokens"], nmi_images=got["images"], nmi_tokens_random=rnd["tokens"],
                          nmi_images_random=rnd["images"])
-            from ..utils import print0
-
             print0(f"confounders vs the data's strata (scene S): NMI {got['tokens']:.3f} over tokens, "
                    f"{got['images']:.3f} over images (each image's most frequent cluster); random confounders "
                    f"{rnd['tokens']:.3f} / {rnd['images']:.3f}")

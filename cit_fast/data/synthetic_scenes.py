@@ -1,0 +1,297 @@
+"""A scene-confounded multi-label benchmark, generated (nothing is downloaded): issue 15.
+
+A visible scene style S (one of ``n_scenes`` palettes with their own stripe texture, covering the
+background: well over half of every image) is the **common cause** of the biased pairs. Each pair
+(b, c) has a home scene h (pair k lives in scene k):
+
+    P(b | S = h) = 0.5      P(b | S != h) = eps
+    P(c | S = h) = q        P(c | S != h) = 0.05        b and c independent given S
+
+and the other classes are Bernoulli(0.15), independent of S and of each other. b is drawn smaller
+(``b_scale``, 0.75 by default) so its own pixels are the harder cue. Up to 9 objects sit on a 3 x 3
+grid, one per cell: no label is ever dropped to make room (the cap couples no labels; a scene with
+more labels than cells would have its free classes redrawn, an event these rates make practically
+impossible and that is counted in ``overflow``).
+
+The *arm* sets the exclusive fraction f = P(not c | b) in training, half of the exclusive images in
+the home scene (c absent there, q < 1) and half elsewhere (eps > 0):
+
+- ``control``  f = 0: q = 1, eps = 0 (b never outside h, never without c). Positivity fails in every
+               stratum, so no backdoor adjustment can tell b's pixels from c's: must show no effect.
+- ``3``, ``15``, ``28``: f ~ 3 %, 15 %, 28 %.
+- ``placebo``: today's rule (``synthetic_multilabel``): b => c is added, with S independent of every
+               label; P(b), P(c) and P(b, c) match the control arm's. No common cause in the image.
+
+Label counts are exact, not sampled: in every scene, each pair's four (b, c) cells get their expected
+counts (largest-remainder rounding) and are shuffled independently of the other pairs', so the
+measured exclusive fraction is the target up to rounding and b is independent of c given S in the
+counts. The test set has S uniform, b from P(b | S) as in training, c ~ Bernoulli(0.5) independent
+of S and b (same exact-count construction): Exclusive (b without c) and Co-occur (b with c) positives,
+and c-only home-scene images as hard negatives, ``n_test / (4 n_scenes)`` of each per pair.
+
+``make_scene_singles`` draws the pre-training data of the confounder network: one object per scene
+over the same palettes (other object instances than the benchmark's), single-label.
+"""
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .records import SampleSet
+from .synthetic import SHAPE_CLASSES, _smooth_noise, make_shapes
+from .synthetic_multilabel import _resize_patch
+
+SCENE_PAIRS: Tuple[Tuple[str, str], ...] = (("circle", "frame"), ("triangle", "bar"), ("star", "crescent"),
+                                            ("cross", "ring"))
+ARMS = ("control", "3", "15", "28", "placebo")
+GRID = 3  # objects on a GRID x GRID grid, one per cell
+P_B_HOME, P_C_AWAY, P_OTHER, P_C_TEST = 0.5, 0.05, 0.15, 0.5
+
+
+@dataclass(frozen=True)
+class SceneArm:
+    """One arm of the sweep: the target exclusive fraction and the rates that give it."""
+
+    name: str
+    exclusive: float  # target P(not c | b) in training
+    q: float  # P(c | S = h)
+    eps: float  # P(b | S != h)
+    n_scenes: int = 4  # scenes, equally frequent
+    placebo: bool = False  # b => c added, S independent of the labels
+
+    @property
+    def p_b(self) -> float:
+        """P(b) in training (for the placebo: the control arm's, in every scene)."""
+        home = 1.0 / self.n_scenes
+        return home * P_B_HOME + (0.0 if self.placebo else (1 - home) * self.eps)
+
+    @property
+    def p_c(self) -> float:
+        """P(c) in training (for the placebo: the control arm's)."""
+        home = 1.0 / self.n_scenes
+        return home * (1.0 if self.placebo else self.q) + (1 - home) * P_C_AWAY
+
+
+def scene_arm(name: str, n_scenes: int = 4) -> SceneArm:
+    """The rates of arm ``name`` (one of ARMS) for ``n_scenes`` equally frequent scenes.
+
+    With home = 1 / n_scenes and f the target, half of f's images come from other scenes:
+    (1 - home) eps (1 - 0.05) = f P(b) / 2 and home 0.5 (1 - q) = f P(b) / 2, P(b) = home 0.5 + (1 - home) eps.
+    The placebo takes the control's P(b) and P(c) (b => c: P(b, c) = P(b) as in the control)."""
+    if name not in ARMS:
+        raise ValueError(f"scene arm must be one of {', '.join(ARMS)}, got {name!r}")
+    if name == "placebo":
+        return SceneArm(name, 0.0, q=1.0, eps=0.0, n_scenes=n_scenes, placebo=True)
+    home = 1.0 / n_scenes
+    f = 0.0 if name == "control" else int(name) / 100
+    eps = f * home * P_B_HOME / 2 / ((1 - home) * (1 - P_C_AWAY - f / 2))
+    p_b = home * P_B_HOME + (1 - home) * eps
+    q = 1 - f * p_b / 2 / (home * P_B_HOME)
+    return SceneArm(name, f, q=float(q), eps=float(eps), n_scenes=n_scenes)
+
+
+def _cell_table(arm: SceneArm, scene: int, home: int, test: bool) -> np.ndarray:
+    """(2, 2) probabilities of (b, c) in ``scene`` for a pair whose home is ``home``: [b][c]."""
+    if arm.placebo:  # the same table in every scene: S independent of the labels
+        p_b = arm.p_b
+        if test:
+            return np.outer([1 - p_b, p_b], [1 - P_C_TEST, P_C_TEST])
+        r = (arm.p_c - p_b) / (1 - p_b)  # P(c | not b), with P(c | b) = 1
+        return np.array([[(1 - p_b) * (1 - r), (1 - p_b) * r], [0.0, p_b]])
+    p_b = P_B_HOME if scene == home else arm.eps
+    p_c = P_C_TEST if test else (arm.q if scene == home else P_C_AWAY)
+    return np.outer([1 - p_b, p_b], [1 - p_c, p_c])
+
+
+def _exact_counts(p: np.ndarray, n: int) -> np.ndarray:
+    """Integer counts summing to n, proportional to p (largest remainder)."""
+    raw = p.reshape(-1) * n
+    out = np.floor(raw).astype(np.int64)
+    rest = n - int(out.sum())
+    out[np.argsort(-(raw - out), kind="stable")[:rest]] += 1
+    return out.reshape(p.shape)
+
+
+def scene_labels(arm: str, n: int, split: str = "train", pairs: Sequence[Tuple[str, str]] = SCENE_PAIRS,
+                 n_scenes: int = 4, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, int]:
+    """The labels of ``make_scene_multilabel``'s ``split`` without rendering: (labels (n, C) float32,
+    scene (n,) int64, overflow count)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, got {split!r}")
+    test = split == "test"
+    rng = np.random.default_rng([seed, test, 0x1ABE1, ARMS.index(arm)])
+    return _draw_labels(rng, scene_arm(arm, n_scenes), n, n_scenes, len(SHAPE_CLASSES), _pair_indices(pairs), test)
+
+
+def _draw_labels(rng: np.random.Generator, arm: SceneArm, n: int, n_scenes: int, num_classes: int,
+                 pairs: Sequence[Tuple[int, int]], test: bool) -> Tuple[np.ndarray, np.ndarray, int]:
+    """(labels (n, C) float32, scene (n,) int64, overflow count)."""
+    scene = np.repeat(np.arange(n_scenes), [n // n_scenes + (s < n % n_scenes) for s in range(n_scenes)])
+    scene = rng.permutation(scene)
+    labels = np.zeros((n, num_classes), np.float32)
+    for s in range(n_scenes):
+        rows = np.nonzero(scene == s)[0]
+        for k, (b, c) in enumerate(pairs):
+            counts = _exact_counts(_cell_table(arm, s, k % n_scenes, test), len(rows))  # [b][c]
+            cells = np.repeat(np.arange(4), counts.reshape(-1))  # 0 = (0, 0), 1 = (0, 1), 2 = (1, 0), 3 = (1, 1)
+            cells = rng.permutation(cells)
+            labels[rows, b] = cells >= 2
+            labels[rows, c] = cells % 2 == 1
+    paired = {v for p in pairs for v in p}
+    free = [v for v in range(num_classes) if v not in paired]
+    overflow = 0
+    for i in range(n):
+        while True:
+            labels[i, free] = rng.random(len(free)) < P_OTHER
+            if labels[i].sum() <= GRID * GRID:
+                break
+            overflow += 1
+    return labels, scene.astype(np.int64), overflow
+
+
+def _palettes(n_scenes: int) -> np.ndarray:
+    hues = np.arange(n_scenes) / n_scenes
+    return np.array([[colorsys.hsv_to_rgb(h, 0.55, 0.6), colorsys.hsv_to_rgb((h + 0.08) % 1, 0.35, 0.35)]
+                     for h in hues], np.float32)  # (S, 2, 3): two colours per scene
+
+
+def scene_backgrounds(rng: np.random.Generator, scene: np.ndarray, size: int, n_scenes: int) -> np.ndarray:
+    """(n, size, size, 3) float backgrounds: scene s has its palette (two colours) and stripes at angle
+    pi s / n_scenes, mixed with smooth noise; per-image jitter of colour, stripe phase and period."""
+    n = len(scene)
+    pal = _palettes(n_scenes)[scene] + rng.normal(0, 0.04, (n, 2, 3)).astype(np.float32)  # (n, 2, 3)
+    theta = np.pi * scene / n_scenes + rng.normal(0, 0.08, n)
+    period = rng.uniform(5, 8, n)
+    phase = rng.uniform(0, 2 * np.pi, n)
+    pix = np.arange(size, dtype=np.float32) + 0.5
+    yy, xx = np.meshgrid(pix, pix, indexing="ij")
+    t = (xx[None] * np.cos(theta)[:, None, None] + yy[None] * np.sin(theta)[:, None, None])
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * t / period[:, None, None] + phase[:, None, None])  # (n, H, W)
+    mix = np.clip(0.65 * stripes + 0.35 * _smooth_noise(rng, n, size, 4), 0, 1)[..., None]
+    bg = pal[:, None, None, 0] * mix + pal[:, None, None, 1] * (1 - mix)
+    return np.clip(bg, 0, 1).astype(np.float32)
+
+
+def _object_bank(n_per_class: int, seed: int, cell: int, b_scale: float) -> Dict[str, object]:
+    """Object instances at full size (cell) and at b's size, images float (N, s, s, 3) and masks."""
+    imgs, masks, labels = make_shapes(n_per_class, size=cell, seed=seed)
+    small = max(6, int(round(cell * b_scale)))
+    im, ms = imgs.astype(np.float32) / 255, masks.astype(np.float32) / 255
+    rs = [_resize_patch(im[j], ms[j], small) for j in range(len(im))]
+    return {"full": (im, ms), "small": (np.stack([r[0] for r in rs]), np.stack([r[1] for r in rs])),
+            "by_class": [np.nonzero(labels == c)[0] for c in range(len(SHAPE_CLASSES))]}
+
+
+def _render(rng: np.random.Generator, labels: np.ndarray, scene: np.ndarray, size: int, n_scenes: int,
+            bank: Dict[str, object], small_classes: set) -> Tuple[np.ndarray, np.ndarray]:
+    """uint8 images (n, size, size, 3) and union object masks (n, size, size)."""
+    n = len(labels)
+    cell = size // GRID
+    imgs = scene_backgrounds(rng, scene, size, n_scenes)
+    masks = np.zeros((n, size, size), np.float32)
+    for i in range(n):
+        present = np.nonzero(labels[i])[0]
+        cells = rng.permutation(GRID * GRID)[:len(present)]
+        for cls, cell_id in zip(present, cells):
+            j = int(rng.choice(bank["by_class"][cls]))
+            src_i, src_m = bank["small" if cls in small_classes else "full"]
+            patch, pm = src_i[j], src_m[j]
+            side = patch.shape[0]
+            oy = (cell_id // GRID) * cell + int(rng.integers(0, cell - side + 1))
+            ox = (cell_id % GRID) * cell + int(rng.integers(0, cell - side + 1))
+            region = imgs[i, oy:oy + side, ox:ox + side]
+            imgs[i, oy:oy + side, ox:ox + side] = pm[..., None] * patch + (1 - pm[..., None]) * region
+            masks[i, oy:oy + side, ox:ox + side] = np.maximum(masks[i, oy:oy + side, ox:ox + side], pm)
+    imgs = imgs + rng.normal(0, 0.03, imgs.shape).astype(np.float32)
+    return np.clip(np.round(imgs * 255), 0, 255).astype(np.uint8), np.round(masks * 255).astype(np.uint8)
+
+
+def _pair_indices(pairs: Sequence[Tuple[str, str]]) -> List[Tuple[int, int]]:
+    classes = list(SHAPE_CLASSES)
+    idx = []
+    for b, c in pairs:
+        for name in (b, c):
+            if name not in classes:
+                raise ValueError(f"biased pair ({b}, {c}): {name!r} is not a shape class ({', '.join(classes)})")
+        idx.append((classes.index(b), classes.index(c)))
+    flat = [v for p in idx for v in p]
+    if len(set(flat)) != len(flat):
+        raise ValueError("scene pairs: every class may appear in one pair only")
+    return idx
+
+
+def make_scene_multilabel(arm: str = "15", n_train: int = 7600, n_test: int = 8000, size: int = 48,
+                          pairs: Sequence[Tuple[str, str]] = SCENE_PAIRS, n_scenes: int = 4,
+                          b_scale: float = 0.75, seed: int = 0) -> Dict[str, object]:
+    """{'train', 'test': SampleSet (strata = scene S), 'pairs': [(b, c) indices], 'pair_names',
+    'home': [scene of each pair], 'arm': SceneArm, 'overflow': {split: scenes whose free classes were redrawn}}.
+
+    The same ``seed`` gives the same object instances, scenes and rendering randomness in every arm;
+    the arms differ only in their labels."""
+    if len(pairs) > n_scenes:
+        raise ValueError(f"{len(pairs)} pairs need at least as many scenes (one home each), got n_scenes={n_scenes}")
+    if size % GRID or size // GRID < 8:
+        raise ValueError(f"size must be a multiple of {GRID} with cells of at least 8 pixels, got {size}")
+    if not 0.5 <= b_scale <= 1:
+        raise ValueError(f"b_scale must be in [0.5, 1], got {b_scale}")
+    idx = _pair_indices(pairs)
+    spec = scene_arm(arm, n_scenes)
+    out: Dict[str, object] = {"pairs": idx, "pair_names": [tuple(p) for p in pairs], "arm": spec,
+                              "home": list(range(len(idx))), "overflow": {}}
+    small = {b for b, _ in idx}
+    for split, n in (("train", n_train), ("test", n_test)):
+        test = split == "test"
+        rng = np.random.default_rng([seed, test, 0x5CE7E])
+        bank = _object_bank(40, 2000 + 2 * seed + test, size // GRID, b_scale)
+        labels, scene, overflow = scene_labels(arm, n, split, pairs, n_scenes, seed)
+        images, masks = _render(rng, labels, scene, size, n_scenes, bank, small)
+        out[split] = SampleSet(images, masks, labels, list(SHAPE_CLASSES), strata=scene,
+                               name=f"scene multi-label {arm} {split}")
+        out["overflow"][split] = overflow
+    return out
+
+
+def make_scene_singles(n: int = 6000, size: int = 48, n_scenes: int = 4, b_scale: float = 0.75,
+                       seed: int = 7) -> SampleSet:
+    """Single-object scenes over the same palettes (class uniform, S uniform and independent of it, half
+    the objects at b's size), single-label: what the confounder network is pre-trained on. Object
+    instances differ from every benchmark seed's (make_shapes seed 3000 + seed)."""
+    rng = np.random.default_rng([seed, 0x5146])
+    num_classes = len(SHAPE_CLASSES)
+    cls = rng.permutation(np.arange(n) % num_classes)
+    scene = rng.permutation(np.arange(n) % n_scenes).astype(np.int64)
+    bank = _object_bank(60, 3000 + seed, size // GRID, b_scale)
+    labels = np.zeros((n, num_classes), np.float32)
+    labels[np.arange(n), cls] = 1
+    small = rng.random(n) < 0.5
+    images = np.empty((n, size, size, 3), np.uint8)
+    masks = np.empty((n, size, size), np.uint8)
+    for flag in (False, True):  # render the two sizes separately (the size set is per class in _render)
+        rows = np.nonzero(small == flag)[0]
+        im, ms = _render(rng, labels[rows], scene[rows], size, n_scenes, bank,
+                         set(range(num_classes)) if flag else set())
+        images[rows], masks[rows] = im, ms
+    return SampleSet(images, masks, cls.astype(np.int64), list(SHAPE_CLASSES), strata=scene,
+                     name="single-object scenes")
+
+
+def label_statistics(labels: np.ndarray, scene: np.ndarray, pairs: Sequence[Tuple[int, int]],
+                     n_scenes: Optional[int] = None) -> List[Dict[str, object]]:
+    """Per pair: P(b), P(c), P(b, c), the exclusive fraction P(not c | b), the number of exclusive b
+    images, and P(b | S = s), P(c | S = s) per scene (the benchmark's sanity checks)."""
+    t = np.asarray(labels) > 0
+    n_scenes = n_scenes or int(scene.max()) + 1
+    rows = []
+    for b, c in pairs:
+        nb = int(t[:, b].sum())
+        excl = int((t[:, b] & ~t[:, c]).sum())
+        rows.append({"b": b, "c": c, "p_b": float(t[:, b].mean()), "p_c": float(t[:, c].mean()),
+                     "p_bc": float((t[:, b] & t[:, c]).mean()), "n_b": nb, "n_exclusive": excl,
+                     "n_cooccur": int((t[:, b] & t[:, c]).sum()),
+                     "exclusive": excl / nb if nb else float("nan"),
+                     "p_b_scene": [float(t[scene == s, b].mean()) for s in range(n_scenes)],
+                     "p_c_scene": [float(t[scene == s, c].mean()) for s in range(n_scenes)]})
+    return rows

@@ -1,0 +1,118 @@
+"""The scene-confounded benchmark's own sanity checks (issue 15), measured on what it generates."""
+import numpy as np
+import pytest
+
+from cit_fast.data.synthetic import SHAPE_CLASSES
+from cit_fast.data.synthetic_scenes import (ARMS, GRID, P_C_AWAY, SCENE_PAIRS, label_statistics, make_scene_multilabel,
+                                            make_scene_singles, scene_arm, scene_labels)
+
+N_TRAIN, N_TEST = 7600, 8000  # the sweep's sizes (labels only: fast)
+PAIRS = [(SHAPE_CLASSES.index(b), SHAPE_CLASSES.index(c)) for b, c in SCENE_PAIRS]
+FREE = [v for v in range(len(SHAPE_CLASSES)) if v not in {x for p in PAIRS for x in p}]
+
+
+def stats(arm, split="train", n=N_TRAIN):
+    labels, scene, overflow = scene_labels(arm, n, split)
+    assert overflow == 0  # no scene needed its free classes redrawn: the grid never capped a label
+    return labels, scene, label_statistics(labels, scene, PAIRS)
+
+
+@pytest.mark.parametrize("arm", ["control", "3", "15", "28"])
+def test_exclusive_fraction_within_one_point_of_target(arm):
+    target = scene_arm(arm).exclusive
+    _, _, rows = stats(arm)
+    for r in rows:
+        assert abs(r["exclusive"] - target) <= 0.01, (arm, r["exclusive"])
+    if arm == "control":
+        assert all(r["n_exclusive"] == 0 for r in rows)
+        assert all(r["p_b_scene"][s] == 0 for k, r in enumerate(rows) for s in range(4) if s != k)  # b only at home
+    if arm == "15":
+        assert min(r["n_exclusive"] for r in rows) >= 150  # the issue's support for "b without c"
+
+
+@pytest.mark.parametrize("arm", ["3", "15", "28"])
+def test_b_and_c_independent_given_the_scene_with_the_stated_rates(arm):
+    a = scene_arm(arm)
+    labels, scene, rows = stats(arm)
+    t = labels > 0
+    for k, ((b, c), r) in enumerate(zip(PAIRS, rows)):
+        for s in range(4):
+            rows_s = scene == s
+            pb, pc = t[rows_s, b].mean(), t[rows_s, c].mean()
+            assert pb == pytest.approx(0.5 if s == k else a.eps, abs=2e-3)
+            assert pc == pytest.approx(a.q if s == k else P_C_AWAY, abs=2e-3)
+            assert (t[rows_s, b] & t[rows_s, c]).mean() == pytest.approx(pb * pc, abs=2e-3)
+    # the free classes: Bernoulli(0.15), independent of the scene
+    for v in FREE:
+        for s in range(4):
+            assert t[scene == s, v].mean() == pytest.approx(0.15, abs=0.03)
+
+
+def test_placebo_matches_the_control_labels_with_the_scene_independent():
+    _, _, control = stats("control")
+    labels, scene, placebo = stats("placebo")
+    for rc, rp in zip(control, placebo):
+        for key in ("p_b", "p_c", "p_bc"):
+            assert rp[key] == pytest.approx(rc[key], abs=2e-3), key
+        assert rp["n_exclusive"] == 0  # b => c: today's rule
+        assert max(rp["p_b_scene"]) - min(rp["p_b_scene"]) < 2e-3  # S carries nothing about b
+        assert max(rp["p_c_scene"]) - min(rp["p_c_scene"]) < 2e-3
+        assert max(rc["p_b_scene"]) == pytest.approx(0.5)  # while in the control it is b's common cause
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_test_split_c_independent_with_enough_positives_and_hard_negatives(arm):
+    labels, scene, rows = stats(arm, "test", N_TEST)
+    t = labels > 0
+    for k, ((b, c), r) in enumerate(zip(PAIRS, rows)):
+        assert r["n_exclusive"] >= 500 and r["n_cooccur"] >= 500
+        assert r["p_c"] == pytest.approx(0.5, abs=1e-3)
+        for s in range(4):
+            rows_s = scene == s
+            assert t[rows_s, c].mean() == pytest.approx(0.5, abs=2e-3)  # c independent of S ...
+            for has_b in (False, True):  # ... and of b
+                sel = rows_s & (t[:, b] == has_b)
+                if sel.sum() > 50:
+                    assert t[sel, c].mean() == pytest.approx(0.5, abs=0.02)
+        if arm != "placebo":  # b from P(b | S) as in training; c-only home-scene images as hard negatives
+            assert r["p_b_scene"][k] == pytest.approx(0.5, abs=2e-3)
+            assert (t[:, c] & ~t[:, b] & (scene == k)).sum() >= 500
+    assert np.bincount(scene).tolist() == [N_TEST // 4] * 4  # S uniform
+
+
+def test_rendered_scenes():
+    d = make_scene_multilabel("15", n_train=240, n_test=120, seed=3)
+    tr, te = d["train"], d["test"]
+    assert tr.images.shape == (240, 48, 48, 3) and tr.images.dtype == np.uint8
+    assert tr.masks.shape == (240, 48, 48) and tr.labels.shape == (240, 10)
+    assert np.bincount(tr.strata).tolist() == [60] * 4 and len(te) == 120
+    np.testing.assert_array_equal(tr.labels, scene_labels("15", 240, "train", seed=3)[0])
+    fg = tr.masks.reshape(240, -1).mean(1) / 255
+    assert fg.max() < 0.5  # the scene covers well over half of every image
+    has = tr.labels.sum(1) > 0
+    assert (fg[has] > 0.005).all() and (fg[~has] == 0).all()
+    assert tr.labels.sum(1).max() <= GRID * GRID
+    # S is visible: the mean background colour of an image tells its scene
+    bg = (tr.images * (tr.masks[..., None] < 128)).reshape(240, -1, 3).sum(1) / (tr.masks < 128).reshape(240, -1).sum(1)[:, None]
+    cent = np.stack([bg[tr.strata == s].mean(0) for s in range(4)])
+    guess = np.argmin(((bg[:, None] - cent[None]) ** 2).sum(-1), 1)
+    assert (guess == tr.strata).mean() > 0.95
+    # deterministic; the arms share the seed's rendering randomness but not their labels
+    again = make_scene_multilabel("15", n_train=240, n_test=120, seed=3)
+    np.testing.assert_array_equal(again["train"].images, tr.images)
+
+
+def test_single_object_scenes_for_the_confounder_network():
+    s = make_scene_singles(200, seed=1)
+    assert s.labels.shape == (200,) and np.bincount(s.labels).tolist() == [20] * 10
+    assert np.bincount(s.strata).tolist() == [50] * 4
+    assert (s.masks.reshape(200, -1).max(1) > 0).all()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="arm"):
+        scene_arm("50")
+    with pytest.raises(ValueError, match="scenes"):
+        make_scene_multilabel("15", n_train=8, n_test=8, n_scenes=3)
+    with pytest.raises(ValueError, match="shape class"):
+        make_scene_multilabel("15", n_train=8, n_test=8, pairs=(("circle", "blob"),))
