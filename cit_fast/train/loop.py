@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,15 +30,11 @@ from ..models.confounders import fit_confounders
 from ..metrics import TrainingMetrics
 from ..errors import CheckpointError, ConfigError, UsageError
 from ..utils import atomic_write_json, print0
+from .callbacks import Callback, ProgressBar, PrometheusSteps, StepCheckpoints, StepInfo, StopAfter
 from .distributed import DistEnv, setup_distributed
 from .engine import Engine, autocast_dtype, build_engine
 from .evaluate import evaluate
 from .losses import build_loss
-
-# Fault injection for the recovery tests: the given rank exits hard at this global step, on the
-# first attempt only (torchrun counts restarts in TORCHELASTIC_RESTART_COUNT).
-FAULT_STEP_ENV, FAULT_RANK_ENV = "CIT_FAST_FAULT_AT_STEP", "CIT_FAST_FAULT_RANK"
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -119,7 +114,7 @@ def _all_rng_states(env: DistEnv) -> list:
 class Trainer:
     """Holds what one run needs; ``fit`` runs it. Set-up is a sequence of named steps."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = ()):
         self.cfg = cfg = finalize(cfg)  # absolute paths, concrete data.source (what config.yaml records)
         self.env = setup_distributed(cfg)
         if cfg.threads and self.env.device.type == "cpu":
@@ -132,9 +127,19 @@ class Trainer:
         self._build_model_and_engine()
         self.metrics = TrainingMetrics(cfg.metrics, self.env.rank, self.env.local_rank, cfg.model.name,
                                        cfg.out_dir, self.env.device.type)
+        self.callbacks = self._callbacks(callbacks)
         self.history: list = []
         self.start_epoch, self.start_step = 0, 0
         self.total_steps = 0
+
+    def _callbacks(self, extra: Sequence[Callback]) -> list:
+        cfg = self.cfg
+        out: list = [ProgressBar()] if cfg.progress and self.env.rank == 0 else []
+        if self.metrics.enabled:
+            out.append(PrometheusSteps())
+        if cfg.checkpoint_every_steps:
+            out.append(StepCheckpoints(cfg.checkpoint_every_steps, cfg.dist.grad_accum))
+        return out + list(extra)
 
     def _prepare_out_dir(self) -> None:
         """Rank 0 creates out_dir and writes config.yaml; a directory we cannot write is one clear error."""
@@ -252,22 +257,15 @@ class Trainer:
                                                       if stats["inertia"] == stats["inertia"] else ""))
 
     # -- training ----------------------------------------------------------------------------------
-    def train_one_epoch(self, epoch: int, stop_after_steps: Optional[int]) -> Dict[str, Any]:
+    def train_one_epoch(self, epoch: int) -> Dict[str, Any]:
         cfg, env, engine, pipe = self.cfg, self.env, self.engine, self.train_pipe
         engine.model.train()
         start = pipe.start_batch
         step_losses = []
         seen = 0
-        t0 = time.perf_counter()
-        bar = None
-        if cfg.progress and env.rank == 0:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                       leave=False, mininterval=1.0, dynamic_ncols=True)
-        fault_step = int(os.environ.get(FAULT_STEP_ENV, "0") or 0)
-        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-        t_prev = time.perf_counter()
+        for cb in self.callbacks:
+            cb.on_epoch_start(self, epoch, start)
+        t0 = t_prev = time.perf_counter()
         for step, batch in enumerate(pipe, start=start):
             if step >= self.steps_per_epoch:
                 break
@@ -282,31 +280,17 @@ class Trainer:
             seen += len(batch["label"])
             self.total_steps += 1
             t_end = time.perf_counter()
-            self.metrics.step(len(batch["label"]), t_end - t_prev, t_batch - t_prev)
+            last = step + 1 == self.steps_per_epoch
+            info = StepInfo(epoch, step, self.total_steps, len(batch["label"]), step_losses[-1], t_end - t_prev,
+                            t_batch - t_prev, log_point=(step + 1) % cfg.log_interval == 0 or step == start or last,
+                            last_in_epoch=last)
             t_prev = t_end
-            if bar is not None:
-                bar.update(1)
-            # every gauge is set at the run's first step and at least once per epoch (its last step),
-            # whatever log_interval is
-            report = (step + 1) % cfg.log_interval == 0 or step == start or step + 1 == self.steps_per_epoch
-            if report and (bar is not None or self.metrics.enabled):
-                loss_value = float(loss.detach())  # host sync: only at the log interval
-                self.metrics.log_interval(loss_value, engine.lr)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss_value:.3f}")
-            if fault_step and self.total_steps == fault_step and first_attempt \
-                    and env.rank == int(os.environ.get(FAULT_RANK_ENV, "0")):
-                os._exit(17)  # simulated crash (tests of fault recovery)
-            mid_epoch = step + 1 < self.steps_per_epoch
-            boundary = (step + 1) % cfg.dist.grad_accum == 0
-            if mid_epoch and boundary and cfg.checkpoint_every_steps and (step + 1) % cfg.checkpoint_every_steps == 0:
-                self.save(epoch, step + 1)
-            if stop_after_steps is not None and self.total_steps >= stop_after_steps:
-                if mid_epoch:
+            if any([cb.on_step_end(self, info) for cb in self.callbacks]):  # every callback runs, then stop
+                if not last:
                     self.save(epoch, step + 1)
                 raise _StopRun
-        if bar is not None:
-            bar.close()
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, epoch)
         dt = time.perf_counter() - t0
         # per-step losses averaged over ranks (= the global batch's loss): one collective per epoch
         losses = torch.stack(step_losses).float() if step_losses else torch.zeros(0, device=env.device)
@@ -317,7 +301,7 @@ class Trainer:
         return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses), "seconds": dt,
                 "samples_per_s": seen * env.world_size / dt, "step_losses": losses}
 
-    def fit(self, stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+    def fit(self) -> Dict[str, Any]:
         cfg, env = self.cfg, self.env
         self.maybe_resume()
         self.total_steps = self.start_epoch * self.steps_per_epoch + self.start_step
@@ -329,7 +313,7 @@ class Trainer:
                 self.maybe_fit_confounders(epoch)
                 if epoch == self.start_epoch and self.start_step:
                     self.train_pipe.load_state_dict({"epoch": epoch, "start_batch": self.start_step})
-                stats = self.train_one_epoch(epoch, stop_after_steps)
+                stats = self.train_one_epoch(epoch)
                 record = {"epoch": epoch + 1, "train_loss": stats["loss"], "lr": self.engine.lr,
                           "samples_per_s": stats["samples_per_s"], "step_losses": stats["step_losses"]}
                 line = f"epoch {epoch + 1:3d}  loss {stats['loss']:.4f}  "
@@ -366,15 +350,18 @@ class Trainer:
         return result
 
 
-def main(cfg: TrainConfig, stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+def main(cfg: TrainConfig, stop_after_steps: Optional[int] = None,
+         callbacks: Sequence[Callback] = ()) -> Dict[str, Any]:
     """Train and evaluate as configured; returns (and rank 0 writes) the results.
 
     stop_after_steps: end the run after this many micro-steps in total, having checkpointed there
-    (used to test exact resume).
+    (used to test exact resume); callbacks: more step hooks (train/callbacks.py), e.g. the tests'
+    fault injection.
     """
-    trainer = Trainer(cfg)
+    extra = list(callbacks) + ([StopAfter(stop_after_steps)] if stop_after_steps is not None else [])
+    trainer = Trainer(cfg, extra)
     try:
-        return trainer.fit(stop_after_steps)
+        return trainer.fit()
     finally:
         trainer.env.shutdown()
 

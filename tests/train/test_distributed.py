@@ -24,11 +24,16 @@ REL_TOL = 1e-2
 N_MATCH = 10
 
 
-def run(out: Path, nproc: int, *extra: str, env_extra=None, max_restarts: int = 0, check: bool = True):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", **(env_extra or {})}
+FAULT_PROBE = str(Path(__file__).with_name("fault_probe.py"))
+
+
+def run(out: Path, nproc: int, *extra: str, crash_at=None, max_restarts: int = 0, check: bool = True):
+    """cit-fast train under torchrun; crash_at=(step, rank): that rank dies after that micro-step."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     micro = 16 // nproc  # global batch 16 in every run
+    target = [FAULT_PROBE, *map(str, crash_at)] if crash_at else ["-m", "cit_fast.cli", "train"]
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", str(nproc), "--max-restarts", str(max_restarts),
-           "-m", "cit_fast.cli", "train", *COMMON, f"data.batch_size={micro}", f"out_dir={out}", *extra]
+           *target, *COMMON, f"data.batch_size={micro}", f"out_dir={out}", *extra]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
@@ -69,8 +74,7 @@ def test_interrupted_then_resumed_matches_uninterrupted(tmp_path, engine, nproc)
     full = tmp_path / "full"
     run(full, nproc, *extra)
     part = tmp_path / "part"
-    crashed = run(part, nproc, *extra, env_extra={"CIT_FAST_FAULT_AT_STEP": "10", "CIT_FAST_FAULT_RANK": str(nproc - 1)},
-                  check=False)
+    crashed = run(part, nproc, *extra, crash_at=(10, nproc - 1), check=False)
     assert crashed.returncode != 0 and not (part / "results.json").exists()
     run(part, nproc, *extra, "resume=auto")
     a, b = losses(full), losses(part)
@@ -88,7 +92,7 @@ def test_fault_recovery_under_torchrun_restarts(tmp_path):
     full = tmp_path / "full"
     run(full, 2, *extra)
     rec = tmp_path / "recovered"
-    r = run(rec, 2, *extra, env_extra={"CIT_FAST_FAULT_AT_STEP": "5", "CIT_FAST_FAULT_RANK": "1"}, max_restarts=1)
+    r = run(rec, 2, *extra, crash_at=(5, 1), max_restarts=1)
     assert "resumed from" in r.stdout + r.stderr
     final = lambda d: torch.load(sorted((d / "checkpoints").glob("ckpt_*.pt"))[-1], weights_only=False)["model"]
     a, b = final(full), final(rec)
