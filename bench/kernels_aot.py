@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -104,7 +105,8 @@ class Case:
             return (f"composite {p['mode']:<6} {p['layout']} {p['out']:<8} "
                     f"{'flip' if p['flip'] else 'noflip'}")
         return (f"attn Lq={p['lq']:<3} Kc={p['kc']:<4} D={p['d']:<3} {p['dtype']:<8}"
-                f"{' +attn' if p['return_attn'] else ''}{' tf32x3' if p.get('precision') else ''}")
+                f"{' +attn' if p['return_attn'] else ''}{' tf32x3' if p.get('precision') else ''}"
+                f"{' +dprior' if p.get('dprior') else ''}")
 
 
 # The CI subset (tests/kernels/test_aot_gate.py, about a minute cold on 2 cores): every composite
@@ -116,6 +118,7 @@ CI_ATTENTION = {(80, 100, 64, "float32", False), (80, 100, 64, "bfloat16", False
                 (80, 100, 128, "float32", False), (80, 16, 128, "bfloat16", True),
                 (80, 1024, 32, "float16", True)}
 CI_TF32X3 = {(100, 64)}  # fp32 through tf32x3 (the table: Kc 100/1024 x every D, at Lq=80)
+CI_DPRIOR = {(100, "float32")}  # a prior with a gradient (the table: Kc 100/1024 x fp32/bf16, D=64)
 
 
 def composite_cases(subset: str) -> List[Case]:
@@ -149,6 +152,12 @@ def attention_cases(subset: str) -> List[Case]:
                 continue
             cases.append(Case("attention", (("lq", 80), ("kc", kc), ("d", d), ("dtype", "float32"),
                                             ("return_attn", False), ("precision", "tf32x3"))))
+    for kc in (100, 1024):  # the model's prior is a buffer; a prior that learns adds dprior
+        for dtype in ("float32", "bfloat16"):
+            if subset == "ci" and (kc, dtype) not in CI_DPRIOR:
+                continue
+            cases.append(Case("attention", (("lq", 80), ("kc", kc), ("d", 64), ("dtype", dtype),
+                                            ("return_attn", False), ("dprior", True))))
     return cases
 
 
@@ -397,11 +406,14 @@ def _launch_case(case: Case) -> None:
     out, attn, lse = ca.causal_attention_forward(q, k, v, prior, heads, scale, p["return_attn"], **kw)
     dattn = torch.empty_like(attn) if p["return_attn"] else None
     # the model's prior is a buffer (no dprior); the kernels before issue 13 always computed it
-    bkw = dict(kw, need_dprior=False) if "need_dprior" in ca.causal_attention_backward.__code__.co_varnames else {}
+    bkw = dict(kw, need_dprior=bool(p.get("dprior"))) \
+        if "need_dprior" in ca.causal_attention_backward.__code__.co_varnames else {}
     ca.causal_attention_backward(q, k, v, prior, out, lse, torch.empty_like(out), dattn, heads, scale, **bkw)
 
 
+@functools.lru_cache(maxsize=1)
 def _source_hash() -> str:
+    """Of the kernel sources as first read by this process (the code it compiles)."""
     import triton
 
     h = hashlib.sha256(f"{HARNESS_VERSION} {triton.__version__}".encode())
@@ -555,6 +567,41 @@ def print_table(results, markdown: bool) -> str:
     return text
 
 
+def condensed(results: List[Dict[str, object]]) -> str:
+    """A markdown table of the table: per arch and kernel (and attention dtype / composite mode and
+    layout), the worst registers and spills over the cases, the range of waves, the dot lowering
+    and the access widths seen."""
+    groups: Dict[Tuple, List] = {}
+    for r in results:
+        p = r["params"]
+        for ln in r["launches"]:
+            kern = ln["kernel"].strip("_").replace("_kernel", "")
+            if r["op"] == "composite":
+                key = (r["arch"], kern, f"{p['mode']} {p['layout']}")
+            else:
+                key = (r["arch"], kern, p["dtype"] + (f" {p['precision']}" if p.get("precision") else "")
+                       + (" +dprior" if p.get("dprior") else ""))
+            groups.setdefault(key, []).append((r, ln))
+    lines = ["| arch | kernel | variant | cases | regs (max) | spill B (max; launches) | smem KB (max) | "
+             "CTAs/SM (min) | waves | dots | ld widths | st widths |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    for (arch, kern, var), items in groups.items():
+        lns = [ln for _, ln in items]
+        spill = [ln["spill_stores"] for ln in lns]
+        ld, st = Counter(), Counter()
+        for ln in lns:
+            ld.update(ln["ld"].keys())
+            st.update(ln["st"].keys())
+        waves = [ln["waves"] for ln in lns]
+        lines.append(f"| {arch} | {kern} | {var} | {len(lns)} | {max(ln['regs'] for ln in lns)} | "
+                     f"{max(spill)}; {sum(1 for x in spill if x)} | {max(ln['smem'] for ln in lns) / 1024:.1f} | "
+                     f"{min(ln['ctas_per_sm'] for ln in lns)} | {min(waves):.2f}-{max(waves):.2f} | "
+                     f"{', '.join(sorted({d for ln in lns for d in ln['dots']})) or '-'} | "
+                     f"{' '.join(f'{w}B' for w in sorted(ld, key=int)) or '-'} | "
+                     f"{' '.join(f'{w}B' for w in sorted(st, key=int)) or '-'} |")
+    return "\n".join(lines)
+
+
 def summary(results: List[Dict[str, object]]) -> str:
     launches = [(r, ln) for r in results for ln in r["launches"]]
     spilling = [(r, ln) for r, ln in launches if ln["spill_stores"]]
@@ -583,6 +630,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="per-case result cache ('' = none)")
     ap.add_argument("--json", default="", help="write every record here")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    ap.add_argument("--condensed", action="store_true", help="print one row per arch, kernel and variant")
+    ap.add_argument("--from-json", default="", help="report a --json file of an earlier run (no compiling)")
     ap.add_argument("--check", action="store_true", help="exit 1 if a gate rule fails")
     ap.add_argument("--all-configs", choices=["yes", "no", "auto"], default="auto",
                     help="also compile every autotuning candidate (auto: for the full table only)")
@@ -600,12 +649,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     cases = all_cases(args.subset, args.only)
     t0 = time.perf_counter()
     all_configs = args.all_configs == "yes" or (args.all_configs == "auto" and args.subset == "full")
-    results = run_all(args.arch, cases, args.jobs, args.cache or None, all_configs)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())["results"]
+    else:
+        results = run_all(args.arch, cases, args.jobs, args.cache or None, all_configs)
     secs = time.perf_counter() - t0
     print(f"# AOT gate: {args.subset} table, {', '.join(f'{a} ({ARCHS[a].part}, {ARCHS[a].sms} SMs)' for a in args.arch)}; "
           f"triton {triton.__version__}; {'every autotuning candidate compiled; ' if all_configs else ''}{secs:.1f} s")
     print(f"# command: {' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}")
-    print_table(results, args.markdown)
+    if args.condensed:
+        print(condensed(results))
+    else:
+        print_table(results, args.markdown)
     print("# " + summary(results))
     fails = gate_failures(results)
     if args.json:

@@ -555,7 +555,7 @@ def causal_attention_backward(q, k, v, prior, out, lse, dout, dattn, num_heads: 
                   prior.stride(0))
     common = dict(DH=dh, ELEM=elem, DOT_T=dot_t, PRECISION=prec, RNE=rne, HAS_DA=has_da)
 
-    # dQ and delta (one workspace for every fp32 scratch buffer of the backward)
+    # dQ, and delta for the dK/dV kernel
     dq_cands = _dq_configs(m, kc, bd, q.dtype, prec, has_da, target)
     kv_cands = _dkv_configs(m, kc, bd, q.dtype, prec, has_da, target)
     delta = torch.empty((num_heads, m), dtype=torch.float32, device=dev)
@@ -578,7 +578,7 @@ def causal_attention_backward(q, k, v, prior, out, lse, dout, dattn, num_heads: 
     # dK, dV, dp partials over SPLIT row chunks: as many chunks as fill one wave
     state = {}
 
-    def kv_args(cfg, split, per_split, part, dpr):
+    def kv_args(per_split, part, dpr):
         return (q2, k, v, prior, do2, da, lse, delta, part, dpr, m, kc, c, num_heads, per_split, *in_strides,
                 do2.stride(0), do2.stride(1), *da.stride(), scale * _LOG2E, scale)
 
@@ -592,7 +592,7 @@ def causal_attention_backward(q, k, v, prior, out, lse, dout, dattn, num_heads: 
             m_blocks, n_blocks = triton.cdiv(m, cfg.block_m), triton.cdiv(kc, cfg.block_n)
             slots = None
             if target is not None:
-                probe = kv_args(cfg, 1, m_blocks, delta, delta)
+                probe = kv_args(m_blocks, delta, delta)
                 slots = wave_slots(_attn_bwd_dkv_kernel, ("dkv", kc, dh, q.dtype, prec, has_da, need_dprior, cfg, target),
                                    target, probe, kv_kw(cfg))
             split = _split(m_blocks, n_blocks, num_heads, slots)
@@ -606,11 +606,11 @@ def causal_attention_backward(q, k, v, prior, out, lse, dout, dattn, num_heads: 
     def kv_launch(cfg):
         split, per_split, part, dpr = kv_plan(cfg)
         grid = (triton.cdiv(kc, cfg.block_n), num_heads, split)
-        return lambda: _attn_bwd_dkv_kernel[grid](*kv_args(cfg, split, per_split, part, dpr), **kv_kw(cfg))
+        return lambda: _attn_bwd_dkv_kernel[grid](*kv_args(per_split, part, dpr), **kv_kw(cfg))
 
     def kv_warm(cfg):
         split, per_split, part, dpr = kv_plan(cfg)
-        _attn_bwd_dkv_kernel.warmup(*kv_args(cfg, split, per_split, part, dpr), grid=(1,), **kv_kw(cfg))
+        _attn_bwd_dkv_kernel.warmup(*kv_args(per_split, part, dpr), grid=(1,), **kv_kw(cfg))
 
     cfg = pick_config(("dkv", kc, dh, q.dtype, prec, has_da, need_dprior, target), kv_cands, dev, kv_warm, kv_launch)
     kv_launch(cfg)()

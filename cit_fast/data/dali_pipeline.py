@@ -159,6 +159,27 @@ class DaliPipeline(Pipeline):
         return pipe
 
     # -- iteration -----------------------------------------------------------------------------------
+    def model_batches(self) -> Iterator[Batch]:
+        """On a CPU, batch k is composed in a helper thread while DALI hands over batch k + 1 (the
+        main thread would otherwise alternate between them; PyTorch's ops release the GIL). On a
+        GPU the Triton composite is asynchronous already."""
+        if self._gpu:
+            yield from super().model_batches()
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .pipeline import compose
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cit-fast-compose") as pool:
+            pending = None
+            for raw in self.raw_batches():
+                job = pool.submit(compose, raw, self.spec)
+                if pending is not None:
+                    yield pending.result()
+                pending = job
+            if pending is not None:
+                yield pending.result()
+
     def raw_batches(self) -> Iterator[Batch]:
         keys = self.batch_keys()
         if not keys:

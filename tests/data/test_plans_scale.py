@@ -107,3 +107,19 @@ def test_pipeline_builds_the_next_epochs_plan_in_the_background():
     evaluation = TorchPipeline(s, PipelineSpec(batch_size=6, train=False))
     evaluation.plan
     assert evaluation._next_plan is None  # evaluation has one fixed plan
+
+
+def test_plans_benchmark_smoke(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "plans.py"
+    spec = importlib.util.spec_from_file_location("bench_plans", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    md = tmp_path / "r.md"
+    assert mod.main(["--sizes", "10k", "--results-md", str(md)]) == 0
+    text = md.read_text()
+    for kind in mod.KINDS:
+        assert f"| {kind} |" in text
+    assert "within the 6 s goal" in capsys.readouterr().out

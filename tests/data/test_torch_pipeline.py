@@ -137,3 +137,25 @@ def test_files_with_resize(folder_dataset):
     p = TorchPipeline(s, PipelineSpec(batch_size=5, plan="stratify_c", image_size=12, num_workers=0))
     b = next(iter(p))
     assert b["image"].shape == (5, 3, 12, 12)
+
+
+def test_cpu_composite_runs_in_the_workers_and_matches_compose_after_the_loader(monkeypatch):
+    """On a CPU the workers hand over model inputs (raw_batches is not used); the same bits as
+    composing the raw batches after the loader."""
+    from cit_fast.data.pipeline import compose
+
+    s = make_set(n=30)
+    spec = PipelineSpec(batch_size=6, plan="stratify_c", crop_padding=1, mean=MEAN, std=STD, num_workers=2,
+                        epochwise=True)
+    after = TorchPipeline(s, spec)
+    after.set_epoch(2)
+    want = [compose(raw, spec) for raw in after.raw_batches()]
+    p = TorchPipeline(s, spec)
+    p.set_epoch(2)
+    monkeypatch.setattr(TorchPipeline, "raw_batches", lambda self: (_ for _ in ()).throw(AssertionError("main")))
+    got = list(p)
+    assert len(got) == len(want) == len(p)
+    for a, b in zip(got, want):
+        assert set(a) == set(b)
+        for k in a:
+            assert torch.equal(a[k], b[k]), k

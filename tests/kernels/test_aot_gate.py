@@ -24,6 +24,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import kernels_aot  # noqa: E402
 
 
+pytestmark_gate = pytest.mark.slow  # the compiling tests (about a minute cold, seconds cached)
+
+
 @pytest.fixture(scope="module")
 def ci_table(tmp_path_factory):
     out = tmp_path_factory.mktemp("aot") / "ci.json"
@@ -38,9 +41,11 @@ def _launches(table, op):
     return [(r, ln) for r in table["results"] if r["op"] == op for ln in r["launches"]]
 
 
+@pytestmark_gate
 def test_every_case_compiles(ci_table):
     results = ci_table["results"]
-    assert len(results) == 2 * (len(kernels_aot.CI_COMPOSITE) + len(kernels_aot.CI_ATTENTION) + len(kernels_aot.CI_TF32X3))
+    assert len(results) == 2 * (len(kernels_aot.CI_COMPOSITE) + len(kernels_aot.CI_ATTENTION) + len(kernels_aot.CI_TF32X3)
+                              + len(kernels_aot.CI_DPRIOR))
     for r in results:
         assert not r.get("error"), f"{r['arch']} {r['case']}: {r['error']}"
         want = ["_composite_packed_kernel"] if r["op"] == "composite" else \
@@ -48,6 +53,7 @@ def test_every_case_compiles(ci_table):
         assert [ln["kernel"] for ln in r["launches"]] == want, r["case"]
 
 
+@pytestmark_gate
 def test_zero_spills(ci_table):
     spills = [f"{r['arch']} {r['case']} {ln['kernel']}: {ln['spill_stores']} B"
               for r in ci_table["results"] for ln in r["launches"] + r["candidates"]
@@ -55,6 +61,7 @@ def test_zero_spills(ci_table):
     assert not spills, spills
 
 
+@pytestmark_gate
 def test_attention_dots_on_tensor_cores(ci_table):
     for r, ln in _launches(ci_table, "attention"):
         if ln["kernel"] == "_attn_bwd_reduce_kernel":
@@ -66,6 +73,7 @@ def test_attention_dots_on_tensor_cores(ci_table):
             assert ln["constexprs"]["PRECISION"] == r["params"].get("precision", "tf32")
 
 
+@pytestmark_gate
 def test_composite_accesses_at_least_8_bytes(ci_table):
     for r, ln in _launches(ci_table, "composite"):
         narrow_ld = {w: n for w, n in ln["ld"].items() if int(w) < 8}
@@ -75,6 +83,7 @@ def test_composite_accesses_at_least_8_bytes(ci_table):
         assert sum(ln["ld"].values()) >= (1 if r["params"]["mode"] == "none" else 3)
 
 
+@pytestmark_gate
 def test_grids_fill_whole_waves(ci_table):
     """The persistent composite and the dK/dV split: one wave at most, at least 3/4 of one."""
     for r, ln in _launches(ci_table, "composite"):
@@ -84,6 +93,7 @@ def test_grids_fill_whole_waves(ci_table):
             assert 0.75 <= ln["waves"] <= 1.0 + 1e-9, (r["arch"], r["case"], ln["grid"], ln["waves"])
 
 
+@pytestmark_gate
 def test_gate_rules_agree(ci_table):
     assert ci_table["failures"] == [] and kernels_aot.gate_failures(ci_table["results"]) == []
 

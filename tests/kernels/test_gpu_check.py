@@ -42,6 +42,7 @@ def test_dry_run_lists_every_step_within_the_budget():
     assert bad.returncode == 2 and "unknown step" in bad.stderr
 
 
+@pytest.mark.slow
 def test_train_step_runs_on_cpu_one_and_two_processes():
     res = _run("--train-worker", "--device", "cpu", "--steps", "12", "--batch-size", "16")
     assert res.returncode == 0, res.stderr[-2000:]
