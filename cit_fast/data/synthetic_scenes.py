@@ -186,22 +186,22 @@ def _object_bank(n_per_class: int, seed: int, cell: int, b_scale: float) -> Dict
 
 
 def _render(rng: np.random.Generator, labels: np.ndarray, scene: np.ndarray, size: int, n_scenes: int,
-            bank: Dict[str, object], small_classes: set) -> Tuple[np.ndarray, np.ndarray]:
-    """uint8 images (n, size, size, 3) and union object masks (n, size, size)."""
+            bank: Dict[str, object], small_classes: set, grid: int = GRID) -> Tuple[np.ndarray, np.ndarray]:
+    """uint8 images (n, size, size, 3) and union object masks (n, size, size); objects on a grid x grid grid."""
     n = len(labels)
-    cell = size // GRID
+    cell = size // grid
     imgs = scene_backgrounds(rng, scene, size, n_scenes)
     masks = np.zeros((n, size, size), np.float32)
     for i in range(n):
         present = np.nonzero(labels[i])[0]
-        cells = rng.permutation(GRID * GRID)[:len(present)]
+        cells = rng.permutation(grid * grid)[:len(present)]
         for cls, cell_id in zip(present, cells):
             j = int(rng.choice(bank["by_class"][cls]))
             src_i, src_m = bank["small" if cls in small_classes else "full"]
             patch, pm = src_i[j], src_m[j]
             side = patch.shape[0]
-            oy = (cell_id // GRID) * cell + int(rng.integers(0, cell - side + 1))
-            ox = (cell_id % GRID) * cell + int(rng.integers(0, cell - side + 1))
+            oy = (cell_id // grid) * cell + int(rng.integers(0, cell - side + 1))
+            ox = (cell_id % grid) * cell + int(rng.integers(0, cell - side + 1))
             region = imgs[i, oy:oy + side, ox:ox + side]
             imgs[i, oy:oy + side, ox:ox + side] = pm[..., None] * patch + (1 - pm[..., None]) * region
             masks[i, oy:oy + side, ox:ox + side] = np.maximum(masks[i, oy:oy + side, ox:ox + side], pm)
@@ -255,15 +255,19 @@ def make_scene_multilabel(arm: str = "15", n_train: int = 7600, n_test: int = 80
 
 
 def make_scene_singles(n: int = 6000, size: int = 48, n_scenes: int = 4, b_scale: float = 0.75,
-                       seed: int = 7) -> SampleSet:
+                       seed: int = 7, grid: int = GRID) -> SampleSet:
     """Single-object scenes over the same palettes (class uniform, S uniform and independent of it, half
     the objects at b's size), single-label: what the confounder network is pre-trained on. Object
-    instances differ from every benchmark seed's (make_shapes seed 3000 + seed)."""
+    instances differ from every benchmark seed's (make_shapes seed 3000 + seed). Objects have the
+    benchmark's sizes (a cell of ``size // grid`` pixels); ``size=16, grid=1`` gives one grid cell of a
+    benchmark scene, a 9x cheaper image to pre-train on."""
+    if size % grid or size // grid < 8:
+        raise ValueError(f"size must be a multiple of grid={grid} with cells of at least 8 pixels, got {size}")
     rng = np.random.default_rng([seed, 0x5146])
     num_classes = len(SHAPE_CLASSES)
     cls = rng.permutation(np.arange(n) % num_classes)
     scene = rng.permutation(np.arange(n) % n_scenes).astype(np.int64)
-    bank = _object_bank(60, 3000 + seed, size // GRID, b_scale)
+    bank = _object_bank(300, 3000 + seed, size // grid, b_scale)  # many instances: learn shapes, not instances
     labels = np.zeros((n, num_classes), np.float32)
     labels[np.arange(n), cls] = 1
     small = rng.random(n) < 0.5
@@ -272,7 +276,7 @@ def make_scene_singles(n: int = 6000, size: int = 48, n_scenes: int = 4, b_scale
     for flag in (False, True):  # render the two sizes separately (the size set is per class in _render)
         rows = np.nonzero(small == flag)[0]
         im, ms = _render(rng, labels[rows], scene[rows], size, n_scenes, bank,
-                         set(range(num_classes)) if flag else set())
+                         set(range(num_classes)) if flag else set(), grid)
         images[rows], masks[rows] = im, ms
     return SampleSet(images, masks, cls.astype(np.int64), list(SHAPE_CLASSES), strata=scene,
                      name="single-object scenes")

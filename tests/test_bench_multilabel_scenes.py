@@ -1,0 +1,53 @@
+"""bench/multilabel_scenes.py's statistics: paired 95% intervals and the issue's criteria."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from multilabel_scenes import criteria, paired_ci, scene_scores  # noqa: E402
+
+
+def test_paired_ci_is_the_t_interval_of_the_differences():
+    d = [1.0, 2.0, 3.0, 4.0, 5.0]
+    m, lo, hi = paired_ci(d)
+    half = 2.776 * np.std(d, ddof=1) / np.sqrt(5)  # t_{0.975, 4}
+    assert m == 3.0 and lo == pytest.approx(3 - half) and hi == pytest.approx(3 + half)
+    assert paired_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
+    m, lo, hi = paired_ci([0.5])
+    assert m == 0.5 and np.isnan(lo) and np.isnan(hi)
+
+
+def _v(ex, co, al):
+    return {"exclusive": ex, "cooccur": co, "mAP": al}
+
+
+def test_criteria_need_every_condition():
+    good = _v((2.0, 0.5, 3.5), (0.2, -0.5, 0.9), (0.1, -0.2, 0.4))
+    none = _v((0.1, -1.0, 1.2), (0.0, -0.3, 0.3), (0.0, -0.1, 0.1))
+    beats = {"exclusive": (1.0, 0.2, 1.8), "cooccur": (0, 0, 0), "mAP": (0, 0, 0)}
+    verdict = {arm: {"raising-baseline": good, "raising-random": beats} for arm in ("3", "15")}
+    verdict.update({arm: {"raising-baseline": none} for arm in ("control", "placebo")})
+    (line,) = criteria(verdict, ["baseline", "raising"])
+    assert "REPRODUCED" in line and "10 of 10" in line
+    verdict["15"]["raising-baseline"] = _v((2.0, 0.5, 3.5), (1.5, 1.0, 2.0), (0.1, -0.2, 0.4))  # Co-occur moved
+    assert "not reproduced" in criteria(verdict, ["raising"])[0]
+    verdict["15"]["raising-baseline"] = good
+    verdict["control"]["raising-baseline"] = good  # a gain where none can be: not reproduced
+    assert "not reproduced" in criteria(verdict, ["raising"])[0]
+
+
+def test_scene_scores_exclusive_cooccur_and_c_lift():
+    rng = np.random.default_rng(0)
+    t = np.zeros((400, 3), np.float32)
+    t[:, 0] = rng.random(400) < 0.3  # b
+    t[:, 1] = rng.random(400) < 0.5  # c
+    t[:, 2] = rng.random(400) < 0.2
+    s = rng.normal(size=(400, 3))
+    s[:, 0] += 3 * t[:, 0] + 1.0 * t[:, 1]  # a model that reads b partly off c
+    r = scene_scores(s, t, [(0, 1)])
+    assert r["cooccur"] > r["exclusive"]
+    nob = t[:, 0] == 0
+    lift = s[nob & (t[:, 1] > 0), 0].mean() - s[nob & (t[:, 1] == 0), 0].mean()
+    assert r["c_lift"] == pytest.approx(lift) and 0.6 < r["c_lift"] < 1.4
