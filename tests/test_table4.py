@@ -1,8 +1,11 @@
+import pytest
+
 from cit_fast.cli import main
-from tests.test_report import Images, decode_png
 from cit_fast.table4 import ROWS, VERSIONS
+from tests.test_report import Images, decode_png
 
 
+@pytest.mark.slow
 def test_table4_runs_all_cells_and_appends_results(tmp_path, capsys):
     md = tmp_path / "RESULTS.md"
     md.write_text("# Benchmark results\n\n## an older section\n\nkept\n")

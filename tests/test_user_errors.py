@@ -271,6 +271,7 @@ def _interrupt(cmd, cwd, wait_for: Path, timeout=240):
     return p.returncode, out, err
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line_naming_the_last_checkpoint(tmp_path, arrays_file):
     cmd = [CIT, "train", f"data.train={arrays_file}", f"data.test={arrays_file}", f"out_dir={tmp_path / 'r'}",
            "model.name=resnet8", "optim.epochs=500", "data.batch_size=4", "checkpoint_every_steps=1",

@@ -186,8 +186,3 @@ def blank_like(x: torch.Tensor, mean, std) -> torch.Tensor:
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return ((0 - m) / s).expand_as(x).contiguous()
-
-
-def is_double(model: nn.Module) -> bool:
-    return getattr(model, "task", "single") == "double"
-

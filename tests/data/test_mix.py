@@ -59,6 +59,7 @@ def test_soft_cross_entropy_equals_ce_on_one_hot():
                           torch.nn.functional.cross_entropy(logits, y))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["mixup", "cutmix"])
 def test_cit_with_mix_trains_and_resumes_exactly(tmp_path, mode):
     args = ["model.name=resnet8", "data.synthetic_train_per_class=16", "data.synthetic_test_per_class=4",

@@ -76,7 +76,8 @@ def test_other_dataset_tags_layout_other_size(trained, tmp_path, capsys):
     assert cli(["cross-eval", "--checkpoint", ck, "--mapping", str(tmp_path / "m.json"), "--json",
                 "data.source=nuswide", f"data.test={tmp_path / 'tgt'}"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["common_classes"] == 2 and 0 <= rep["mAP"] <= 100
+    assert rep["common_classes"] == 2
+    assert rep["mAP"] == pytest.approx(np.mean([r["ap"] for r in rep["per_class"] if r["ap"] is not None]))
     assert rep["target_data"]["image_size"] == 32  # resized to the training side (40 -> 32)
 
 

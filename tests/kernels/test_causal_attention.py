@@ -226,6 +226,7 @@ def test_custom_ops_opcheck(device):
             torch.library.opcheck(torch.ops.cit_fast.causal_attention_bwd.default, bwd_args)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_forward_backward(device):
     """The causal head compiled as one graph: attention (custom ops) + a linear head, fwd and bwd."""
     q, k, v, prior, _, _ = _make(2, 5, 7, 2, 16, seed=6)

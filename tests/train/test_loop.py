@@ -15,6 +15,7 @@ def cfg_for(tmp_path, *extra):
     return load_config(None, [*SMALL, f"out_dir={tmp_path}", *extra])
 
 
+@pytest.mark.slow
 def test_learns_the_visible_context(tmp_path):
     """V1: the border colour (common sense A) tells the class; a short run must pick it up."""
     cfg = load_config(None, ["model.name=resnet8", "data.synthetic_version=V1", "data.synthetic_train_per_class=60",
@@ -28,6 +29,7 @@ def test_learns_the_visible_context(tmp_path):
     assert len(ckpt.list_checkpoints(tmp_path / "checkpoints")) >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plan, epochwise", [("stratify_c", False), ("stratify_b", True)])
 def test_resume_mid_epoch_is_bitwise_exact(tmp_path, plan, epochwise):
     extra = [f"intervention.plan={plan}", f"intervention.epochwise={epochwise}", "data.crop_padding=2",
