@@ -62,7 +62,7 @@ COMMON = ["data.source=arrays", "data.hflip=false", "model.embed_dim=64", "model
           "optim.weight_decay=0.01", "optim.schedule=cosine", "optim.warmup_epochs=1", "progress=false",
           "threads=1", "log_interval=1000", "keep_checkpoints=1"]
 METRICS = (("exclusive", "Exclusive"), ("cooccur", "Co-occur"), ("mAP", "All"))
-FULL = {"arms": ["control", "3", "15", "28", "placebo"], "seeds": [0, 1, 2, 3, 4],
+FULL = {"arms": ["15", "3", "control", "placebo", "28"], "seeds": [0, 1, 2, 3, 4],  # the criteria's arms first
         "models": ["baseline", "residual", "raising", "random"], "random_arms": ["3", "15"]}
 SMALL = {"arms": ["15"], "seeds": [0, 1, 2], "models": ["baseline", "raising"], "random_arms": []}
 
@@ -362,8 +362,8 @@ def main() -> None:
     random_arms = args.random_arms if args.random_arms is not None else plan["random_arms"]
     epochs = args.epochs or (12 if args.full else 8)
     n_train = args.n_train or (7600 if args.full else 3000)
-    pre_epochs = args.pretrain_epochs or (15 if args.full else 6)
-    pre_n = args.pretrain_n or (6000 if args.full else 3000)
+    pre_epochs = args.pretrain_epochs or (20 if args.full else 6)
+    pre_n = args.pretrain_n or (10000 if args.full else 3000)
 
     import torch
 
@@ -383,8 +383,8 @@ def main() -> None:
         print(f"# arm {arm}: exclusive fraction per pair {fracs} (target {100 * d['target']:.0f}%), "
               f"exclusive b images {counts}", flush=True)
         check_file = d["dir"] / "confounder_check.json"
-        if not check_file.exists():
-            check_file.write_text(json.dumps(confounder_check(d["dir"] / "train.npz", net, 16, seed=0)))
+        if not check_file.exists() or json.loads(check_file.read_text()).get("net") != net:
+            check_file.write_text(json.dumps({**confounder_check(d["dir"] / "train.npz", net, 16, seed=0), "net": net}))
         checks[arm] = json.loads(check_file.read_text())
         c = checks[arm]
         print(f"# arm {arm}: k-means confounders (seed 0) vs scene S: NMI {c['nmi_tokens']:.3f} over tokens, "
