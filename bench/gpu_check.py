@@ -125,10 +125,10 @@ def train_worker(n_steps: int, batch_size: int, device_type: str) -> int:
     while done < n_steps:
         pipe.set_epoch(epoch)
         for batch in pipe:
-            x = batch["image"]
+            x = batch.image
             assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss = torch.nn.functional.cross_entropy(model(x), batch["label"].to(device))
+                loss = torch.nn.functional.cross_entropy(model(x), batch.label.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

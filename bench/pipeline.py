@@ -145,10 +145,10 @@ def pipeline_batches(kind: str, reuse: bool, how: str = "pipeline") -> Callable:
         p.set_epoch(epoch)
         if how == "pipeline":
             for b in p:
-                yield b["image"]
+                yield b.image
         else:
             for raw in p.raw_batches():
-                yield raw["obj"] if how == "raw" else compose(raw, spec)["image"]
+                yield raw["obj"] if how == "raw" else compose(raw, spec).image
 
     return run
 

@@ -100,7 +100,7 @@ def composite_grid(run: Path, out: Path, n: int = 8) -> Optional[bytes]:
     pipe.set_epoch(0)
     raw = next(iter(pipe.raw_batches()))
     spec = pipe.spec
-    comp = compose(raw, spec)["image"]
+    comp = compose(raw, spec).image
     mean = np.asarray(spec.mean, np.float32)
     std = np.asarray(spec.std, np.float32)
     composite = np.clip((comp.permute(0, 2, 3, 1).float().numpy() * std + mean) * 255, 0, 255).astype(np.uint8)

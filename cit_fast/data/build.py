@@ -8,6 +8,7 @@ import torch
 from ..config import resolve_source
 from .pipeline import Pipeline, PipelineSpec
 from .records import DataError, SampleSet
+from .mix import MixOp
 from .nuswide import load_nuswide
 from .sources import apply_strata_file, load_arrays, load_folder, load_manifest
 from .torch_pipeline import TorchPipeline
@@ -69,6 +70,10 @@ def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world
     """The run's pipeline over ``samples``: cfg's kind (torch / DALI), sizes, normalisation and, in
     training, its intervention plan (``plan`` names another one, e.g. for the evaluation probes)."""
     d = cfg.data
+    ops = ()
+    if train and cfg.mix.mode != "none":  # Mixup / CutMix after the intervention (CIT Table I, bottom rows)
+        m = cfg.mix
+        ops = (MixOp(m.mode, m.alpha, m.prob, cfg.model.num_classes or samples.num_classes, cfg.seed + 7 * rank),)
     spec = PipelineSpec(
         batch_size=batch_size or d.batch_size,
         plan=plan or (cfg.intervention.plan if train else "none"),
@@ -76,7 +81,8 @@ def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world
         epochwise=cfg.intervention.epochwise if train else False,
         train=train, image_size=d.image_size, hflip=d.hflip, crop_padding=d.crop_padding,
         mean=tuple(d.mean), std=tuple(d.std), seed=cfg.seed, rank=rank, world_size=world_size,
-        num_workers=d.num_workers, device=device, decode_reuse=d.decode_reuse, out_dtype=out_dtype)
+        num_workers=d.num_workers, device=device, decode_reuse=d.decode_reuse, out_dtype=out_dtype,
+        batch_ops=ops)
     if d.pipeline == "dali":
         from .dali_pipeline import DaliPipeline  # optional dependency: nvidia-dali
 

@@ -24,7 +24,8 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .pipeline import Batch, Pipeline, PipelineSpec, crop_pairs, decode_set, flip_flags
+from .batch import ModelBatch, RawBatch
+from .pipeline import Pipeline, PipelineSpec, crop_pairs, decode_set, flip_flags
 from .records import DataError, SampleSet
 
 PREFETCH = 2  # batches DALI prepares ahead of the one being consumed
@@ -159,7 +160,7 @@ class DaliPipeline(Pipeline):
         return pipe
 
     # -- iteration -----------------------------------------------------------------------------------
-    def model_batches(self) -> Iterator[Batch]:
+    def model_batches(self) -> Iterator[ModelBatch]:
         """On a CPU, batch k is composed in a helper thread while DALI hands over batch k + 1 (the
         main thread would otherwise alternate between them; PyTorch's ops release the GIL). On a
         GPU the Triton composite is asynchronous already."""
@@ -180,7 +181,7 @@ class DaliPipeline(Pipeline):
             if pending is not None:
                 yield pending.result()
 
-    def raw_batches(self) -> Iterator[Batch]:
+    def raw_batches(self) -> Iterator[RawBatch]:
         keys = self.batch_keys()
         if not keys:
             return
@@ -234,7 +235,7 @@ class DaliPipeline(Pipeline):
             raise DataError(f"mask {s.masks[k]}: size {mh[bad[0], 1]}x{mh[bad[0], 0]} does not match its "
                             f"image {s.images[k]} ({ih[bad[0], 1]}x{ih[bad[0], 0]})")
 
-    def _assemble(self, feed: _BatchFeed, outs) -> Batch:
+    def _assemble(self, feed: _BatchFeed, outs) -> RawBatch:
         spec, s = self.spec, self.samples
         has_masks = s.masks is not None
         if self._files and has_masks:

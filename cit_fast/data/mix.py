@@ -8,14 +8,13 @@ partner and the same coefficient (and box), so the two branches still see one co
 """
 from __future__ import annotations
 
-from typing import Dict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..config import MIX_MODES
-
-IMAGE_KEYS = ("image", "original", "content", "context", "original_context")
+from .batch import ModelBatch
 
 
 def soft_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -35,37 +34,49 @@ def cutmix_box(h: int, w: int, lam: float, rng: np.random.Generator):
     return y0, y1, x0, x1
 
 
-def mix_batch(batch: Dict[str, torch.Tensor], mode: str, alpha: float, prob: float, num_classes: int,
-              seed: int, epoch: int, step: int) -> Dict[str, torch.Tensor]:
-    """Return a new batch with mixed images and soft ``target`` (B, K); ``label`` is kept, and
-    ``mix_lambda`` / ``mix_perm`` record the draw when the batch was mixed."""
+def mix_batch(batch: ModelBatch, mode: str, alpha: float, prob: float, num_classes: int,
+              seed: int, epoch: int, step: int) -> ModelBatch:
+    """A new batch with mixed images and ``target`` (B, K): soft one-hot targets for single labels,
+    mixed multi-hot targets for multi-label data (learned with the configured BCE / ASL, not
+    cross-entropy); ``label`` is kept, and ``mix_lambda`` / ``mix_perm`` record the draw when the
+    batch was mixed."""
     if mode not in MIX_MODES:
         raise ValueError(f"mix mode must be one of {', '.join(MIX_MODES)}, got {mode!r}")
-    out = dict(batch)
-    y = soft_targets(batch["label"], num_classes)
+    y = soft_targets(batch.label, num_classes)
     rng = np.random.default_rng([seed, epoch, step, 0x313])
     if mode == "none" or alpha <= 0 or rng.random() >= prob:
-        out["target"] = y
-        return out
-    n = len(batch["label"])
+        return batch.replace(target=y)
+    n = len(batch)
     lam = float(rng.beta(alpha, alpha))
-    perm = torch.from_numpy(rng.permutation(n)).to(batch["label"].device)
-    keys = [k for k in IMAGE_KEYS if k in batch]
+    perm = torch.from_numpy(rng.permutation(n)).to(batch.label.device)
+    images = batch.images()
     if mode == "mixup":
-        for k in keys:
-            x = batch[k]
-            out[k] = lam * x + (1.0 - lam) * x[perm]
+        mixed = {k: lam * x + (1.0 - lam) * x[perm] for k, x in images.items()}
     else:
-        h, w = batch[keys[0]].shape[-2:]
+        h, w = next(iter(images.values())).shape[-2:]
         y0, y1, x0, x1 = cutmix_box(h, w, lam, rng)
-        for k in keys:
-            x = batch[k].clone()
-            x[..., y0:y1, x0:x1] = batch[k][perm][..., y0:y1, x0:x1]
-            out[k] = x
+        mixed = {}
+        for k, x in images.items():
+            m = x.clone()
+            m[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+            mixed[k] = m
         lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)  # the area actually pasted
-    out["target"] = lam * y + (1.0 - lam) * y[perm]
-    out["mix_lambda"], out["mix_perm"] = torch.tensor(lam), perm  # what was drawn (logs, tests)
-    return out
+    return batch.replace(**mixed, target=lam * y + (1.0 - lam) * y[perm], mix_lambda=torch.tensor(lam), mix_perm=perm)
+
+
+@dataclass(frozen=True)
+class MixOp:
+    """Mixup / CutMix as a batch op of a training pipeline (``PipelineSpec.batch_ops``): the draw of
+    each batch is a pure function of (seed, epoch, step), so a resumed run mixes as an uninterrupted one."""
+
+    mode: str
+    alpha: float
+    prob: float
+    num_classes: int
+    seed: int  # the run's seed and the rank: every rank mixes its own batches differently
+
+    def __call__(self, batch: ModelBatch, epoch: int, step: int) -> ModelBatch:
+        return mix_batch(batch, self.mode, self.alpha, self.prob, self.num_classes, self.seed, epoch, step)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,13 @@ A pipeline walks one rank's shard of an intervention plan in batches. Each raw b
 sample i with context partner j, uint8 tensors decoded and augmented on the host or GPU:
     obj (B,H,W,3), mask (B,H,W), ctx (B,H,W,3), ctx_mask (B,H,W), flip (B,) bool,
     label (B,) or (B,C), index (B,) = i, partner (B,) = j.
-``compose`` then turns it into model inputs with one call of ``kernels.composite`` (the Triton
-kernel on CUDA, the PyTorch reference elsewhere), so the blend formula lives in one place:
-    output "image":  image = m_i*obj_i + (1-m_i)*ctx_j                (single-branch models)
-    output "double": content = m_i*obj_i, context = (1-m_j)*ctx_j     (double-branch models)
-    epochwise=True adds the original sample: original (and original_context) beside them (Eq. 12).
+``compose`` then turns it into a typed batch of model inputs (data/batch.py) with one call of
+``kernels.composite`` (the Triton kernel on CUDA, the PyTorch reference elsewhere), so the blend
+formula lives in one place:
+    output "image":  ImageBatch.image = m_i*obj_i + (1-m_i)*ctx_j              (single-branch models)
+    output "double": DoubleBatch.content = m_i*obj_i, .context = (1-m_j)*ctx_j (double-branch models)
+    epochwise=True adds the original sample: .original (.original_context) beside them (Eq. 12).
+The spec's ``batch_ops`` (Mixup / CutMix) then run on every composed batch, in order.
 Training order, partners, crops and flips are pure functions of (seed, epoch, index), so
 ``state_dict`` (epoch, batches done) is all it takes to resume mid-epoch.
 """
@@ -24,10 +26,10 @@ import numpy as np
 import torch
 
 from .. import kernels
+from .batch import DoubleBatch, ImageBatch, ModelBatch, RawBatch
 from .intervention import InterventionPlan, make_plan
 from .records import SampleSet
 
-Batch = Dict[str, torch.Tensor]
 
 
 @dataclass
@@ -52,6 +54,8 @@ class PipelineSpec:
     out_dtype: torch.dtype = torch.float32
     channels_last: bool = False
     decode_reuse: bool = False  # partners in the same batch, each image decoded once (balanced.py)
+    # ops on each composed batch, in order: op(batch, epoch, step) -> batch (data/mix.py: MixOp)
+    batch_ops: Tuple[Callable, ...] = ()
 
     def __post_init__(self) -> None:
         if self.output not in ("image", "double"):
@@ -226,17 +230,20 @@ class Pipeline(ABC):
 
     # -- iteration --------------------------------------------------------------------------------
     @abstractmethod
-    def raw_batches(self) -> Iterator[Batch]:
+    def raw_batches(self) -> Iterator[RawBatch]:
         """Raw uint8 batches (see module doc) for the rest of the epoch, on any device."""
 
-    def model_batches(self) -> Iterator[Batch]:
+    def model_batches(self) -> Iterator[ModelBatch]:
         """Model inputs (``compose`` of each raw batch) for the rest of the epoch. A pipeline may
         compose elsewhere (the torch pipeline on a CPU: in its loader workers)."""
         for raw in self.raw_batches():
             yield compose(raw, self.spec)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[ModelBatch]:
+        """The epoch's model batches, each through the spec's batch ops (Mixup / CutMix), in order."""
         for batch in self.model_batches():
+            for op in self.spec.batch_ops:
+                batch = op(batch, self.epoch, self.start_batch)
             self.start_batch += 1
             yield batch
         self.start_batch = 0
@@ -269,23 +276,23 @@ def _chunked(op: Callable, dev: torch.device) -> Callable:
     return run
 
 
-def compose(raw: Batch, spec: PipelineSpec) -> Batch:
+def compose(raw: RawBatch, spec: PipelineSpec) -> ModelBatch:
     """Raw batch -> model inputs on spec.device, through kernels.composite (one pass)."""
     dev = spec.device
     op = _chunked(kernels.composite, dev)
     t = {k: v.to(dev, non_blocking=True) for k, v in raw.items()}
     kw = dict(flip=t["flip"], mean=spec.mean, std=spec.std, out_dtype=spec.out_dtype,
               channels_last=spec.channels_last)
-    out: Batch = {"label": t["label"], "index": t["index"], "partner": t["partner"]}
+    common = dict(label=t["label"], index=t["index"], partner=t["partner"])
     if spec.output == "double":
-        out["content"], out["context"] = op(t["obj"], t["mask"], t["ctx"], t["ctx_mask"], mode="double", **kw)
+        content, context = op(t["obj"], t["mask"], t["ctx"], t["ctx_mask"], mode="double", **kw)
+        own = None
         if spec.epochwise:  # the object with its own context
-            _, out["original_context"] = op(t["obj"], t["mask"], t["obj"], t["mask"], mode="double", **kw)
-        return out
+            _, own = op(t["obj"], t["mask"], t["obj"], t["mask"], mode="double", **kw)
+        return DoubleBatch(content=content, context=context, original_context=own, **common)
     if spec.plan == "none" and not spec.epochwise:
-        out["image"] = op(t["obj"], t["mask"], mode="none", **kw)
-    elif spec.epochwise:
-        out["original"], out["image"] = op(t["obj"], t["mask"], t["ctx"], mode="pair", **kw)
-    else:
-        out["image"] = op(t["obj"], t["mask"], t["ctx"], mode="single", **kw)
-    return out
+        return ImageBatch(image=op(t["obj"], t["mask"], mode="none", **kw), **common)
+    if spec.epochwise:
+        original, image = op(t["obj"], t["mask"], t["ctx"], mode="pair", **kw)
+        return ImageBatch(image=image, original=original, **common)
+    return ImageBatch(image=op(t["obj"], t["mask"], t["ctx"], mode="single", **kw), **common)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .pipeline import Batch, Pipeline, PipelineSpec, compose, crop_pairs, decode_set, flip_flags
+from .batch import ModelBatch, RawBatch
+from .pipeline import Pipeline, PipelineSpec, compose, crop_pairs, decode_set, flip_flags
 from .records import DataError, SampleSet
 
 
@@ -115,7 +116,7 @@ class CompositeDataset(Dataset):
         return dict(out, images=imgs, masks=msks, pos_i=pos_i, pos_j=pos_j)
 
 
-def _assemble(b: Batch, spec: PipelineSpec, epoch: int) -> Batch:
+def _assemble(b: RawBatch, spec: PipelineSpec, epoch: int) -> RawBatch:
     """Distinct decoded samples -> the raw batch: pair each object and context with its mask, crop."""
     if "images" not in b:
         return b
@@ -131,7 +132,10 @@ def _assemble(b: Batch, spec: PipelineSpec, epoch: int) -> Batch:
     return dict(b, obj=obj, mask=mask, ctx=ctx, ctx_mask=ctx_mask)
 
 
-def _to_tensors(batch: Dict[str, np.ndarray]) -> Batch:
+def _to_tensors(batch):
+    """A raw batch's arrays as tensors; a batch composed in a worker (a ModelBatch) as it is."""
+    if isinstance(batch, ModelBatch):
+        return batch
     return {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
             for k, v in batch.items()}
 
@@ -147,7 +151,7 @@ class TorchPipeline(Pipeline):
                           # shift a resumed run's dropout stream by one draw
                           generator=torch.Generator().manual_seed(self.spec.seed * 1000003 + self.epoch))
 
-    def model_batches(self) -> Iterator[Batch]:
+    def model_batches(self) -> Iterator[ModelBatch]:
         if self.spec.device.type != "cpu":
             yield from super().model_batches()
             return
@@ -155,7 +159,7 @@ class TorchPipeline(Pipeline):
         if keys:
             yield from self._loader(keys, compose=True)  # composed in the workers
 
-    def raw_batches(self) -> Iterator[Batch]:
+    def raw_batches(self) -> Iterator[RawBatch]:
         keys = self.batch_keys()
         if not keys:
             return

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..data.batch import Batch, model_inputs
+from ..data.batch import ModelBatch
 
 
 def gather_rows(t: torch.Tensor) -> torch.Tensor:
@@ -25,8 +25,8 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def collect_outputs(model: torch.nn.Module, batches: Iterable[Batch],
-                    outputs: Callable[[Batch], Dict[str, torch.Tensor]]) -> Dict[str, np.ndarray]:
+def collect_outputs(model: torch.nn.Module, batches: Iterable[ModelBatch],
+                    outputs: Callable[[ModelBatch], Dict[str, torch.Tensor]]) -> Dict[str, np.ndarray]:
     """{name: (N, ...) array} of ``outputs(batch)`` (each value (B, ...)) over all ranks, by sample index.
     The model is in eval mode meanwhile."""
     was = model.training
@@ -38,7 +38,7 @@ def collect_outputs(model: torch.nn.Module, batches: Iterable[Batch],
             for name, value in outputs(batch).items():
                 parts.setdefault(name, []).append(value.detach().float().cpu() if value.is_floating_point()
                                                   else value.detach().cpu())
-            index.append(batch["index"].cpu())
+            index.append(batch.index.cpu())
     finally:
         model.train(was)
     if not index:
@@ -49,10 +49,10 @@ def collect_outputs(model: torch.nn.Module, batches: Iterable[Batch],
     return {name: gather_rows(torch.cat(values)).numpy()[order] for name, values in parts.items()}
 
 
-def collect(model: torch.nn.Module, batches: Iterable[Batch], forward: Optional[Callable] = None
+def collect(model: torch.nn.Module, batches: Iterable[ModelBatch], forward: Optional[Callable] = None
             ) -> Tuple[np.ndarray, np.ndarray]:
     """(outputs (N, C) float32, labels) over all ranks, in sample-index order, each sample once.
     forward(batch) -> logits; default: the model on the batch's inputs."""
-    forward = forward or (lambda batch: model(*model_inputs(batch)))
-    out = collect_outputs(model, batches, lambda b: {"scores": forward(b).float(), "labels": b["label"]})
+    forward = forward or (lambda batch: model(*batch.inputs()))
+    out = collect_outputs(model, batches, lambda b: {"scores": forward(b).float(), "labels": b.label})
     return out["scores"], out["labels"]

@@ -61,8 +61,8 @@ def collect(model: torch.nn.Module, batches) -> Dict[str, np.ndarray]:
     queries q(X) (N, C, D) and, for a causal model, attention (N, C, K) (mean over heads)."""
 
     def outputs(batch):
-        f = model.label_features(batch["image"])  # (B, C, D)
-        out = {"features": f, "targets": batch["label"].float()}
+        f = model.label_features(batch.image)  # (B, C, D)
+        out = {"features": f, "targets": batch.label.float()}
         if model.causal:
             out.update(queries=model.q_proj(f), attention=attention_probs(model, f).float().mean(1))  # (B, C, K)
         return out

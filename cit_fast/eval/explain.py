@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.batch import model_inputs
 from ..data.pipeline import compose
 from ..errors import UsageError
 
@@ -68,8 +67,8 @@ def per_class_accuracy(model: torch.nn.Module, pipeline) -> np.ndarray:
     total: Dict[int, int] = {}
     with torch.no_grad():
         for batch in pipeline:
-            pred = model(*model_inputs(batch)).argmax(1)
-            for y, p in zip(batch["label"].tolist(), pred.tolist()):
+            pred = model(*batch.inputs()).argmax(1)
+            for y, p in zip(batch.label.tolist(), pred.tolist()):
                 total[y] = total.get(y, 0) + 1
                 correct[y] = correct.get(y, 0) + int(p == y)
     k = max(total) + 1 if total else 0
@@ -116,7 +115,7 @@ def explain_images(run, indices: Optional[Sequence[int]] = None, classes: Option
     pipe = run.pipeline(run.test_set.subset(indices), batch_size=len(indices))
     raw = next(iter(pipe.raw_batches()))
     batch = compose(raw, pipe.spec)
-    inputs = tuple(t.to(run.device) for t in model_inputs(batch))
+    inputs = tuple(t.to(run.device) for t in batch.inputs())
     with torch.no_grad():
         pred = run.model(*inputs).argmax(1)
     cls = torch.as_tensor(classes, dtype=torch.long) if classes is not None else pred

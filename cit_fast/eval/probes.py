@@ -16,7 +16,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-from ..data.batch import Batch
+from ..data.batch import RawBatch
 from ..data.build import build_pipeline
 from ..data.pipeline import compose
 from ..data.records import SampleSet
@@ -26,7 +26,7 @@ from .collect import collect
 from .scores import topk_accuracy
 
 
-def _remove_partner_object(raw: Batch) -> Batch:
+def _remove_partner_object(raw: RawBatch) -> RawBatch:
     """The partner lends its background only: its object pixels become zero (as in the double context)."""
     out = dict(raw)
     keep = 1.0 - raw["ctx_mask"].float() / 255.0
@@ -77,9 +77,9 @@ def table2(model: torch.nn.Module, samples: SampleSet, cfg, device: torch.device
         raise UsageError(f"--table2: {samples.name} has no object masks (write them with `cit-fast masks`)")
     pipe = build_pipeline(samples, cfg, train=False, device=device, output="double", rank=rank, world_size=world_size)
     mean, std = pipe.spec.mean, pipe.spec.std
-    feeds = {"obj_and_bg": lambda b: model(b["content"], b["context"]),
-             "only_obj": lambda b: model(b["content"], blank_like(b["context"], mean, std)),
-             "only_bg": lambda b: model(blank_like(b["content"], mean, std), b["context"])}
+    feeds = {"obj_and_bg": lambda b: model(b.content, b.context),
+             "only_obj": lambda b: model(b.content, blank_like(b.context, mean, std)),
+             "only_bg": lambda b: model(blank_like(b.content, mean, std), b.context)}
     out = {}
     for name, fwd in feeds.items():
         logits, labels = collect(model, iter(pipe), fwd)

@@ -291,8 +291,8 @@ def fit_confounders(model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]]
         if source == "label":
             sums = counts = None
             for batch in batches:
-                f = model.label_features(batch["image"]).double()  # (B, C, D)
-                y = batch["label"].to(f.device)
+                f = model.label_features(batch.image).double()  # (B, C, D)
+                y = batch.label.to(f.device)
                 y = y.double() if y.dim() == 2 else nn.functional.one_hot(y, f.shape[1]).double()
                 s = torch.einsum("bc,bcd->cd", y, f)
                 sums = s if sums is None else sums + s
@@ -309,9 +309,9 @@ def fit_confounders(model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]]
         feats, ids = [], []
         per_sample = 1
         for batch in batches:
-            tok = model.confounder_tokens(batch["image"])  # (B, T, Dz)
+            tok = model.confounder_tokens(batch.image)  # (B, T, Dz)
             per_sample = tok.shape[1]  # token t of sample g has global id g * T + t
-            f, i = select_tokens(tok.float(), batch["index"], tokens_per_image, seed)
+            f, i = select_tokens(tok.float(), batch.index, tokens_per_image, seed)
             feats.append(f)
             ids.append(i)
         if not feats:

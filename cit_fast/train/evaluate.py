@@ -7,7 +7,6 @@ from typing import Callable, Dict
 import torch
 import torch.distributed as dist
 
-from ..data.batch import model_inputs
 from ..data.pipeline import Pipeline
 from ..eval.collect import collect
 from ..eval.scores import mean_ap, multilabel_hits, topk_correct
@@ -19,7 +18,7 @@ def evaluate(model: torch.nn.Module, pipeline: Pipeline,
     """{'top1': %, 'top5': %, 'n': samples} over the pipeline's samples (all ranks together)."""
     forward = forward or model
     if pipeline.samples.multilabel:  # mAP needs every score: gathered once over the ranks
-        scores, targets = collect(model, pipeline, lambda b: forward(*model_inputs(b)))
+        scores, targets = collect(model, pipeline, lambda b: forward(*b.inputs()))
         return {**multilabel_hits(scores, targets), "mAP": mean_ap(scores, targets)[0], "n": int(len(scores))}
     was_training = model.training
     model.eval()
@@ -27,8 +26,8 @@ def evaluate(model: torch.nn.Module, pipeline: Pipeline,
     stats = torch.zeros(3, dtype=torch.float64, device=device)  # correct top-1, correct top-5, total
     try:
         for batch in pipeline:
-            hits = topk_correct(forward(*model_inputs(batch)).float(), batch["label"], (1, 5))
-            stats += torch.stack([hits[1], hits[5], torch.tensor(len(batch["label"]), device=hits[1].device)]).to(stats)
+            hits = topk_correct(forward(*batch.inputs()).float(), batch.label, (1, 5))
+            stats += torch.stack([hits[1], hits[5], torch.tensor(len(batch), device=hits[1].device)]).to(stats)
     finally:
         model.train(was_training)
     if dist.is_available() and dist.is_initialized():

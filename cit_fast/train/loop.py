@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig, finalize, save_config, to_dict
 from ..data.build import build_datasets, build_pipeline, require_masks
-from ..data.mix import mix_batch, soft_cross_entropy
-from ..data.batch import Batch, model_inputs
+from ..data.mix import soft_cross_entropy
+from ..data.batch import ImageBatch, ModelBatch
 from ..models import build_model, model_task
 from ..models.causal_multilabel import MultiLabelOutput
 from ..models.confounders import fit_confounders
@@ -61,31 +61,29 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
 
 
-def compute_loss(model, batch: Batch, criterion=None) -> torch.Tensor:
-    """Cross-entropy (or ``criterion``: BCE / ASL for multi-hot labels) on the intervened sample, plus
-    on the original one under Eq. 12 (against the soft ``target`` when Mixup/CutMix made one)."""
-    if "target" in batch:
-        def ce(logits):
-            return soft_cross_entropy(logits, batch["target"])
+def compute_loss(model, batch: ModelBatch, criterion=None) -> torch.Tensor:
+    """The loss of one step: over the intervened sample, plus the original one under Eq. 12
+    (``batch.views()``). Against ``batch.target`` after Mixup / CutMix: soft cross-entropy for single
+    labels, the configured BCE / ASL (``criterion``) for mixed multi-hot targets."""
+    y = batch.targets()
+    if batch.target is not None and y.shape != batch.label.shape and batch.label.dim() == 1:
+        def loss_of(logits):  # soft one-hot targets of single labels
+            return soft_cross_entropy(logits, y)
     elif criterion is not None:
-        def ce(logits):
-            return criterion(logits, batch["label"])
+        def loss_of(logits):
+            return criterion(logits, y)
     else:
-        def ce(logits):
-            return F.cross_entropy(logits.float(), batch["label"])
-    # -- multi-label auxiliary losses (issue 15): a training forward may return a MultiLabelOutput
-    # (merged logits, aux logits by name, loss weights); its loss is ce(logits) + sum_k w_k ce(aux_k).
-    ce_logits = ce
+        def loss_of(logits):
+            return F.cross_entropy(logits.float(), y)
 
-    def ce(out):
-        return out.loss(ce_logits) if isinstance(out, MultiLabelOutput) else ce_logits(out)
-    # -- end of the multi-label branch
-    if "original" in batch:  # epoch-wise augmentation: one forward over both halves
-        a, b = model(torch.cat([batch["image"], batch["original"]])).chunk(2)
-        return ce(a) + ce(b)  # Eq. 12
-    if "original_context" in batch:
-        return ce(model(batch["content"], batch["context"])) + ce(model(batch["content"], batch["original_context"]))
-    return ce(model(*model_inputs(batch)))
+    def ce(out):  # a multi-label training forward may add auxiliary logits (MultiLabelOutput, issue 15)
+        return out.loss(loss_of) if isinstance(out, MultiLabelOutput) else loss_of(out)
+
+    views = batch.views()
+    if isinstance(batch, ImageBatch) and len(views) == 2:  # Eq. 12 for one-input models: one forward over both
+        a, b = model(torch.cat([views[0][0], views[1][0]])).chunk(2)
+        return ce(a) + ce(b)
+    return sum(ce(model(*inputs)) for inputs in views)
 
 
 def _rng_states() -> Dict[str, Any]:
@@ -270,18 +268,15 @@ class Trainer:
             if step >= self.steps_per_epoch:
                 break
             t_batch = time.perf_counter()
-            if cfg.mix.mode != "none":
-                batch = mix_batch(batch, cfg.mix.mode, cfg.mix.alpha, cfg.mix.prob, self.num_classes,
-                                  cfg.seed + 7 * env.rank, epoch, step)
             with engine.autocast():
                 loss = compute_loss(engine.model, batch, self.criterion)
             engine.backward_step(loss)
             step_losses.append(loss.detach())
-            seen += len(batch["label"])
+            seen += len(batch)
             self.total_steps += 1
             t_end = time.perf_counter()
             last = step + 1 == self.steps_per_epoch
-            info = StepInfo(epoch, step, self.total_steps, len(batch["label"]), step_losses[-1], t_end - t_prev,
+            info = StepInfo(epoch, step, self.total_steps, len(batch), step_losses[-1], t_end - t_prev,
                             t_batch - t_prev, log_point=(step + 1) % cfg.log_interval == 0 or step == start or last,
                             last_in_epoch=last)
             t_prev = t_end

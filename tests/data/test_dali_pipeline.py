@@ -13,6 +13,7 @@ from cit_fast.data.sources import load_folder
 from cit_fast.data.torch_pipeline import TorchPipeline
 from tests.data.test_pipeline_contract import arrays_set, write_folder
 from tests.helpers import assert_close
+from tests.helpers import assert_same_batch
 
 IMAGES = ("obj", "mask", "ctx", "ctx_mask")
 
@@ -74,9 +75,7 @@ def test_equivalent_on_arrays_exactly():
         assert_same_batches(a, b, 0, 0)
         ta, tb = TorchPipeline(s, spec), DaliPipeline(s, spec)
         for x, y in zip(ta, tb):
-            assert set(x) == set(y)
-            for k in x:
-                assert torch.equal(x[k], y[k]), k
+            assert_same_batch(x, y)
 
 
 @pytest.mark.parametrize("pad, size", [(1, (5, 7)), (3, (9, 4)), (4, (16, 16))])
@@ -121,15 +120,15 @@ def test_abandoned_epoch_then_next_epoch(files):
     next(it)
     it.close()  # a training loop that stops early (max steps); prefetched batches must not leak
     p.set_epoch(1)
-    got = [b["index"] for b in p]
+    got = [b.index for b in p]
     ref = TorchPipeline(files, spec)
     ref.set_epoch(1)
-    want = [b["index"] for b in ref]
+    want = [b.index for b in ref]
     assert len(got) == len(want) and all(torch.equal(x, y) for x, y in zip(got, want))
     p.set_epoch(2)  # and a full epoch after a full epoch, on the same DALI pipeline
     ref.set_epoch(2)
-    got = [(b["index"], b["image"]) for b in p]
-    want = [(b["index"], b["image"]) for b in ref]
+    got = [(b.index, b.image) for b in p]
+    want = [(b.index, b.image) for b in ref]
     assert len(got) == len(want) == len(p)
     assert all(torch.equal(a[0], b[0]) and (a[1] - b[1]).abs().max() < 0.2 for a, b in zip(got, want))
 
@@ -179,7 +178,7 @@ def test_mixed_gpu_decoding_matches_cpu(files):
     assert gpu[0]["obj"].is_cuda
     assert_same_batches(cpu, [{k: v.cpu() for k, v in b.items()} for b in gpu], 4, 1.0, 32)
     out = next(iter(DaliPipeline(files, spec_gpu)))
-    assert out["image"].is_cuda and out["image"].shape == (4, 3, 24, 24)
+    assert out.image.is_cuda and out.image.shape == (4, 3, 24, 24)
 
 
 def test_dropping_a_pipeline_frees_dali_at_once():

@@ -147,6 +147,6 @@ def test_torch_and_dali_honour_reuse_identically():
     for p in (a, b):
         p.set_epoch(3)
     for x, y in zip(a, b):
-        assert torch.equal(x["index"], y["index"]) and torch.equal(x["partner"], y["partner"])
-        assert torch.equal(x["image"], y["image"])
-        assert set(x["partner"].tolist()) <= set(x["index"].tolist())
+        assert torch.equal(x.index, y.index) and torch.equal(x.partner, y.partner)
+        assert torch.equal(x.image, y.image)
+        assert set(x.partner.tolist()) <= set(x.index.tolist())

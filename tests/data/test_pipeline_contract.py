@@ -67,7 +67,7 @@ def test_raw_batch_layout(kind, files):
     assert raw["flip"].dtype == torch.bool and raw["index"].dtype == raw["partner"].dtype == torch.int64
     assert torch.equal(raw["label"], torch.from_numpy(files.labels[raw["index"].numpy()]))
     out = next(iter(PIPELINES[kind](files, spec)))
-    assert out["image"].shape == (4, 3, 20, 20) and out["image"].dtype == torch.float32
+    assert out.image.shape == (4, 3, 20, 20) and out.image.dtype == torch.float32
 
 
 @pytest.mark.parametrize("reuse", [False, True])
@@ -80,7 +80,7 @@ def test_two_ranks_see_every_index_once(kind, reuse):
                                             decode_reuse=reuse))
         p.set_epoch(3)
         lengths.append(len(p))
-        batches = [b["index"] for b in p]
+        batches = [b.index for b in p]
         assert len(batches) == len(p)
         seen += [int(i) for b in batches for i in b]
     assert lengths[0] == lengths[1] > 0
@@ -99,7 +99,7 @@ def test_two_ranks_on_files_equal_batch_counts(kind, files):
         p = PIPELINES[kind](files, PipelineSpec(batch_size=3, plan="stratify_c", image_size=16, rank=rank,
                                                 world_size=2))
         lengths.append(len(p))
-        seen += [int(i) for b in p for i in b["index"]]
+        seen += [int(i) for b in p for i in b.index]
     assert lengths[0] == lengths[1] == 8 // 3
     assert set(seen) <= set(range(n)) and len(seen) == 2 * lengths[0] * 3
 
@@ -124,8 +124,8 @@ def test_resume_yields_exactly_the_remaining_batches(kind, reuse, files):
     rest = list(resumed)
     assert len(rest) == len(everything) - 2
     for a, b in zip(rest, everything[2:]):
-        assert torch.equal(a["index"], b["index"]) and torch.equal(a["partner"], b["partner"])
-        assert torch.equal(a["image"], b["image"])
+        assert torch.equal(a.index, b.index) and torch.equal(a.partner, b.partner)
+        assert torch.equal(a.image, b.image)
     # the next epoch starts from its first batch
     resumed.set_epoch(2)
     assert len(list(resumed)) == len(resumed)
@@ -136,7 +136,7 @@ def test_eval_covers_every_sample_once_with_partial_batches(kind, files):
     seen = []
     for rank in range(2):
         p = PIPELINES[kind](files, PipelineSpec(batch_size=4, train=False, image_size=16, rank=rank, world_size=2))
-        seen += [int(i) for b in p for i in b["index"]]
+        seen += [int(i) for b in p for i in b.index]
     assert sorted(seen) == list(range(len(files)))
 
 
@@ -203,8 +203,8 @@ def test_build_pipeline_from_config(kind, files, tmp_path):
     p = build_pipeline(files, cfg, train=True)
     assert isinstance(p, PIPELINES[kind]) and p.spec.decode_reuse
     b = next(iter(p))
-    assert b["image"].shape == (4, 3, 16, 16)
-    assert set(b["partner"].tolist()) <= set(b["index"].tolist())  # partners in the batch
+    assert b.image.shape == (4, 3, 16, 16)
+    assert set(b.partner.tolist()) <= set(b.index.tolist())  # partners in the batch
     with pytest.raises(ValueError, match="decode_reuse"):
         build_pipeline(files, load_config(None, ["intervention.plan=stratify_b", "data.decode_reuse=true"]),
                        train=True)

@@ -6,6 +6,7 @@ from cit_fast.data.pipeline import PipelineSpec
 from cit_fast.data.records import SampleSet
 from cit_fast.data.torch_pipeline import TorchPipeline
 from cit_fast.kernels import composite_ref
+from tests.helpers import assert_same_batch
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -27,8 +28,8 @@ def test_stratify_c_composite_pastes_object_on_partner_context():
     p = TorchPipeline(s, PipelineSpec(batch_size=8, plan="stratify_c", hflip=False, mean=MEAN, std=STD))
     p.set_epoch(1)
     for b in p:
-        img = denorm(b["image"]).round().to(torch.uint8).numpy()
-        i, j = b["index"].numpy(), b["partner"].numpy()
+        img = denorm(b.image).round().to(torch.uint8).numpy()
+        i, j = b.index.numpy(), b.partner.numpy()
         assert (s.labels[j] == s.labels[i]).all()
         inside = s.masks[0] == 255
         assert (img[:, inside] == s.images[i][:, inside]).all()  # object pixels from i
@@ -39,9 +40,9 @@ def test_epochwise_gives_original_beside_intervened():
     s = make_set()
     p = TorchPipeline(s, PipelineSpec(batch_size=8, plan="random", epochwise=True, hflip=False, mean=MEAN, std=STD))
     b = next(iter(p))
-    orig = denorm(b["original"]).round().to(torch.uint8).numpy()
-    assert (orig == s.images[b["index"].numpy()]).all()
-    assert not torch.equal(b["original"], b["image"])
+    orig = denorm(b.original).round().to(torch.uint8).numpy()
+    assert (orig == s.images[b.index.numpy()]).all()
+    assert not torch.equal(b.original, b.image)
 
 
 def test_double_output():
@@ -49,7 +50,7 @@ def test_double_output():
     p = TorchPipeline(s, PipelineSpec(batch_size=8, plan="stratify_c", output="double", hflip=False,
                                       mean=MEAN, std=STD))
     b = next(iter(p))
-    content, context = denorm(b["content"]), denorm(b["context"])
+    content, context = denorm(b.content), denorm(b.context)
     inside = torch.from_numpy(s.masks[0] == 255)
     assert (content[:, ~inside].abs() < 1e-3).all()  # content keeps only the object
     assert (context[:, inside].abs() < 1e-3).all()  # context has the partner's object removed
@@ -69,7 +70,7 @@ def test_flip_and_crop_shared_by_image_and_mask():
     obj, mask = raw["obj"].numpy(), raw["mask"].numpy()
     assert ((obj[..., 0] == 200) == (mask == 255)).all()
     assert len({m.tobytes() for m in mask}) > 1  # crops differ between samples
-    out = next(iter(TorchPipeline(s, spec)))["image"]
+    out = next(iter(TorchPipeline(s, spec))).image
     flip = raw["flip"].numpy()
     assert flip.any() and (~flip).any()
     expect = torch.where(torch.from_numpy(flip)[:, None, None, None],
@@ -82,7 +83,7 @@ def test_matches_reference_composite():
     spec = PipelineSpec(batch_size=8, plan="stratify_c", mean=MEAN, std=STD)
     p = TorchPipeline(s, spec)
     raw = next(iter(p.raw_batches()))
-    out = next(iter(TorchPipeline(s, spec)))["image"]
+    out = next(iter(TorchPipeline(s, spec))).image
     ref = composite_ref(raw["obj"], raw["mask"], raw["ctx"], flip=raw["flip"], mean=MEAN, std=STD)
     assert torch.equal(out, ref)
 
@@ -105,7 +106,7 @@ def test_resume_mid_epoch_yields_the_remaining_batches():
     rest = list(resumed)
     assert len(rest) == len(all_batches) - 3
     for a, b in zip(rest, all_batches[3:]):
-        assert torch.equal(a["index"], b["index"]) and torch.equal(a["image"], b["image"])
+        assert torch.equal(a.index, b.index) and torch.equal(a.image, b.image)
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -116,7 +117,7 @@ def test_ranks_see_each_index_once(world):
         p = TorchPipeline(s, PipelineSpec(batch_size=6, plan="random", rank=rank, world_size=world))
         p.set_epoch(0)
         lengths.append(len(p))
-        seen += [int(i) for b in p for i in b["index"]]
+        seen += [int(i) for b in p for i in b.index]
     assert len(set(lengths)) == 1
     assert sorted(seen) == list(range(36))
 
@@ -126,7 +127,7 @@ def test_eval_covers_every_sample_once_with_partial_batch():
     seen = []
     for rank in range(2):
         p = TorchPipeline(s, PipelineSpec(batch_size=4, train=False, rank=rank, world_size=2))
-        seen += [int(i) for b in p for i in b["index"]]
+        seen += [int(i) for b in p for i in b.index]
     assert sorted(seen) == list(range(25))
 
 
@@ -136,7 +137,7 @@ def test_files_with_resize(folder_dataset):
     s = load_folder(str(folder_dataset))
     p = TorchPipeline(s, PipelineSpec(batch_size=5, plan="stratify_c", image_size=12, num_workers=0))
     b = next(iter(p))
-    assert b["image"].shape == (5, 3, 12, 12)
+    assert b.image.shape == (5, 3, 12, 12)
 
 
 def test_cpu_composite_runs_in_the_workers_and_matches_compose_after_the_loader(monkeypatch):
@@ -156,6 +157,4 @@ def test_cpu_composite_runs_in_the_workers_and_matches_compose_after_the_loader(
     got = list(p)
     assert len(got) == len(want) == len(p)
     for a, b in zip(got, want):
-        assert set(a) == set(b)
-        for k in a:
-            assert torch.equal(a[k], b[k]), k
+        assert_same_batch(a, b)

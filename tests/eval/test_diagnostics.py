@@ -14,6 +14,7 @@ from cit_fast.report import build_report
 from cit_fast import checkpoint as ckpt
 from cit_fast.config import load_config
 from cit_fast.train.loop import main
+from tests.helpers import image_batch
 
 
 def assert_nontrivial_png(path, min_side=200, min_colors=50):
@@ -83,9 +84,8 @@ def _fixed_model(c=4, k=4, d=16):
 
 def test_attention_of_each_label_lands_on_its_confounder(tmp_path):
     m = _fixed_model()
-    batches = [{"image": torch.zeros(3, 3, 8, 8), "label": torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 1]]),
-                "index": torch.arange(3)}]
-    attn = attention_probs(m, m.label_features(batches[0]["image"]))
+    batches = [image_batch(torch.zeros(3, 3, 8, 8), torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 1]]))]
+    attn = attention_probs(m, m.label_features(batches[0].image))
     assert attn.shape == (3, 2, 4, 4)  # (B, H, C, K)
     torch.testing.assert_close(attn.sum(-1), torch.ones(3, 2, 4))
     diag = collect(m, batches)
@@ -99,7 +99,7 @@ def test_attention_of_each_label_lands_on_its_confounder(tmp_path):
 def test_decoder_baseline_embedding_and_embed_2d(tmp_path):
     m = create_model("decoder_resnet8", num_classes=3, embed_dim=16, num_heads=2, dropout=0.0)
     y = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]])
-    diag = collect(m, [{"image": torch.randn(4, 3, 16, 16), "label": y, "index": torch.arange(4)}])
+    diag = collect(m, [image_batch(torch.randn(4, 3, 16, 16), y)])
     assert diag["features"].shape == (4, 3, 16) and "attention" not in diag
     embedding_figure(diag, ["x", "y", "z"], tmp_path / "e.png", method="pca")
     assert_nontrivial_png(tmp_path / "e.png", min_side=150, min_colors=20)

@@ -13,6 +13,7 @@ from cit_fast.models import create_model
 from cit_fast.models.causal_multilabel import MultiLabelOutput
 from cit_fast.models.confounders import fit_confounders, kmeans, select_tokens
 from cit_fast.train.loop import compute_loss
+from tests.helpers import image_batch
 
 C = 7
 
@@ -77,11 +78,11 @@ def test_branch_one_supervised_on_its_own_in_training_only():
     torch.testing.assert_close(out.logits, full["logits"])
     torch.testing.assert_close(out.aux["branch1"], full["logits1"])
     bce = torch.nn.BCEWithLogitsLoss()
-    batch = {"image": x, "label": y, "index": torch.arange(4)}
+    batch = image_batch(x, y)
     loss = compute_loss(m, batch, bce)
     torch.testing.assert_close(loss, bce(full["logits"], y) + 0.5 * bce(full["logits1"], y))
     # epoch-wise augmentation (Eq. 12): the output splits into the two halves
-    loss2 = compute_loss(m, {**batch, "original": x}, bce)
+    loss2 = compute_loss(m, batch.replace(original=x), bce)
     torch.testing.assert_close(loss2, 2 * loss)
     assert isinstance(m.eval()(x), torch.Tensor)  # evaluation keeps receiving plain logits
     assert isinstance(small(correlation="raising").train()(x), torch.Tensor)  # no aux loss: a tensor
@@ -115,7 +116,7 @@ def test_confounders_from_a_separate_network(tmp_path):
     assert m.confounders.z.shape == (5, 64)  # the network's channels, not D
     assert m.k_proj.in_features == 64
     x = torch.rand(12, 3, 16, 16)
-    batches = [{"image": x[s:s + 4], "label": torch.zeros(4, C), "index": torch.arange(s, s + 4)} for s in (0, 4, 8)]
+    batches = [image_batch(x[s:s + 4], torch.zeros(4, C), torch.arange(s, s + 4)) for s in (0, 4, 8)]
     fit_confounders(m, batches, seed=2, iters=5, tokens_per_image=8, init_pool=64)
     net.eval()
     with torch.no_grad():

@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 
 from cit_fast.models import create_model
 from cit_fast.models.confounders import fit_confounders, hash_ids, kmeans, kmeans_pp, select_tokens
+from tests.helpers import image_batch
 
 TRUE_CENTERS = torch.tensor([[4.0, 0.0, 0.0], [-4.0, 1.0, 0.0], [0.0, -4.0, 3.0], [0.0, 4.0, -3.0]])
 SIZES = (300, 200, 151, 97)  # uneven clusters, 748 points
@@ -117,7 +118,7 @@ def _batches(n=12, bs=5, num_classes=4, seed=0):
     x = torch.randn(n, 3, 16, 16, generator=g)
     y = (torch.rand(n, num_classes, generator=g) > 0.5).float()
     y[torch.arange(n), torch.arange(n) % num_classes] = 1
-    return [{"image": x[s:s + bs], "label": y[s:s + bs], "index": torch.arange(s, min(s + bs, n))}
+    return [image_batch(x[s:s + bs], y[s:s + bs], torch.arange(s, min(s + bs, n)))
             for s in range(0, n, bs)], x, y
 
 
