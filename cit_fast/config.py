@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from .errors import ConfigError
-from .utils import atomic_write_text
+from .utils import atomic_write_text, read_mapping_file
 
 # The allowed values of every choice key, stated once: validate(), the CLI and the modules that act
 # on them (data.intervention, models, train.losses, data.mix, ...) import them from here.
@@ -294,17 +294,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), base:
     """TrainConfig from an optional YAML file plus ``key=value`` overrides, validated and finalised
     (data.source inferred, paths absolute: relative ones are taken from ``base``, default the
     current directory)."""
-    tree: Dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {path}: not found")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    tree = read_mapping_file(Path(path), "config file", ConfigError, empty_ok=True) if path else {}
     tree = merge_trees(tree, parse_overrides(overrides))
     cfg = _build(TrainConfig, tree, "")
     validate(cfg)

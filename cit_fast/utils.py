@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import UserError
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -65,3 +67,22 @@ def print0(*args: Any, **kw: Any) -> None:
     """print on rank 0 only."""
     if is_main_process():
         print(*args, **kw, flush=True)
+
+
+def read_mapping_file(path: Path, what: str, error: type = UserError, empty_ok: bool = False) -> dict:
+    """The mapping at the top of a YAML (or JSON) file; ``error`` names ``what path`` and what is wrong:
+    not found, not valid YAML/JSON, not a mapping (or empty, unless ``empty_ok``)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} {path}: not found")
+    try:
+        tree = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise error(f"{what} {path}: not valid YAML/JSON ({str(e).splitlines()[0]})") from None
+    if tree is None and empty_ok:
+        return {}
+    if not isinstance(tree, dict) or (not tree and not empty_ok):
+        raise error(f"{what} {path}: expected a {'' if empty_ok else 'non-empty '}mapping at the top level")
+    return tree

@@ -18,6 +18,7 @@ import numpy as np
 from .files import check_pairs, manifest_row_fields, read_manifest_rows
 from .layout import IMAGE_EXTS, detect_layout
 from .multilabel import check_multi_hot, manifest_multilabel
+from ..utils import read_mapping_file
 from .records import DataError, SampleSet, as_uint8_mask
 
 
@@ -246,18 +247,7 @@ def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = 
 
 def apply_strata_file(samples: SampleSet, path: str) -> SampleSet:
     """Set each sample's stratum from a YAML/JSON mapping {class name or index: group}."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"strata file {path}: not found")
-    try:
-        mapping = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise DataError(f"strata file {path}: not valid YAML/JSON ({e})") from None
-    if not isinstance(mapping, dict):
-        raise DataError(f"strata file {path}: expected a mapping {{class: group}}")
-    mapping = {str(k): str(v) for k, v in mapping.items()}
+    mapping = {str(k): str(v) for k, v in read_mapping_file(Path(path), "strata file", DataError).items()}
     unknown = sorted(set(mapping) - set(samples.classes) - {str(i) for i in range(samples.num_classes)})
     if unknown:
         raise DataError(f"strata file {path}: unknown class(es) {unknown}")

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import yaml
 
 from ..config import from_dict, infer_source, merge_trees, parse_overrides, resolve_paths, resolve_source, to_dict
 from ..data.build import build_datasets, build_pipeline, load_split
 from ..data.records import DataError, SampleSet
-from ..utils import atomic_write_json
+from ..utils import atomic_write_json, read_mapping_file
 from .collect import collect
 from .run import load_run
 from .scores import average_precision
@@ -32,15 +31,7 @@ from .scores import average_precision
 
 def load_mapping(path: str) -> Dict[str, str]:
     """{source class: target class} from a YAML/JSON mapping file."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"mapping {path}: not found")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise DataError(f"mapping {path}: not valid YAML/JSON ({e})") from None
-    if not isinstance(raw, dict) or not raw:
-        raise DataError(f"mapping {path}: expected a non-empty mapping {{source class: target class}}")
+    raw = read_mapping_file(Path(path), "mapping", DataError)  # {source class: target class}
     out: Dict[str, str] = {}
     for k, v in raw.items():
         if v is None or isinstance(v, (dict, list)):

@@ -78,10 +78,12 @@ def _init_process_group(backend: str, rank: int, world: int) -> None:
                             rank=rank, world_size=world)
 
 
-def setup_distributed(cfg) -> DistEnv:
+def setup_distributed(device_name: str = "auto", engine: str = "ddp") -> DistEnv:
+    """This process's rank, world and device (torchrun / SLURM environment), with the process group
+    initialised when there are several processes (or DeepSpeed wants one)."""
     rank, world, local_rank = dist_info()
-    device = pick_device(cfg.device, local_rank)
-    deepspeed = cfg.dist.engine == "deepspeed"
+    device = pick_device(device_name, local_rank)
+    deepspeed = engine == "deepspeed"
     if deepspeed and device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
     if deepspeed and world == 1 and not dist.is_initialized():

@@ -12,7 +12,6 @@ Batch sizes are derived once: global = data.batch_size (micro, per rank) x world
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -21,7 +20,8 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-from ..utils import atomic_write_text
+from ..errors import ConfigError
+from ..utils import atomic_write_text, read_mapping_file
 from .. import checkpoint as ckpt
 from ..config import merge_trees
 from .reshard import CONSOLIDATED, gather_consolidated, load_consolidated
@@ -136,15 +136,8 @@ def deepspeed_config(cfg, world_size: int) -> Dict[str, Any]:
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
-    if d.deepspeed_config:
-        p = Path(d.deepspeed_config)
-        if not p.is_file():
-            raise FileNotFoundError(f"dist.deepspeed_config: {p} not found")
-        try:
-            user = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"dist.deepspeed_config {p}: not valid JSON ({e})") from None
-        conf = merge_trees(conf, user)
+    if d.deepspeed_config:  # JSON is YAML: one reader for every mapping file
+        conf = merge_trees(conf, read_mapping_file(Path(d.deepspeed_config), "dist.deepspeed_config", ConfigError))
     return conf
 
 

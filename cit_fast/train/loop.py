@@ -114,7 +114,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = ()):
         self.cfg = cfg = finalize(cfg)  # absolute paths, concrete data.source (what config.yaml records)
-        self.env = setup_distributed(cfg)
+        self.env = setup_distributed(cfg.device, cfg.dist.engine)
         if cfg.threads and self.env.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed + self.env.rank)

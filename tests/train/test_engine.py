@@ -22,10 +22,10 @@ def test_user_json_overrides_and_bad_json(tmp_path):
     assert conf["zero_optimization"] == {"stage": 3, "overlap_comm": True} and conf["steps_per_print"] == 5
     assert conf["train_micro_batch_size_per_gpu"] == cfg.data.batch_size  # untouched keys stay derived
     f.write_text("{not json")
-    with pytest.raises(ValueError, match="ds.json: not valid JSON"):
+    with pytest.raises(ValueError, match="dist.deepspeed_config .*ds.json: not valid YAML/JSON"):
         deepspeed_config(cfg, 2)
     cfg2 = load_config(None, ["dist.engine=deepspeed", f"dist.deepspeed_config={tmp_path / 'missing.json'}"])
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    with pytest.raises(ValueError, match="missing.json: not found"):
         deepspeed_config(cfg2, 2)
 
 
