@@ -158,8 +158,8 @@ def _test_maps(run, test_npz: str):
         maps, labels = [], []
         with torch.no_grad():
             for batch in run.pipeline(test_set, batch_size=256):
-                maps.append(run.model.forward_features(batch["image"]))  # (B, 64, 12, 12): 295 MB for 8000 images
-                labels.append(batch["label"])
+                maps.append(run.model.forward_features(batch.image))  # (B, 64, 12, 12): 295 MB for 8000 images
+                labels.append(batch.label)
         _TEST_MAPS[key] = (torch.cat(maps), torch.cat(labels).numpy())
     return _TEST_MAPS[key]
 
@@ -189,25 +189,27 @@ def _run_job(job: Tuple[str, List[str], List[Tuple[int, int]], str]) -> Tuple[st
     return name, {**res, "seconds": secs}
 
 
-def pretrain(out: Path, epochs: int, n: int, threads: int) -> str:
-    """The confounder network (and the trunk every model starts from): a single-label ResNet-8 on
-    single-object scenes over the benchmark's palettes, each one grid cell of a benchmark scene (16 x 16
-    pixels, objects at the benchmark's sizes: 9x cheaper than whole 48 x 48 scenes); returns its checkpoint."""
+def pretrain(out: Path, epochs: int, n: int, threads: int, label: str = "object") -> str:
+    """A single-label ResNet-8 on single-object scenes over the benchmark's palettes, each one grid cell of a
+    benchmark scene (16 x 16 pixels, objects at the benchmark's sizes: 9x cheaper than whole 48 x 48
+    scenes), labelled with the object (the trunk every model starts from) or with the (object, scene) pair
+    (the separate confounder network); returns its checkpoint."""
     from cit_fast.data.synthetic import save_arrays
     from cit_fast.data.synthetic_scenes import make_scene_singles
 
-    d = out / f"pretrain_cells_n{n}_e{epochs}"
+    d = out / (f"pretrain_cells_n{n}_e{epochs}" + ("" if label == "object" else f"_{label}"))
     if not (d / "test.npz").exists():
-        save_arrays(make_scene_singles(n, size=16, grid=1, seed=7), str(d / "train.npz"))
-        save_arrays(make_scene_singles(max(n // 4, 500), size=16, grid=1, seed=8), str(d / "test.npz"))
+        save_arrays(make_scene_singles(n, size=16, grid=1, seed=7, label=label), str(d / "train.npz"))
+        save_arrays(make_scene_singles(max(n // 4, 500), size=16, grid=1, seed=8, label=label), str(d / "test.npz"))
     name, secs, ck = _train(("pretrain", ["data.source=arrays", f"data.train={d / 'train.npz'}", "data.hflip=false",
                                           f"data.test={d / 'test.npz'}", "model.name=resnet8", "data.batch_size=128",
                                           "optim.lr=0.05", "optim.schedule=cosine", "optim.warmup_epochs=1",
                                           f"optim.epochs={epochs}", "progress=false", f"threads={threads}",
                                           "log_interval=1000", "keep_checkpoints=1", f"out_dir={d / 'resnet8'}"]))
     top1 = json.loads((d / "resnet8" / "results.json").read_text())["test_top1"]
-    print(f"# confounder network / trunk: ResNet-8 pre-trained on {n} single-object scene cells, {epochs} epochs, "
-          f"test top-1 {top1:.1f}% ({secs:.0f} s): {ck}", flush=True)
+    print(f"# {'trunk' if label == 'object' else 'confounder network'}: ResNet-8 pre-trained on {n} single-object "
+          f"scene cells labelled by {label.replace('_', ' + ')}, {epochs} epochs, test top-1 {top1:.1f}% "
+          f"({secs:.0f} CPU s): {ck}", flush=True)
     return ck
 
 
@@ -233,7 +235,7 @@ def make_arm_data(out: Path, arm: str, n_train: int, n_test: int) -> Dict[str, o
     return m
 
 
-def confounder_check(train_npz: Path, net: str, k: int, seed: int) -> Dict[str, float]:
+def confounder_check(train_npz: Path, trunk: str, net: str, k: int, seed: int) -> Dict[str, float]:
     """k-means over the frozen network's spatial features of the arm's training set, as a run fits them
     (same function, seed, K and token sampling); NMI with S, and that of random confounders."""
     import torch
@@ -245,7 +247,7 @@ def confounder_check(train_npz: Path, net: str, k: int, seed: int) -> Dict[str, 
     from cit_fast.models.confounders import fit_confounders
 
     cfg = load_config(None, [*COMMON, *MODELS["raising"], f"data.train={train_npz}", f"data.test={train_npz}",
-                             f"model.init_single={net}", f"model.confounder_net={net}", f"model.num_confounders={k}"])
+                             f"model.init_single={trunk}", f"model.confounder_net={net}", f"model.num_confounders={k}"])
     train_set, _ = build_datasets(cfg.data)
     model = build_model(cfg.model, train_set.num_classes)
     pipe = build_pipeline(train_set, cfg, train=False, device=torch.device("cpu"))
@@ -275,7 +277,9 @@ def summarise(arms: Sequence[str], models: Sequence[str], seeds: Sequence[int], 
                      f"{min(r['n_exclusive'] for r in te)} Exclusive / {min(r['n_cooccur'] for r in te)} Co-occur "
                      f"positives per pair" + (f"; k-means confounders vs S: NMI {ck['nmi_tokens']:.3f} tokens / "
                                               f"{ck['nmi_images']:.3f} images, random {ck['nmi_tokens_random']:.3f} / "
-                                              f"{ck['nmi_images_random']:.3f}" if ck else "") + ")\n")
+                                              f"{ck['nmi_images_random']:.3f}, of the object-only trunk "
+                                              f"{ck['trunk_nmi_tokens']:.3f} / {ck['trunk_nmi_images']:.3f}"
+                                              if ck else "") + ")\n")
         lines.append("| model | Exclusive AP | Co-occur AP | All (mAP) | b's AP | c lifts b's logit by | "
                      "mAP range over seeds | train CPU s/run |")
         lines.append("|---|---|---|---|---|---|---|---|")
@@ -373,7 +377,8 @@ def main() -> None:
     print(f"# {cmd}\n# torch {torch.__version__}, {os.cpu_count()} CPUs, CPU only; arms {' '.join(arms)}, "
           f"seeds {' '.join(map(str, seeds))}, models {' '.join(models)}; {n_train} training / {args.n_test} test "
           f"scenes of 48x48, {epochs} epochs", flush=True)
-    net = pretrain(out, pre_epochs, pre_n, threads=2)
+    trunk = pretrain(out, pre_epochs, pre_n, threads=2)
+    net = pretrain(out, pre_epochs, pre_n, threads=2, label="object_scene")
     data, checks, jobs = {}, {}, []
     for arm in arms:
         data[arm] = d = make_arm_data(out, arm, n_train, args.n_test)
@@ -384,19 +389,23 @@ def main() -> None:
               f"exclusive b images {counts}", flush=True)
         check_file = d["dir"] / "confounder_check.json"
         if not check_file.exists() or json.loads(check_file.read_text()).get("net") != net:
-            check_file.write_text(json.dumps({**confounder_check(d["dir"] / "train.npz", net, 16, seed=0), "net": net}))
+            got = confounder_check(d["dir"] / "train.npz", trunk, net, 16, seed=0)
+            of_trunk = confounder_check(d["dir"] / "train.npz", trunk, trunk, 16, seed=0)
+            check_file.write_text(json.dumps({**got, "net": net, "trunk_nmi_tokens": of_trunk["nmi_tokens"],
+                                              "trunk_nmi_images": of_trunk["nmi_images"]}))
         checks[arm] = json.loads(check_file.read_text())
         c = checks[arm]
         print(f"# arm {arm}: k-means confounders (seed 0) vs scene S: NMI {c['nmi_tokens']:.3f} over tokens, "
               f"{c['nmi_images']:.3f} over images; random confounders {c['nmi_tokens_random']:.3f} / "
-              f"{c['nmi_images_random']:.3f}", flush=True)
+              f"{c['nmi_images_random']:.3f}; k-means over the object-only trunk's features "
+              f"{c['trunk_nmi_tokens']:.3f} / {c['trunk_nmi_images']:.3f}", flush=True)
         for seed in seeds:
             for m in models:
                 if m == "random" and arm not in random_arms:
                     continue
                 ov = [*COMMON, f"optim.lr={args.lr}", f"optim.epochs={epochs}", f"eval_every={epochs}",
                       f"checkpoint_every={epochs}", f"data.train={d['dir'] / 'train.npz'}",
-                      f"data.test={d['dir'] / 'test_slice.npz'}", f"model.init_single={net}", f"seed={seed}",
+                      f"data.test={d['dir'] / 'test_slice.npz'}", f"model.init_single={trunk}", f"seed={seed}",
                       f"out_dir={out / 'runs' / f'e{epochs}_n{n_train}' / _out_name(arm, m, seed)}", *MODELS[m]]
                 if m != "baseline" and "model.confounder_source=random" not in MODELS[m]:
                     ov.append(f"model.confounder_net={net}")

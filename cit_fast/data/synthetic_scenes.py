@@ -255,12 +255,19 @@ def make_scene_multilabel(arm: str = "15", n_train: int = 7600, n_test: int = 80
 
 
 def make_scene_singles(n: int = 6000, size: int = 48, n_scenes: int = 4, b_scale: float = 0.75,
-                       seed: int = 7, grid: int = GRID) -> SampleSet:
+                       seed: int = 7, grid: int = GRID, label: str = "object") -> SampleSet:
     """Single-object scenes over the same palettes (class uniform, S uniform and independent of it, half
-    the objects at b's size), single-label: what the confounder network is pre-trained on. Object
-    instances differ from every benchmark seed's (make_shapes seed 3000 + seed). Objects have the
+    the objects at b's size), single-label: what the trunk and the confounder network are pre-trained on.
+    Object instances differ from every benchmark seed's (make_shapes seed 3000 + seed). Objects have the
     benchmark's sizes (a cell of ``size // grid`` pixels); ``size=16, grid=1`` gives one grid cell of a
-    benchmark scene, a 9x cheaper image to pre-train on."""
+    benchmark scene, a 9x cheaper image to pre-train on.
+
+    ``label``: ``object`` (10 classes) or ``object_scene`` (the 40 (object, scene) pairs, class
+    ``object * n_scenes + scene``): a classifier of the latter must keep the scene in its features, as
+    ImageNet or Places features keep the context of their images; one trained on objects alone learns to
+    ignore the scene (measured: k-means of its spatial features recover S with NMI ~0.03)."""
+    if label not in ("object", "object_scene"):
+        raise ValueError(f"label must be object or object_scene, got {label!r}")
     if size % grid or size // grid < 8:
         raise ValueError(f"size must be a multiple of grid={grid} with cells of at least 8 pixels, got {size}")
     rng = np.random.default_rng([seed, 0x5146])
@@ -278,6 +285,10 @@ def make_scene_singles(n: int = 6000, size: int = 48, n_scenes: int = 4, b_scale
         im, ms = _render(rng, labels[rows], scene[rows], size, n_scenes, bank,
                          set(range(num_classes)) if flag else set(), grid)
         images[rows], masks[rows] = im, ms
+    if label == "object_scene":
+        names = [f"{c}@scene{k}" for c in SHAPE_CLASSES for k in range(n_scenes)]
+        return SampleSet(images, masks, (cls * n_scenes + scene).astype(np.int64), names, strata=scene,
+                         name="single-object scenes (object, scene)")
     return SampleSet(images, masks, cls.astype(np.int64), list(SHAPE_CLASSES), strata=scene,
                      name="single-object scenes")
 

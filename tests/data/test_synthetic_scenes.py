@@ -107,6 +107,12 @@ def test_single_object_scenes_for_the_confounder_network():
     assert s.labels.shape == (200,) and np.bincount(s.labels).tolist() == [20] * 10
     assert np.bincount(s.strata).tolist() == [50] * 4
     assert (s.masks.reshape(200, -1).max(1) > 0).all()
+    cells = make_scene_singles(80, size=16, grid=1, seed=1, label="object_scene")  # one grid cell, (object, scene)
+    assert cells.images.shape == (80, 16, 16, 3) and len(cells.classes) == 40
+    obj = make_scene_singles(80, size=16, grid=1, seed=1)
+    np.testing.assert_array_equal(cells.labels, obj.labels * 4 + cells.strata)
+    with pytest.raises(ValueError, match="label"):
+        make_scene_singles(8, label="scene")
 
 
 def test_bad_arguments():
