@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .batch import ModelBatch, RawBatch
-from .pipeline import Pipeline, PipelineSpec, crop_pairs, decode_set, flip_flags
+from .pipeline import Pipeline, PipelineSpec, compose, crop_pairs, decode_set, flip_flags
 from .records import DataError, SampleSet
 
 PREFETCH = 2  # batches DALI prepares ahead of the one being consumed
@@ -168,8 +168,6 @@ class DaliPipeline(Pipeline):
             yield from super().model_batches()
             return
         from concurrent.futures import ThreadPoolExecutor
-
-        from .pipeline import compose
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cit-fast-compose") as pool:
             pending = None

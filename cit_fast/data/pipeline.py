@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .. import kernels
+from .balanced import make_balanced_plan
 from .batch import DoubleBatch, ImageBatch, ModelBatch, RawBatch
 from .intervention import InterventionPlan, make_plan
 from .records import SampleSet
@@ -177,8 +178,6 @@ class Pipeline(ABC):
         """The plan of ``epoch`` (pure: any thread, any time)."""
         s, spec = self.samples, self.spec
         if spec.decode_reuse and spec.train:
-            from .balanced import make_balanced_plan
-
             return make_balanced_plan(spec.plan, s.strata, spec.seed, epoch, spec.batch_size, spec.world_size,
                                       s.bias)
         return make_plan(spec.plan, s.strata, spec.seed, epoch, s.bias, shuffle=spec.train)
