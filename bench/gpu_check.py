@@ -205,12 +205,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     lines = report(results, device, started)
     print("\n".join(lines))
     if not args.no_write:
-        from cit_fast.utils import atomic_write_text
+        from cit_fast.utils import append_section
 
         path = Path(args.results_md)
-        old = path.read_text() if path.exists() else "# Benchmark results\n"
-        atomic_write_text(path, old.rstrip("\n") + "\n" + "\n".join(lines))  # re-read just before writing
-        print(f"appended to {path}")
+        append_section(path, "\n".join(lines))
     return 0 if all(r["status"] == "passed" or r["status"].startswith("skipped") for r in results) else 1
 
 

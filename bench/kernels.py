@@ -431,15 +431,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     for v in verdicts:
         print("target: " + v)
     if args.results_md:
-        from cit_fast.utils import atomic_write_text
+        from cit_fast.utils import append_section
 
         path = Path(args.results_md)
         title = "fp32 attention precision" if args.precision_error else "Kernel benchmark"
         section = [f"\n## {title} on {device_name(device)} ({dt.date.today().isoformat()}, bench/kernels.py)\n",
                    *[f"- {h}" for h in head], "", *out, *[f"- target: {v}" for v in verdicts], ""]
-        old = path.read_text() if path.exists() else "# Benchmark results\n"
-        atomic_write_text(path, old.rstrip("\n") + "\n" + "\n".join(section))
-        print(f"appended to {path}")
+        append_section(path, "\n".join(section))
     return 0
 
 

@@ -217,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         small.save(tmp, format="PNG", optimize=True)
     print(f"wrote {montage} ({montage.stat().st_size // 1024} KiB)")
 
-    from cit_fast.utils import atomic_write_text
+    from cit_fast.utils import append_section
 
     path = Path(args.results_md)
     title = f"Object masks on photos and on the embedded scenes ({dt.date.today().isoformat()}, bench/masks.py)"
@@ -230,9 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                "", *table, "", "Per photo, IoU / coverage of the image:", "", *per_photo, "",
                f"{coverage_line}. Montage (outline, spectral, fine_grained, grabcut; IoU in the captions): "
                f"`{montage.relative_to(ROOT) if montage.is_relative_to(ROOT) else montage}`.", ""]
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    atomic_write_text(path, old.rstrip("\n") + "\n" + "\n".join(section))
-    print(f"appended to {path}")
+    append_section(path, "\n".join(section))
     return 0
 
 

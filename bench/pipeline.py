@@ -50,7 +50,7 @@ from PIL import Image
 from cit_fast.data.intervention import make_plan
 from cit_fast.data.pipeline import PipelineSpec
 from cit_fast.data.sources import load_folder
-from cit_fast.utils import atomic_write_text
+from cit_fast.utils import append_section
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -290,9 +290,7 @@ def main(argv=None) -> int:
                    "on a CPU its PyTorch reference); raw-batch rows stop before compose (the host work "
                    "that feeds a GPU, where compose is the Triton kernel)",
                    "", *table, "", f"{verdict}.", ""]
-        old = path.read_text() if path.exists() else "# Benchmark results\n"
-        atomic_write_text(path, old.rstrip("\n") + "\n" + "\n".join(section))  # re-read just before writing
-        print(f"appended to {path}")
+        append_section(path, "\n".join(section))
     return 0
 
 

@@ -108,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                f"({'within' if cells[worst][largest]['s'] <= args.goal else 'over'} the {args.goal:.0f} s goal)")
     print("\n" + "\n".join(table) + "\n" + verdict)
     if not args.no_write:
-        from cit_fast.utils import atomic_write_text
+        from cit_fast.utils import append_section
 
         path = Path(args.results_md)
         section = [f"\n## Intervention plans at scale ({dt.date.today().isoformat()}, bench/plans.py)\n",
@@ -117,9 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    f"bias uniform over {args.bias_values} values; decode-reuse plans: batch {args.batch_size} "
                    f"x {args.world} ranks; least of {args.repeats} run(s); peak = numpy allocations (tracemalloc)",
                    "", *table, "", f"{verdict}.", ""]
-        old = path.read_text() if path.exists() else "# Benchmark results\n"
-        atomic_write_text(path, old.rstrip("\n") + "\n" + "\n".join(section))
-        print(f"appended to {path}")
+        append_section(path, "\n".join(section))
     return 0
 
 

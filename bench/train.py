@@ -68,14 +68,11 @@ def main() -> None:
     table = "\n".join(lines)
     print(f"\nsamples/s ({args.model}, micro-batch {args.batch}, {args.steps} steps/epoch):\n\n{table}")
     if args.results_md:
-        path = Path(args.results_md)
-        old = path.read_text() if path.exists() else "# Benchmark results\n"
-        section = (f"\n## Training throughput, 1 vs {args.nproc} processes - {date.today()}, {cores}-core CPU "
-                   f"({args.device})\n\nCommand: `python {' '.join(sys.argv)}`\n\n{table}\n")
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text(old.rstrip("\n") + "\n" + section)
-        os.replace(tmp, path)
-        print(f"appended to {path}")
+        from cit_fast.utils import append_section
+
+        append_section(Path(args.results_md),
+                       f"\n## Training throughput, 1 vs {args.nproc} processes - {date.today()}, {cores}-core CPU "
+                       f"({args.device})\n\nCommand: `python {' '.join(sys.argv)}`\n\n{table}\n")
 
 
 if __name__ == "__main__":

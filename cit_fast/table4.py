@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .config import load_config
 from .train.loop import main
-from .utils import atomic_write_text
+from .utils import append_section
 
 VERSIONS = ("V1", "V2", "V3", "V4")
 ROWS = (("Baseline on Ori.", "original", "none"), ("Baseline on Syn.", None, "none"),
@@ -101,11 +101,8 @@ def _eta(left: int, durations: List[float], jobs: int) -> str:
 
 def append_results(results_md: str, title: str, cmd: str, body: str) -> None:
     """Append a dated section to a markdown results file, atomically."""
-    path = Path(results_md)
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"\n## {title} - {date.today().isoformat()}, {os.cpu_count()}-core CPU\n\nCommand: `{cmd}`\n\n{body}\n"
-    atomic_write_text(path, old.rstrip("\n") + "\n" + section)
-    print(f"appended to {path}")
+    append_section(Path(results_md),
+                   f"\n## {title} - {date.today().isoformat()}, {os.cpu_count()}-core CPU\n\nCommand: `{cmd}`\n\n{body}\n")
 
 
 def run_table4(out_dir: Path, overrides: Sequence[str] = (), jobs: int = 2,

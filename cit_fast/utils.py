@@ -86,3 +86,12 @@ def read_mapping_file(path: Path, what: str, error: type = UserError, empty_ok: 
     if not isinstance(tree, dict) or (not tree and not empty_ok):
         raise error(f"{what} {path}: expected a {'' if empty_ok else 'non-empty '}mapping at the top level")
     return tree
+
+
+def append_section(path: Path, text: str) -> None:
+    """Append a markdown section to a results file (bench/RESULTS.md), atomically; the file is read
+    just before it is written, so sections of runs that finished meanwhile are kept."""
+    path = Path(path)
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    atomic_write_text(path, old.rstrip("\n") + "\n" + text.rstrip("\n") + "\n")
+    print(f"appended to {path}")
