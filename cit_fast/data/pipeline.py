@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .. import kernels
+from ..errors import ConfigError
 from .balanced import make_balanced_plan
 from .batch import DoubleBatch, ImageBatch, ModelBatch, RawBatch
 from .intervention import InterventionPlan, make_plan
@@ -64,10 +65,10 @@ class PipelineSpec:
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if self.decode_reuse and self.train and self.plan not in ("none", "stratify_c", "random"):
-            raise ValueError(f"data.decode_reuse works with plans none, stratify_c and random, not "
+            raise ConfigError(f"data.decode_reuse works with plans none, stratify_c and random, not "
                              f"{self.plan!r}: its contexts are drawn by bias value, not from the batch")
         if self.decode_reuse and self.train and self.plan != "none" and self.batch_size < 2:
-            raise ValueError("data.decode_reuse needs batch_size >= 2 (partners share a batch)")
+            raise ConfigError("data.decode_reuse needs data.batch_size >= 2 (partners share a batch)")
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -34,6 +34,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..config import CONFOUNDER_SOURCES
+from ..errors import ConfigError
 from ..utils import print0
 
 
@@ -127,7 +128,8 @@ def kmeans_pp(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     x = points.detach().to("cpu", torch.float64)
     m = x.shape[0]
     if m < k:
-        raise ValueError(f"k-means: {k} clusters asked for but only {m} points to cluster")
+        raise ConfigError(f"k-means: {k} clusters asked for but only {m} points to cluster (lower "
+                          f"model.num_confounders or raise model.confounder_tokens)")
     g = torch.Generator().manual_seed(int(seed))
     trials = 2 + int(math.log(k))
     centers = torch.empty(k, x.shape[1], dtype=torch.float64)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LOSSES
+from ..errors import ConfigError
 
 
 
@@ -52,9 +53,9 @@ def build_loss(name: str, multilabel: bool, gamma_neg: float = 4.0, gamma_pos: f
     if name == "auto":
         name = "bce" if multilabel else "ce"
     if multilabel and name == "ce":
-        raise ValueError("loss 'ce' needs single-label data; the data has multi-hot labels: use bce or asl")
+        raise ConfigError("optim.loss=ce needs single-label data; the data has multi-hot labels: use bce or asl")
     if not multilabel and name in ("bce", "asl"):
-        raise ValueError(f"loss {name!r} needs multi-hot labels; the data is single-label: use ce")
+        raise ConfigError(f"optim.loss={name} needs multi-hot labels; the data is single-label: use ce")
     if name == "ce":
         return lambda logits, y: F.cross_entropy(logits.float(), y)
     if name == "bce":
