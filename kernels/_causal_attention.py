@@ -477,12 +477,28 @@ def _check_precision(precision: Optional[str]) -> None:
                          f"got {precision!r}")
 
 
+# Per-program fixed cost of the dK/dV kernel (load the K/V tile, write the fp32 partials), in
+# units of one BLOCK_M row block of work: the split model below charges it once per program.
+_DKV_PROGRAM_OVERHEAD_BLOCKS = 2
+
+
 def _split(m_blocks: int, n_blocks: int, heads: int, slots: Optional[int]) -> int:
-    """Row chunks of the dK/dV reduction: as many as fit one wave of the GPU (whole waves, not
-    cdiv rounding); 2 on the interpreter (the partial-sum path exercised)."""
+    """Row chunks of the dK/dV reduction, from a wave model of the GPU.
+
+    One chunk launches n_blocks * heads programs; with ``slots`` resident at once, s chunks take
+    ceil(s * programs / slots) waves of ceil(m_blocks / s) + overhead row blocks each. The split is
+    the s that minimizes that (ties: the smaller s, so less workspace to reduce): a grid that fills
+    its waves, not the largest split that fits in one (which, when one chunk is just over half the
+    GPU, leaves half of it idle). 2 on the interpreter (the partial-sum path exercised).
+    """
     if slots is None:
         return max(1, min(m_blocks, 2))
-    return max(1, min(m_blocks, slots // (n_blocks * heads)))
+    programs = max(1, n_blocks * heads)
+
+    def cost(s: int) -> int:
+        return -(-s * programs // slots) * (-(-m_blocks // s) + _DKV_PROGRAM_OVERHEAD_BLOCKS)
+
+    return min(range(1, max(1, m_blocks) + 1), key=lambda s: (cost(s), s))
 
 
 def _check_triton_args(q, k, v, prior, num_heads):
@@ -575,7 +591,7 @@ def causal_attention_backward(q, k, v, prior, out, lse, dout, dattn, num_heads: 
                       lambda cf: _attn_bwd_dq_kernel.warmup(*dq_args, grid=(1,), **dq_kw(cf)), dq_launch)
     dq_launch(cfg)()
 
-    # dK, dV, dp partials over SPLIT row chunks: as many chunks as fill one wave
+    # dK, dV, dp partials over SPLIT row chunks: as many chunks as the wave model picks (_split)
     state = {}
 
     def kv_args(per_split, part, dpr):
@@ -587,7 +603,7 @@ def causal_attention_backward(q, k, v, prior, out, lse, dout, dattn, num_heads: 
                     num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     def kv_plan(cfg):
-        """(split, rows per split, workspace) of cfg: the grid sized to whole waves."""
+        """(split, rows per split, workspace) of cfg: the grid sized to full waves (_split)."""
         if cfg not in state:
             m_blocks, n_blocks = triton.cdiv(m, cfg.block_m), triton.cdiv(kc, cfg.block_n)
             slots = None
