@@ -3,8 +3,9 @@
 Installed as ``cit_fast.kernels`` (setup.py maps this top-level folder). Triton is imported lazily,
 so this package imports on any machine.
 
-Layout: ``reference.py`` (PyTorch definitions, the CPU path), one private file per Triton op
-(``_composite.py``, ``_causal_attention.py``: kernels, launchers, autograd/custom op). The files are
+Layout: ``reference.py`` (PyTorch definitions, what the tests compare against), one private file
+per Triton op (``_composite.py``, ``_causal_attention.py``: kernels, launchers, autograd/custom op),
+and ``_composite_cpu.py`` (the composite's CPU path: the reference's arithmetic in fewer passes). The files are
 private on purpose: a submodule named ``composite`` would, once imported, rebind the package
 attribute ``kernels.composite`` from the function below to the module.
 """
@@ -14,10 +15,11 @@ import os
 
 import torch
 
+from ._composite_cpu import composite_cpu
 from .reference import (COMPOSITE_MODES, IMAGENET_MEAN, IMAGENET_STD, causal_attention_ref,
                         composite_ref)
 
-__all__ = ["composite", "composite_ref", "causal_attention", "causal_attention_ref", "COMPOSITE_MODES",
+__all__ = ["composite", "composite_ref", "composite_cpu", "causal_attention", "causal_attention_ref", "COMPOSITE_MODES",
            "IMAGENET_MEAN", "IMAGENET_STD", "use_triton"]
 
 
@@ -25,7 +27,7 @@ def use_triton(t: torch.Tensor, backend: str = "auto") -> bool:
     """Whether an op on tensor ``t`` should take the Triton path.
 
     backend: "auto" (Triton on CUDA tensors, or everywhere when TRITON_INTERPRET=1 and
-    CIT_FAST_KERNELS=triton), "triton" (force), "torch" (force the reference).
+    CIT_FAST_KERNELS=triton), "triton" (force), "torch" (force the PyTorch path: composite_cpu on a CPU, the reference elsewhere).
     """
     if backend == "torch":
         return False
@@ -41,11 +43,17 @@ def use_triton(t: torch.Tensor, backend: str = "auto") -> bool:
 
 
 def composite(obj, mask, ctx=None, ctx_mask=None, *, backend: str = "auto", **kw):
-    """Blend + flip + normalize + layout + cast in one pass; see ``reference.composite_ref``."""
+    """Blend + flip + normalize + layout + cast in one pass; see ``reference.composite_ref``.
+
+    Triton on CUDA; on a CPU the fused PyTorch path (``composite_cpu``, equal to the reference
+    within float32 rounding); the reference itself on any other device.
+    """
     if use_triton(obj, backend):
         from ._composite import composite_triton  # lazy: needs triton
 
         return composite_triton(obj, mask, ctx, ctx_mask, **kw)
+    if obj.device.type == "cpu":
+        return composite_cpu(obj, mask, ctx, ctx_mask, **kw)
     return composite_ref(obj, mask, ctx, ctx_mask, **kw)
 
 

@@ -626,7 +626,7 @@ def causal_attention_backward(q, k, v, prior, out, lse, dout, dattn, num_heads: 
 
     def kv_warm(cfg):
         split, per_split, part, dpr = kv_plan(cfg)
-        _attn_bwd_dkv_kernel.warmup(*kv_args(per_split, part, dpr), grid=(1,), **kv_kw(cfg))
+        return _attn_bwd_dkv_kernel.warmup(*kv_args(per_split, part, dpr), grid=(1,), **kv_kw(cfg))
 
     cfg = pick_config(("dkv", kc, dh, q.dtype, prec, has_da, need_dprior, target), kv_cands, dev, kv_warm, kv_launch)
     kv_launch(cfg)()

@@ -16,9 +16,10 @@ behave as on that GPU.
 
 Autotuning (``pick_config``): each launcher lists a few configs for its key (Kc, head dim, dtype,
 variant), already pruned by the register and shared-memory limits the AOT gate checks; on CUDA the
-first call of a key times each survivor once (``triton.testing.do_bench``) and keeps the fastest
-(``CIT_FAST_AUTOTUNE=0``: the first one, the heuristic default). The AOT gate compiles every
-survivor.
+first call of a key compiles each survivor, drops those ptxas had to spill, times the rest once
+(``triton.testing.do_bench``) and keeps the fastest (``CIT_FAST_AUTOTUNE=0``: the first one that
+does not spill). On ``meta`` (the AOT gate) a launch takes the first survivor that does not spill;
+with ``all_configs`` the gate compiles every survivor.
 """
 from __future__ import annotations
 
@@ -123,27 +124,48 @@ def wave_slots(kernel, key: Hashable, target: Target, args: Sequence, kwargs: Di
 _CHOSEN: Dict[Hashable, object] = {}
 
 
+def spills_of(compiled) -> int:
+    """Spill bytes per thread of a compiled kernel (ptxas), 0 where the object does not tell."""
+    n = getattr(compiled, "n_spills", None)
+    if n is None and hasattr(compiled, "_init_handles"):  # a real CompiledKernel loads its binary first
+        compiled._init_handles()
+        n = getattr(compiled, "n_spills", None)
+    return int(n or 0)
+
+
 def pick_config(key: Hashable, candidates: Sequence[C], device: torch.device,
-                warm: Callable[[C], None], timed: Callable[[C], Callable[[], None]]) -> C:
+                warm: Callable[[C], object], timed: Callable[[C], Callable[[], None]]) -> C:
     """The config a launch of ``key`` uses (see the module doc).
 
-    warm(cfg) compiles cfg without launching it; timed(cfg) returns a callable that launches it.
+    warm(cfg) compiles cfg without launching it and returns the compiled kernel; timed(cfg) returns
+    a callable that launches it. The register estimates that pruned the candidates are estimates:
+    ptxas has the last word, so a candidate that compiles with spills is never picked while one
+    that does not is left (on ``meta``, the AOT gate: the first in preference order that does not
+    spill; on CUDA, the fastest of those that do not).
     """
     if not candidates:
         raise ValueError(f"no kernel config fits {key}")
     if len(candidates) == 1 or device.type not in ("cuda", "meta"):
         return candidates[0]
+    if key in _CHOSEN:
+        return _CHOSEN[key]  # type: ignore[return-value]
     if device.type == "meta":
+        chosen = None
+        for cfg in candidates:
+            if spills_of(warm(cfg)) == 0:
+                chosen = cfg
+                break
         if _AOT["all_configs"]:
-            for cfg in candidates[1:]:
-                warm(cfg)  # the gate checks every config the autotuner may pick
-        return candidates[0]
-    if key not in _CHOSEN:
-        if os.environ.get("CIT_FAST_AUTOTUNE", "1") == "0":
-            _CHOSEN[key] = candidates[0]
-        else:
-            from triton.testing import do_bench
+            for cfg in candidates:
+                warm(cfg)  # the gate reports every config the autotuner may consider (compiles are cached)
+        _CHOSEN[key] = chosen if chosen is not None else candidates[0]
+        return _CHOSEN[key]  # type: ignore[return-value]
+    clean = [cfg for cfg in candidates if spills_of(warm(cfg)) == 0] or list(candidates[:1])
+    if len(clean) == 1 or os.environ.get("CIT_FAST_AUTOTUNE", "1") == "0":
+        _CHOSEN[key] = clean[0]
+    else:
+        from triton.testing import do_bench
 
-            times = [do_bench(timed(cfg), warmup=5, rep=25) for cfg in candidates]
-            _CHOSEN[key] = candidates[min(range(len(times)), key=times.__getitem__)]
+        times = [do_bench(timed(cfg), warmup=5, rep=25) for cfg in clean]
+        _CHOSEN[key] = clean[min(range(len(times)), key=times.__getitem__)]
     return _CHOSEN[key]  # type: ignore[return-value]
