@@ -15,12 +15,11 @@ measures, each with intervention plan stratify_c and the same number of workers:
                     batch, batched resizing), decode reuse off/on;
   (c) dali          cit_fast's DaliPipeline (DALI decoding and resizing, max(1, workers) threads),
                     decode reuse off/on.
-(b) and (c) end in ``compose``, i.e. ``kernels.composite`` (on a CPU the PyTorch reference, run
-over cache-sized chunks), as training runs them (the torch pipeline on a CPU: in its workers):
-every end-to-end configuration yields model inputs, normalised float32 (B, 3, S, S) composites on
---device. For comparison, torch with the composite after the loader (the GPU arrangement, on the
-CPU); and (b), (c) with decode reuse stopping at the raw batches, the host data path that feeds an
-accelerator (where compose is the Triton kernel).
+(b) and (c) end in ``compose``, i.e. ``kernels.composite`` (on a CPU ``composite_cpu``, run over
+cache-sized chunks), as training runs them (the torch pipeline after its loader, the DALI one on a
+CPU in a helper thread): every end-to-end configuration yields model inputs, normalised float32
+(B, 3, S, S) composites on --device. For comparison, (b) and (c) with decode reuse stopping at the
+raw batches, the host data path that feeds an accelerator (where compose is the Triton kernel).
 
 Timing: per configuration one epoch, the first --warmup batches (worker start-up, pipeline build)
 untimed; --repeats rounds with the configurations interleaved. samples/s and ms/batch: the median
@@ -127,13 +126,11 @@ def baseline_batches(samples, args, epoch: int) -> Iterator[torch.Tensor]:
 
 
 def pipeline_batches(kind: str, reuse: bool, how: str = "pipeline") -> Callable:
-    """how: "pipeline" -- the pipeline's own iteration, as training runs it (on a CPU the torch
-    pipeline composes in its workers); "after" -- raw batches, then compose in this process (the
-    GPU arrangement, here on the CPU); "raw" -- stop before compose: the host data path that
-    feeds an accelerator, where compose is the Triton kernel."""
+    """how: "pipeline" -- the pipeline's own iteration, as training runs it (the torch pipeline
+    composes after its loader, in this process; the DALI one on a CPU in a helper thread); "raw" --
+    stop before compose: the host data path that feeds an accelerator, where compose is the Triton
+    kernel."""
     def run(samples, args, epoch: int) -> Iterator[torch.Tensor]:
-        from cit_fast.data.pipeline import compose
-
         spec = PipelineSpec(batch_size=args.batch_size, plan="stratify_c", image_size=args.size, hflip=True,
                             mean=MEAN, std=STD, num_workers=args.workers, device=torch.device(args.device),
                             decode_reuse=reuse)
@@ -148,7 +145,7 @@ def pipeline_batches(kind: str, reuse: bool, how: str = "pipeline") -> Callable:
                 yield b.image
         else:
             for raw in p.raw_batches():
-                yield raw["obj"] if how == "raw" else compose(raw, spec).image
+                yield raw["obj"]
 
     return run
 
@@ -238,7 +235,6 @@ def main(argv=None) -> int:
     for kind in ("torch", "dali"):
         for reuse in (False, True):
             configs[kind + (" + decode reuse" if reuse else "")] = pipeline_batches(kind, reuse)
-    configs["torch + decode reuse, compose after the loader"] = pipeline_batches("torch", True, "after")
     for kind in ("torch", "dali"):
         configs[f"{kind} + decode reuse, raw batches (host path)"] = pipeline_batches(kind, True, "raw")
     if args.only:

@@ -235,7 +235,7 @@ class Pipeline(ABC):
 
     def model_batches(self) -> Iterator[ModelBatch]:
         """Model inputs (``compose`` of each raw batch) for the rest of the epoch. A pipeline may
-        compose elsewhere (the torch pipeline on a CPU: in its loader workers)."""
+        compose elsewhere (the DALI pipeline on a CPU: in a helper thread, one batch ahead)."""
         for raw in self.raw_batches():
             yield compose(raw, self.spec)
 
@@ -255,9 +255,9 @@ CPU_CHUNK_BYTES = 2 << 20  # float32 bytes per temporary of the composite refere
 def _chunked(op: Callable, dev: torch.device) -> Callable:
     """On a CPU, run the composite over cache-sized chunks of the batch and concatenate.
 
-    The PyTorch reference (the CPU path) makes several full-size float32 temporaries; chunks of
-    ~2 MB keep them in cache: ~3x less CPU time on a 224^2 batch, bitwise the same result (the op
-    is per sample). On CUDA the Triton kernel is one pass already.
+    The CPU path (``kernels.composite_cpu``) makes full-size float32 buffers; chunks of ~2 MB keep
+    them in cache (less CPU time on a 224^2 batch), bitwise the same result (the op is per
+    sample). On CUDA the Triton kernel is one pass already.
     """
     if dev.type != "cpu":
         return op

@@ -5,10 +5,12 @@ batch per key, so in-memory data is gathered with one fancy-index per column and
 are decoded in worker processes, each sample of a batch once even when it is both an object and a
 context (with ``decode_reuse`` that is every sample).
 
-Where the blend runs: on a GPU after the loader, in ``compose`` (the Triton kernel, one pass over
-the uint8 batch that crossed the bus); on a CPU inside the loader workers, which then hand over
-model inputs (the composite is CPU work too, and the main process would run it on one thread
-after the workers).
+Where the blend runs: after the loader, in ``compose``, on every device: on a GPU the Triton
+kernel (one pass over the uint8 batch that crossed the bus), on a CPU ``kernels.composite_cpu``.
+Composing inside the workers was tried on the CPU and measured slower (bench/pipeline.py, 960
+images, 2 workers: 1.81x the naive loader vs 2.52x after it): the workers then hand over float32
+model inputs, four times the bytes of the uint8 batch, and the shared-memory hand-over (new pages
+in both processes every batch) cost more than the composite itself.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .batch import ModelBatch, RawBatch
-from .pipeline import Pipeline, PipelineSpec, compose, crop_pairs, decode_set, flip_flags
+from .batch import RawBatch
+from .pipeline import Pipeline, PipelineSpec, crop_pairs, decode_set, flip_flags
 from .records import DataError, SampleSet
 
 
@@ -50,14 +52,10 @@ def _resize(images: List[np.ndarray], masks: List[np.ndarray], size: int) -> Tup
 
 
 class CompositeDataset(Dataset):
-    """Fetches batches of (object, its mask, context partner, the partner's mask) by key.
+    """Fetches batches of (object, its mask, context partner, the partner's mask) by key."""
 
-    compose=True: returns the model inputs instead (``_assemble`` and ``compose`` in the worker).
-    """
-
-    def __init__(self, samples: SampleSet, spec: PipelineSpec, epoch: int, compose: bool = False):
+    def __init__(self, samples: SampleSet, spec: PipelineSpec, epoch: int):
         self.samples, self.spec, self.epoch = samples, spec, epoch
-        self.compose = compose
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -78,10 +76,7 @@ class CompositeDataset(Dataset):
         return s.in_memory and not spec.image_size and not (spec.train and spec.crop_padding)
 
     def __getitem__(self, key: Tuple[np.ndarray, np.ndarray]) -> Dict[str, np.ndarray]:
-        batch = self._fetch(key)
-        if not self.compose:
-            return batch
-        return compose(_assemble(_to_tensors(batch), self.spec, self.epoch), self.spec)
+        return self._fetch(key)
 
     def _fetch(self, key: Tuple[np.ndarray, np.ndarray]) -> Dict[str, np.ndarray]:
         """key = (indices, partners) of one whole batch.
@@ -133,16 +128,14 @@ def _assemble(b: RawBatch, spec: PipelineSpec, epoch: int) -> RawBatch:
 
 
 def _to_tensors(batch):
-    """A raw batch's arrays as tensors; a batch composed in a worker (a ModelBatch) as it is."""
-    if isinstance(batch, ModelBatch):
-        return batch
+    """A raw batch's arrays as tensors."""
     return {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
             for k, v in batch.items()}
 
 
 class TorchPipeline(Pipeline):
-    def _loader(self, keys, compose: bool) -> DataLoader:
-        ds = CompositeDataset(self.samples, self.spec, self.epoch, compose=compose)
+    def _loader(self, keys) -> DataLoader:
+        ds = CompositeDataset(self.samples, self.spec, self.epoch)
         return DataLoader(ds, batch_size=None, sampler=keys, collate_fn=_to_tensors,
                           num_workers=self.spec.num_workers,
                           pin_memory=self.spec.device.type == "cuda",
@@ -151,19 +144,11 @@ class TorchPipeline(Pipeline):
                           # shift a resumed run's dropout stream by one draw
                           generator=torch.Generator().manual_seed(self.spec.seed * 1000003 + self.epoch))
 
-    def model_batches(self) -> Iterator[ModelBatch]:
-        if self.spec.device.type != "cpu":
-            yield from super().model_batches()
-            return
-        keys = self.batch_keys()
-        if keys:
-            yield from self._loader(keys, compose=True)  # composed in the workers
-
     def raw_batches(self) -> Iterator[RawBatch]:
         keys = self.batch_keys()
         if not keys:
             return
-        loader = self._loader(keys, compose=False)
+        loader = self._loader(keys)
         gpu = self.spec.device.type == "cuda"
         for b in loader:
             if gpu and "images" in b:

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -141,21 +143,25 @@ def test_files_with_resize(folder_dataset):
     assert b.image.shape == (5, 3, 12, 12)
 
 
-def test_cpu_composite_runs_in_the_workers_and_matches_compose_after_the_loader(monkeypatch):
-    """On a CPU the workers hand over model inputs (raw_batches is not used); the same bits as
-    composing the raw batches after the loader."""
+def test_cpu_workers_hand_over_raw_uint8_batches_and_compose_runs_after_the_loader(monkeypatch):
+    """On a CPU the workers send the uint8 raw batch (a quarter of the float32 inputs' bytes) and
+    the main process composes it: model batches are compose(raw batch), the same bits."""
+    from cit_fast.data import pipeline as pipeline_mod
     from cit_fast.data.pipeline import compose
 
     s = make_set(n=30)
     spec = PipelineSpec(batch_size=6, plan="stratify_c", crop_padding=1, mean=MEAN, std=STD, num_workers=2,
                         epochwise=True)
-    after = TorchPipeline(s, spec)
-    after.set_epoch(2)
-    want = [compose(raw, spec) for raw in after.raw_batches()]
+    raw_p = TorchPipeline(s, spec)
+    raw_p.set_epoch(2)
+    raws = list(raw_p.raw_batches())
+    assert raws and all(r["obj"].dtype == torch.uint8 for r in raws)
+    want = [compose(raw, spec) for raw in raws]
+    calls = []
+    monkeypatch.setattr(pipeline_mod, "compose", lambda raw, sp: calls.append(os.getpid()) or compose(raw, sp))
     p = TorchPipeline(s, spec)
     p.set_epoch(2)
-    monkeypatch.setattr(TorchPipeline, "raw_batches", lambda self: (_ for _ in ()).throw(AssertionError("main")))
     got = list(p)
-    assert len(got) == len(want) == len(p)
+    assert len(got) == len(want) == len(p) == len(calls) and set(calls) == {os.getpid()}
     for a, b in zip(got, want):
         assert_same_batch(a, b)
