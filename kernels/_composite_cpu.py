@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from .reference import check_composite_args
+from .reference import IMAGENET_MEAN, IMAGENET_STD, check_composite_args
 
 
 def _to_float(img: torch.Tensor, channels_last: bool) -> Tuple[torch.Tensor, float]:
@@ -46,8 +46,8 @@ def composite_cpu(
     *,
     mode: str = "single",
     flip: Optional[torch.Tensor] = None,
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     out_dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:

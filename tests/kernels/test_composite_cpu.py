@@ -7,22 +7,18 @@ import torch
 
 from cit_fast.kernels import COMPOSITE_MODES, composite, composite_cpu, composite_ref
 from tests.helpers import assert_close
+from tests.kernels.test_composite import _inputs as kernel_inputs
 
 SHAPES = [(1, 7, 5), (3, 33, 17), (5, 16, 24)]
 OUT_DTYPES = [(torch.float32, 4e-6), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)]  # one ulp near |x| ~ 2.6
 
 
 def _inputs(n, h, w, kind, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    obj = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8, generator=g)
-    ctx = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8, generator=g)
-    mask = torch.randint(0, 256, (n, h, w), dtype=torch.uint8, generator=g)
-    ctx_mask = torch.randint(0, 256, (n, h, w), dtype=torch.uint8, generator=g)
-    if kind == "float32":
-        obj, ctx, mask, ctx_mask = (t.float() / 255 for t in (obj, ctx, mask, ctx_mask))
-    elif kind == "bool masks":
+    """obj, mask, ctx, ctx_mask, flip as the Triton tests make them; kind 'bool masks' too."""
+    obj, mask, ctx, ctx_mask, flip = kernel_inputs(n, h, w, "uint8" if kind == "bool masks" else kind,
+                                                   torch.device("cpu"), seed)
+    if kind == "bool masks":
         mask, ctx_mask = mask > 127, ctx_mask > 127
-    flip = torch.arange(n) % 2 == 0
     return obj, mask, ctx, ctx_mask, flip
 
 
