@@ -371,17 +371,19 @@ def _p2(x: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(x))
 
 
-MAX_CONFIGS = 3  # candidates per key: what the autotuner times (and the AOT gate compiles)
-
-
-def _keep(cands: List[Tuple[float, AttnConfig]], regs_smem, target: Optional[Target]) -> List[AttnConfig]:
-    """The first MAX_CONFIGS candidates (in preference order) whose estimates fit the target."""
-    out = []
+def _keep(cands: List[AttnConfig], regs_smem, target: Optional[Target]) -> List[AttnConfig]:
+    """The candidates (in preference order) whose estimates fit the target; when none does, the
+    one with the fewest estimated registers among those whose shared memory fits (a kernel that
+    spills a little beats a launch that fails). ``pick_config`` then drops any that ptxas spills."""
+    out, fallback = [], None
     for cfg in cands:
         regs, smem = regs_smem(cfg)
-        if _fits(regs, smem, target) and cfg not in out:
-            out.append(cfg)
-    return out[:MAX_CONFIGS]
+        if _fits(regs, smem, target):
+            if cfg not in out:
+                out.append(cfg)
+        elif target is not None and smem <= target.smem_per_cta and (fallback is None or regs < fallback[0]):
+            fallback = (regs, cfg)
+    return out or ([fallback[1]] if fallback else [])
 
 
 def _tiles(kc: int, sizes) -> List[int]:
@@ -406,8 +408,9 @@ def _fwd_configs(m: int, kc: int, bd: int, dtype: torch.dtype, precision: str, r
         return [AttnConfig(min(64, _p2(m)), min(64, _p2(kc)), 4, 1)]
     top = _p2(kc)
     prefs = [(64, 64, 4), (64, 128, 4), (128, 64, 8), (64, 32, 4), (128, 32, 8), (64, 16, 4)]
-    if target.cc < 90:  # mma.sync holds its operands in registers: smaller tiles for fp32 D=128
-        prefs += [(32, 64, 4), (32, 32, 4), (32, 16, 4)]
+    prefs += [(64, 32, 8), (64, 16, 8)]  # two warp groups over 64 rows
+    if target.cc < 90 or e == 8:  # mma.sync tiles (its operands in registers): fp32 D=128 on sm_80,
+        prefs += [(32, 64, 4), (32, 32, 4), (32, 16, 4)]  # and tf32x3 D=128, which spills every wgmma tile
     cands = [AttnConfig(bm, min(bn, top), w, 2 if kc > min(bn, top) else 1) for bm, bn, w in prefs]
 
     def cost(cf):
@@ -428,8 +431,9 @@ def _dq_configs(m: int, kc: int, bd: int, dtype: torch.dtype, precision: str, ha
     prefs = [(64, 64, 4), (64, 32, 4), (128, 64, 8), (128, 32, 8), (64, 16, 4)]
     if target.cc >= 90:
         prefs.insert(2, (64, 64, 8))  # (two warp groups; on sm_80 this layout needs 255 registers)
-    else:  # Hopper's wgmma needs 64-row tiles; mma.sync can take 32 (fp32 D=128 fits no other)
-        prefs += [(32, 32, 4), (32, 16, 4)]
+    prefs += [(64, 16, 8)]
+    if target.cc < 90 or e == 8:  # Hopper's wgmma needs 64-row tiles; mma.sync can take 32 (fp32
+        prefs += [(32, 32, 4), (32, 16, 4)]  # D=128 on sm_80 fits no other; tf32x3 D=128 on sm_90)
     cands = [AttnConfig(bm, min(bn, top), w, 2 if kc > min(bn, top) else 1) for bm, bn, w in prefs]
 
     def cost(cf):
@@ -447,10 +451,16 @@ def _dkv_configs(m: int, kc: int, bd: int, dtype: torch.dtype, precision: str, h
     if target is None:
         return [AttnConfig(min(64, _p2(m)), min(64, _p2(kc)), 4, 1)]
     # Hopper's wgmma takes 64 rows per warp group: dK/dV tiles are 64 key rows even for Kc = 16
-    rows = (64,) if target.cc >= 90 else _tiles(kc, (64, 32, 16))
-    warps = ((64, 4), (32, 4), (64, 8), (32, 8)) if target.cc >= 90 else ((64, 4), (32, 4))  # (sm_80: 8
-    # warps over 64 rows need 255 registers and spill)
-    cands = [AttnConfig(bm, bn, w, 2) for bn in rows for bm, w in warps]
+    # (sm_80: 8 warps over 64 rows need 255 registers and spill; 16 query rows a step: the
+    # smallest tile, for what spills at 32 (fp32 D=128 with return_attn, tf32x3 D=128))
+    mma_tiles = [(bn, bm, w) for bn in _tiles(kc, (64, 32, 16)) for bm, w in ((64, 4), (32, 4), (16, 4))]
+    if target.cc >= 90:
+        tiles = [(64, bm, w) for bm, w in ((64, 4), (32, 4), (64, 8), (32, 8), (16, 8))]
+        if e == 8:  # tf32x3 D=128 spills every wgmma tile: mma.sync ones after them
+            tiles += mma_tiles
+    else:
+        tiles = mma_tiles
+    cands = [AttnConfig(bm, bn, w, 2) for bn, bm, w in tiles]
 
     def cost(cf):
         thr = 32 * cf.num_warps
