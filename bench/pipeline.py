@@ -283,7 +283,7 @@ def main(argv=None) -> int:
                    f"batch {args.batch_size}, workers/threads {args.workers}, plan stratify_c, "
                    f"{args.repeats} interleaved rounds (medians; ratios paired by round) after {args.warmup} warm-up batches",
                    "- end-to-end rows yield normalised float32 model inputs (compose = kernels.composite; "
-                   "on a CPU its PyTorch reference); raw-batch rows stop before compose (the host work "
+                   "on a CPU kernels.composite_cpu, bitwise its PyTorch reference); raw-batch rows stop before compose (the host work "
                    "that feeds a GPU, where compose is the Triton kernel)",
                    "", *table, "", f"{verdict}.", ""]
         append_section(path, "\n".join(section))
