@@ -86,6 +86,7 @@ def save_run_checkpoint(path: Path, model: torch.nn.Module, name: str, train: Pa
     return path
 
 
+@pytest.mark.slow
 def test_cam_of_a_trained_classifier_finds_the_object(tmp_path, capsys):
     train = tmp_path / "train"
     make_folder(train, 24, seed=0)

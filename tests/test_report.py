@@ -28,6 +28,7 @@ def decode_png(src: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+@pytest.mark.slow
 def test_report_renders_curves_and_composite_grids(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "model.name=resnet8", "data.synthetic_version=V2", "data.synthetic_train_per_class=16",
@@ -55,6 +56,7 @@ def test_report_on_missing_dir_is_a_clear_error(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_of_a_double_branch_run_shows_its_evaluation_and_both_branch_maps(tmp_path):
     run = tmp_path / "dbl"
     assert main(["train", "model.name=double_resnet8", "data.synthetic_version=V2", "data.synthetic_train_per_class=8",
@@ -92,6 +94,7 @@ def test_a_failing_report_leaves_nothing_behind(tmp_path, monkeypatch):
     assert not (run / "report").exists() and not [p for p in run.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_report_and_eval_of_a_deepspeed_run(tmp_path, monkeypatch):
     """A DeepSpeed run's checkpoint is a directory: eval reads it, the report draws its Grad-CAM."""
     pytest.importorskip("deepspeed")

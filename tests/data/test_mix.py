@@ -78,6 +78,7 @@ def test_multilabel_mix_learns_mixed_multi_hot_targets_with_the_configured_loss(
         assert not torch.allclose(got, soft_cross_entropy(model(out.image), out.target))
 
 
+@pytest.mark.slow
 def test_multilabel_training_with_cutmix_runs(tmp_path):
     from cit_fast.data.synthetic_multilabel import make_biased_multilabel
     from cit_fast.data.synthetic import save_arrays

@@ -243,6 +243,7 @@ def mean_iou(masker, scenes):
     return float(np.mean([mask_iou(masker(img) > 0, truth) for img, truth in scenes]))
 
 
+@pytest.mark.slow
 def test_default_beats_spectral_on_photo_like_scenes():
     scenes = [photo_like_scene(s) for s in range(6)]
     centres = [np.argwhere(m).mean(0) / m.shape for _, m in scenes]

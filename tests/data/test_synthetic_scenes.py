@@ -102,6 +102,7 @@ def test_rendered_scenes():
     np.testing.assert_array_equal(again["train"].images, tr.images)
 
 
+@pytest.mark.slow
 def test_single_object_scenes_for_the_confounder_network():
     s = make_scene_singles(200, seed=1)
     assert s.labels.shape == (200,) and np.bincount(s.labels).tolist() == [20] * 10

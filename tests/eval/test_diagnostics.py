@@ -39,6 +39,7 @@ def run(tmp_path_factory):
     return d / "run"
 
 
+@pytest.mark.slow
 def test_report_renders_multilabel_figures(run):
     page = build_report(run).read_text()
     out = run / "report"
@@ -50,6 +51,7 @@ def test_report_renders_multilabel_figures(run):
     assert (out / "curves.png").is_file()
 
 
+@pytest.mark.slow
 def test_explain_diagnostics_tsne(run, tmp_path, capsys):
     ck = str(ckpt.find_latest(run / "checkpoints"))
     assert cli(["explain", "--checkpoint", ck, "--diagnostics", "--embedding", "tsne", "--max-images", "20",

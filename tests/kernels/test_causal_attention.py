@@ -211,6 +211,7 @@ def test_bad_precision_is_one_line(device):
         causal_attention(q, k, v, prior, 1, backend="triton", precision="fp64")
 
 
+@pytest.mark.slow
 def test_custom_ops_opcheck(device):
     """Schemas and fake (meta) implementations of the forward and backward ops."""
     from cit_fast.kernels._causal_attention import _bwd_op, _fwd_op  # noqa: F401  (registers them)

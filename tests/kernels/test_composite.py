@@ -13,6 +13,12 @@ from tests.kernels.tolerance import assert_kernel_close
 
 # (N, H, W): tiny, ragged, and one that spans several tiles in both H and W with ragged edges.
 SHAPES = [(1, 7, 5), (3, 33, 17), (2, 70, 45)]
+_SLOW = pytest.mark.slow  # make test-fast keeps one shape of each matrix (ragged, more than one tile)
+
+
+def _shapes(shapes, fast):
+    return [pytest.param(s, id="x".join(map(str, s)), marks=() if s == fast else _SLOW) for s in shapes]
+
 OUT_DTYPES = [  # dtype, atol, rtol
     (torch.float32, 1e-5, 1e-5),
     (torch.float16, 1e-3, 0.0),
@@ -42,7 +48,7 @@ def _as_tuple(x):
 @pytest.mark.parametrize("flip", [False, True], ids=["noflip", "flip"])
 @pytest.mark.parametrize("kind", ["uint8", "float32"])
 @pytest.mark.parametrize("mode", COMPOSITE_MODES)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", _shapes(SHAPES, (3, 33, 17)))
 def test_composite_matches_reference(shape, mode, kind, flip, channels_last, dtype, atol, rtol, device):
     obj, mask, ctx, ctx_mask, flips = _inputs(*shape, kind, device)
     kw = dict(mode=mode, flip=flips if flip else None, channels_last=channels_last)
@@ -81,7 +87,7 @@ def packed_calls(monkeypatch):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("flip", [False, True], ids=["noflip", "flip"])
 @pytest.mark.parametrize("mode", COMPOSITE_MODES)
-@pytest.mark.parametrize("shape", PACKED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", _shapes(PACKED_SHAPES, (2, 13, 40)))
 def test_packed_kernel_matches_reference(shape, mode, flip, channels_last, dtype, atol, rtol, device, packed_calls):
     obj, mask, ctx, ctx_mask, flips = _inputs(*shape, "uint8", device, seed=21)
     kw = dict(mode=mode, flip=flips if flip else None, channels_last=channels_last)
@@ -215,6 +221,7 @@ def test_custom_op_opcheck(device):
         torch.library.opcheck(torch.ops.cit_fast.composite.default, args)
 
 
+@pytest.mark.slow
 def test_torch_compile_consumes_composite(device):
     """A compiled training-style step: composite (custom op) -> channels_last conv net, fullgraph."""
     torch.manual_seed(0)

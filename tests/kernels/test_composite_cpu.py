@@ -30,7 +30,8 @@ def _tuple(x):
 @pytest.mark.parametrize("flip", [False, True], ids=["noflip", "flip"])
 @pytest.mark.parametrize("kind", ["uint8", "float32", "bool masks"])
 @pytest.mark.parametrize("mode", COMPOSITE_MODES)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [pytest.param(s, id="x".join(map(str, s)), marks=() if s == (3, 33, 17) else pytest.mark.slow)
+                                   for s in SHAPES])
 def test_bitwise_equal_to_reference(shape, mode, kind, flip, channels_last, dtype):
     obj, mask, ctx, ctx_mask, flips = _inputs(*shape, kind)
     kw = dict(mode=mode, flip=flips if flip else None, channels_last=channels_last, out_dtype=dtype)

@@ -31,6 +31,7 @@ def test_without_cuda_one_line_and_nonzero_exit(tmp_path):
     assert not (tmp_path / "r.md").exists()
 
 
+@pytest.mark.slow
 def test_dry_run_lists_every_step_within_the_budget():
     res = _run("--dry-run")
     assert res.returncode == 0, res.stderr

@@ -75,6 +75,7 @@ def test_checkpoint_rotation_and_bad_files(tmp_path):
         ckpt.load_checkpoint(tmp_path / "missing.pt")
 
 
+@pytest.mark.slow
 def test_eval_every_skips_epochs_but_always_evaluates_the_last(tmp_path):
     res = main(cfg_for(tmp_path, "optim.epochs=3", "eval_every=2"))
     evaluated = [h["epoch"] for h in res["history"] if "test_top1" in h]

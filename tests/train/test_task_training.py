@@ -30,6 +30,7 @@ def ml_cfg(data, out, *extra):
                               "optim.lr=0.02", f"out_dir={out}", *COMMON, *extra])
 
 
+@pytest.mark.slow
 def test_double_branch_trains_and_evaluates(tmp_path):
     out = tmp_path / "run"
     rc = cli(["train", "model.name=double_resnet8", "data.synthetic_train_per_class=8", "data.synthetic_test_per_class=3",
@@ -48,6 +49,7 @@ def test_double_branch_trains_and_evaluates(tmp_path):
     assert bg["original"] == pytest.approx(res["test_top1"])
 
 
+@pytest.mark.slow
 def test_causal_multilabel_trains_with_confounders_and_resumes_exactly(tmp_path, multilabel_arrays):
     full = main(ml_cfg(multilabel_arrays, tmp_path / "full", "optim.loss=asl"))
     assert full["task"] == "multilabel" and full["test_mAP"] == full["history"][-1]["test_mAP"]
