@@ -104,6 +104,16 @@ def resident_ctas(regs: int, smem: int, num_warps: int, target: Target) -> int:
 _SLOTS: Dict[Hashable, int] = {}
 
 
+def _binary_figure(compiled, name: str) -> int:
+    """``n_regs`` / ``n_spills`` of a compiled kernel; a real CompiledKernel knows them once its
+    binary is loaded (0 where the object does not tell)."""
+    value = getattr(compiled, name, None)
+    if value is None and hasattr(compiled, "_init_handles"):
+        compiled._init_handles()
+        value = getattr(compiled, name, None)
+    return int(value or 0)
+
+
 def wave_slots(kernel, key: Hashable, target: Target, args: Sequence, kwargs: Dict) -> int:
     """CTAs of ``kernel`` (with these constexprs) the whole GPU holds at once: one wave.
 
@@ -112,11 +122,8 @@ def wave_slots(kernel, key: Hashable, target: Target, args: Sequence, kwargs: Di
     """
     if key not in _SLOTS:
         compiled = kernel.warmup(*args, grid=(1,), **kwargs)
-        regs = getattr(compiled, "n_regs", None)
-        if regs is None:  # a real CompiledKernel loads its binary to know its registers
-            compiled._init_handles()
-            regs = compiled.n_regs
-        ctas = resident_ctas(int(regs), int(compiled.metadata.shared), int(compiled.metadata.num_warps), target)
+        regs = _binary_figure(compiled, "n_regs")
+        ctas = resident_ctas(regs, int(compiled.metadata.shared), int(compiled.metadata.num_warps), target)
         _SLOTS[key] = max(1, ctas) * target.sms
     return _SLOTS[key]
 
@@ -126,12 +133,8 @@ MAX_TIMED = 3  # clean candidates the autotuner times per key (in preference ord
 
 
 def spills_of(compiled) -> int:
-    """Spill bytes per thread of a compiled kernel (ptxas), 0 where the object does not tell."""
-    n = getattr(compiled, "n_spills", None)
-    if n is None and hasattr(compiled, "_init_handles"):  # a real CompiledKernel loads its binary first
-        compiled._init_handles()
-        n = getattr(compiled, "n_spills", None)
-    return int(n or 0)
+    """Spill bytes per thread of a compiled kernel (ptxas)."""
+    return _binary_figure(compiled, "n_spills")
 
 
 def pick_config(key: Hashable, candidates: Sequence[C], device: torch.device,
