@@ -27,8 +27,9 @@ demo: venv
 test: venv
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not cuda" $(PYTEST_ARGS)
 
+# The quick loop while editing: no multi-process, service or multi-second tests, one worker per core.
 test-fast: venv
-	$(PY) -m pytest -q -m "not cuda and not slow and not distributed and not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n auto -m "not cuda and not slow and not distributed and not integration" $(PYTEST_ARGS)
 
 # On a machine with a GPU: the same tests on CUDA, then the kernel benchmark.
 test-gpu: venv

@@ -25,7 +25,7 @@ setup(
         "masks": ["opencv-contrib-python-headless"],
         "coco": ["pycocotools"],
         "report": ["matplotlib", "scikit-learn"],
-        "dev": ["pytest", "pytest-timeout", "hypothesis", "scipy", "scikit-image"],  # skimage: mask tests on photos
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "scipy", "scikit-image"],  # skimage: mask tests on photos
     },
     entry_points={"console_scripts": ["cit-fast=cit_fast.cli:main"]},
 )

@@ -1,8 +1,8 @@
 """Causal multi-label model vs the decoder-only baseline on the scene-confounded benchmark (issue 15),
 with paired seeds and 95% confidence intervals.
 
-    .venv/bin/python bench/multilabel_scenes.py                 # the small default run (6.4 min on 2 shared cores)
-    .venv/bin/python bench/multilabel_scenes.py --full          # the sweep: 5 arms x 5 seeds (resumable)
+    .venv/bin/python bench/multilabel_scenes.py                 # the small default run (~7 min on 2 cores)
+    .venv/bin/python bench/multilabel_scenes.py --full          # the sweep: 5 arms x 5 seeds, 85 runs (2.9 CPU-h, 101 min on 2 cores; resumable)
         [--arms control 3 15 28 placebo] [--seeds 0 1 2 3 4] [--models baseline residual raising random]
         [--epochs N] [--n-train N] [--jobs 2] [--out-dir DIR] [--results-md bench/RESULTS.md]
 
