@@ -261,8 +261,11 @@ def test_internal_errors_keep_their_traceback(monkeypatch):
 
 
 def _interrupt(cmd, cwd, wait_for: Path, timeout=240):
+    # A process started with SIGINT ignored keeps it ignored (POSIX; Python then installs no handler):
+    # start the job as a terminal's foreground job is, with the default disposition, whatever the test
+    # runner's own is. (One fresh-clone CI run saw this test's job finish its 500 epochs untouched: rc 0.)
     p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not list(wait_for.glob("ckpt_*.pt")) and time.time() - t0 < timeout:
         time.sleep(0.5)
@@ -277,7 +280,7 @@ def test_ctrl_c_exits_130_with_one_line_naming_the_last_checkpoint(tmp_path, arr
            "model.name=resnet8", "optim.epochs=500", "data.batch_size=4", "checkpoint_every_steps=1",
            "progress=false", "threads=1"]
     rc, out, err = _interrupt(cmd, tmp_path, tmp_path / "r" / "checkpoints")
-    assert rc == 130, err
+    assert rc == 130, f"rc {rc}, parent SIGINT {signal.getsignal(signal.SIGINT)}; stderr: {err!r}; stdout tail: {out[-500:]!r}"
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "interrupted; last complete checkpoint:" in lines[0] and "resume=auto" in lines[0]
     named = Path(lines[0].split("checkpoint: ")[1].split(" (")[0])
