@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cit_fast.kernels import COMPOSITE_MODES, composite, composite_cpu, composite_ref
-from tests.kernels.test_composite import _inputs as kernel_inputs
+from tests.kernels.test_composite import _inputs as kernel_inputs, _shapes
 
 SHAPES = [(1, 7, 5), (3, 33, 17), (5, 16, 24)]
 OUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -30,8 +30,7 @@ def _tuple(x):
 @pytest.mark.parametrize("flip", [False, True], ids=["noflip", "flip"])
 @pytest.mark.parametrize("kind", ["uint8", "float32", "bool masks"])
 @pytest.mark.parametrize("mode", COMPOSITE_MODES)
-@pytest.mark.parametrize("shape", [pytest.param(s, id="x".join(map(str, s)), marks=() if s == (3, 33, 17) else pytest.mark.slow)
-                                   for s in SHAPES])
+@pytest.mark.parametrize("shape", _shapes(SHAPES, (3, 33, 17)))
 def test_bitwise_equal_to_reference(shape, mode, kind, flip, channels_last, dtype):
     obj, mask, ctx, ctx_mask, flips = _inputs(*shape, kind)
     kw = dict(mode=mode, flip=flips if flip else None, channels_last=channels_last, out_dtype=dtype)
