@@ -47,10 +47,10 @@ def _train(overrides: List[str]) -> Tuple[float, str]:
 def make_data(out: Path, n_train: int) -> None:
     import numpy as np
 
-    from cit_fast.data.nuswide import save_nuswide
-    from cit_fast.data.records import SampleSet
-    from cit_fast.data.synthetic import save_arrays
-    from cit_fast.data.synthetic_multilabel import make_biased_multilabel
+    from cit_fast.data.sources.nuswide import save_nuswide
+    from cit_fast.data.sources.records import SampleSet
+    from cit_fast.data.synthetic.benchmark import save_arrays
+    from cit_fast.data.synthetic.multilabel import make_biased_multilabel
 
     src = make_biased_multilabel(n_train=n_train, n_test_free=400, pair_test=50, size=48, seed=0)
     save_arrays(src["train"], str(out / "source" / "train.npz"))

@@ -98,9 +98,9 @@ def train_worker(n_steps: int, batch_size: int, device_type: str) -> int:
     import torch
     import torch.distributed as dist
 
-    from cit_fast.data.pipeline import PipelineSpec
-    from cit_fast.data.synthetic import make_cit_benchmark
-    from cit_fast.data.torch_pipeline import TorchPipeline
+    from cit_fast.data.pipelines.contract import PipelineSpec
+    from cit_fast.data.synthetic.benchmark import make_cit_benchmark
+    from cit_fast.data.pipelines.torch_pipeline import TorchPipeline
     from cit_fast.models.registry import create_model
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

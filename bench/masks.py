@@ -6,12 +6,12 @@
     python bench/masks.py --classifier resnet50-imagenet.pth   # adds cam of that classifier on the photos
 
 Data, nothing downloaded:
-  shapes 24 px   the embedded benchmark's objects (cit_fast.data.synthetic.make_shapes: ten shapes of
+  shapes 24 px   the embedded benchmark's objects (cit_fast.data.synthetic.benchmark.make_shapes: ten shapes of
                  random colour, size, rotation and position on cluttered textured backgrounds) with
                  their exact masks, at the benchmark's own 24 x 24 pixels
   shapes 96 px   the same generator at 96 x 96
   photos         the sample photos shipped in scikit-image (and scikit-learn / matplotlib when installed),
-                 against rough hand-drawn outlines (cit_fast.data.sample_photos; IoU good to ~+-0.05)
+                 against rough hand-drawn outlines (cit_fast.data.synthetic.sample_photos; IoU good to ~+-0.05)
 Methods: every built-in saliency method (with OpenCV, and the numpy paths used without it), and
 ``cam``: Grad-CAM of a resnet8 trained here for --cam-steps steps on other make_shapes images
 (shapes only: it knows no photo classes), refined with GrabCut like the default. Time: wall
@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cit_fast.data.masks_quality import MaskQuality, coverage, mask_iou, write_montage  # noqa: E402
-from cit_fast.data.saliency import SaliencyMasker  # noqa: E402
+from cit_fast.data.masks.quality import MaskQuality, coverage, mask_iou, write_montage  # noqa: E402
+from cit_fast.data.masks.saliency import SaliencyMasker  # noqa: E402
 
 Scene = Tuple[np.ndarray, np.ndarray]  # uint8 (H, W, 3) image, bool (H, W) object
 Masker = Callable[[np.ndarray], np.ndarray]
@@ -54,7 +54,7 @@ MONTAGE_METHODS = ("spectral (the old default)", "fine_grained", "grabcut (defau
 
 
 def shapes(per_class: int, size: int, seed: int) -> List[Scene]:
-    from cit_fast.data.synthetic import make_shapes
+    from cit_fast.data.synthetic.benchmark import make_shapes
 
     images, masks, _ = make_shapes(per_class, size=size, seed=seed)
     return list(zip(images, masks >= 128))
@@ -65,7 +65,7 @@ def train_shape_classifier(steps: int, seed: int = 99):
     import torch
 
     from cit_fast.cam_masks import Classifier
-    from cit_fast.data.synthetic import make_shapes
+    from cit_fast.data.synthetic.benchmark import make_shapes
     from cit_fast.models.registry import create_model
 
     torch.manual_seed(0)
@@ -132,7 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import cv2
     import torch
 
-    from cit_fast.data.sample_photos import sample_photos
+    from cit_fast.data.synthetic.sample_photos import sample_photos
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -225,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                *[f"- {line}" for line in header],
                f"- shapes: make_shapes with exact masks, {len(sets['shapes 24 px'])} images at 24 px (the benchmark's "
                f"size) and {len(sets['shapes 96 px'])} at 96 px; photos: {', '.join(names)} against hand-drawn "
-               f"outlines (cit_fast/data/sample_photos.py, IoU good to about +-0.05)",
+               f"outlines (cit_fast/data/synthetic/sample_photos.py, IoU good to about +-0.05)",
                *([f"- {cam_note}"] if cam_note else []),
                "", *table, "", "Per photo, IoU / coverage of the image:", "", *per_photo, "",
                f"{coverage_line}. Montage (outline, spectral, fine_grained, grabcut; IoU in the captions): "

@@ -5,7 +5,7 @@
 
 About 10 minutes on 2 busy CPU cores (4 runs, 2 at a time).
 
-The benchmark (cit_fast/data/synthetic_multilabel.py) pairs (b, c) so that b never appears without c
+The benchmark (cit_fast/data/synthetic/multilabel.py) pairs (b, c) so that b never appears without c
 in training and, in test, both with c (Co-occur) and without it (Exclusive). Both models share the
 backbone (CIFAR ResNet-8 trunk), the projection, the Transformer decoder with label queries, branch 1,
 the optimiser, the epochs and the data; the causal model adds the k-means confounders, the
@@ -79,9 +79,9 @@ def _pretrain(out: Path, epochs: int, lr: float) -> str:
     """A single-label ResNet-8 on 5000 generated single-object scenes; returns its checkpoint."""
     import numpy as np
 
-    from cit_fast.data.records import SampleSet
-    from cit_fast.data.synthetic import save_arrays
-    from cit_fast.data.synthetic_multilabel import make_biased_multilabel
+    from cit_fast.data.sources.records import SampleSet
+    from cit_fast.data.synthetic.benchmark import save_arrays
+    from cit_fast.data.synthetic.multilabel import make_biased_multilabel
 
     data = make_biased_multilabel(n_train=5000, n_test_free=1000, pairs=(), max_objects=1, seed=7)
     for split in ("train", "test"):
@@ -129,8 +129,8 @@ def main() -> None:
 
     import torch
 
-    from cit_fast.data.synthetic import save_arrays
-    from cit_fast.data.synthetic_multilabel import make_biased_multilabel
+    from cit_fast.data.synthetic.benchmark import save_arrays
+    from cit_fast.data.synthetic.multilabel import make_biased_multilabel
 
     out = Path(args.out_dir)
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@ with paired seeds and 95% confidence intervals.
         [--arms control 3 15 28 placebo] [--seeds 0 1 2 3 4] [--models baseline residual raising random]
         [--epochs N] [--n-train N] [--jobs 2] [--out-dir DIR] [--results-md bench/RESULTS.md]
 
-The benchmark (``cit_fast/data/synthetic_scenes.py``): a visible scene style S is the common cause of
+The benchmark (``cit_fast/data/synthetic/scenes.py``): a visible scene style S is the common cause of
 every biased pair (b, c); arms sweep the exclusive fraction P(not c | b) in training (control 0 %,
 3 %, 15 %, 28 %) and a placebo keeps the old "b => add c" rule with S independent of the labels.
 
@@ -194,8 +194,8 @@ def pretrain(out: Path, epochs: int, n: int, threads: int, label: str = "object"
     benchmark scene (16 x 16 pixels, objects at the benchmark's sizes: 9x cheaper than whole 48 x 48
     scenes), labelled with the object (the trunk every model starts from) or with the (object, scene) pair
     (the separate confounder network); returns its checkpoint."""
-    from cit_fast.data.synthetic import save_arrays
-    from cit_fast.data.synthetic_scenes import make_scene_singles
+    from cit_fast.data.synthetic.benchmark import save_arrays
+    from cit_fast.data.synthetic.scenes import make_scene_singles
 
     d = out / (f"pretrain_cells_n{n}_e{epochs}" + ("" if label == "object" else f"_{label}"))
     if not (d / "test.npz").exists():
@@ -215,8 +215,8 @@ def pretrain(out: Path, epochs: int, n: int, threads: int, label: str = "object"
 
 def make_arm_data(out: Path, arm: str, n_train: int, n_test: int) -> Dict[str, object]:
     """The arm's train/test .npz (generated once) and its label statistics."""
-    from cit_fast.data.synthetic import save_arrays
-    from cit_fast.data.synthetic_scenes import SCENE_PAIRS, label_statistics, make_scene_multilabel, scene_arm
+    from cit_fast.data.synthetic.benchmark import save_arrays
+    from cit_fast.data.synthetic.scenes import SCENE_PAIRS, label_statistics, make_scene_multilabel, scene_arm
 
     d = out / "data" / f"{arm}_n{n_train}_t{n_test}"
     meta = d / "meta.json"

@@ -46,8 +46,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cit_fast.data.intervention import make_plan
-from cit_fast.data.pipeline import PipelineSpec
+from cit_fast.data.plans.intervention import make_plan
+from cit_fast.data.pipelines.contract import PipelineSpec
 from cit_fast.data.sources import load_folder
 from cit_fast.utils import append_section
 
@@ -135,9 +135,9 @@ def pipeline_batches(kind: str, reuse: bool, how: str = "pipeline") -> Callable:
                             mean=MEAN, std=STD, num_workers=args.workers, device=torch.device(args.device),
                             decode_reuse=reuse)
         if kind == "dali":
-            from cit_fast.data.dali_pipeline import DaliPipeline as cls
+            from cit_fast.data.pipelines.dali_pipeline import DaliPipeline as cls
         else:
-            from cit_fast.data.torch_pipeline import TorchPipeline as cls
+            from cit_fast.data.pipelines.torch_pipeline import TorchPipeline as cls
         p = cls(samples, spec)
         p.set_epoch(epoch)
         if how == "pipeline":

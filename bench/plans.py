@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cit_fast.data.balanced import make_balanced_plan  # noqa: E402
-from cit_fast.data.intervention import make_plan  # noqa: E402
+from cit_fast.data.plans.balanced import make_balanced_plan  # noqa: E402
+from cit_fast.data.plans.intervention import make_plan  # noqa: E402
 
 SIZES = {"0.13M": (128_000, 1000), "1.28M": (1_281_167, 1000), "14M": (14_197_122, 21841),
          "10k": (10_000, 100)}  # (10k: the smoke test's)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/table1.py [--version V2] [--epochs 12] [--results-md bench/RESULTS.md]
 
-Data: the CIT synthetic benchmark (cit_fast/data/synthetic.py; Table III version, default V2: common
+Data: the CIT synthetic benchmark (cit_fast/data/synthetic/benchmark.py; Table III version, default V2: common
 sense A sets the border hue, the bias B its brightness; B is re-drawn in test). Content/context split
 (--masks): "interior" (default; the paper's CIFAR setting: content = the 24x24 picture, context = the
 4-pixel border that A and B colour) or "shape" (content = the exact shape on black, context = the
@@ -43,8 +43,8 @@ def cit_scenes(version: str, train_per_class: int, test_per_class: int, seed: in
     or "shape" (each sample's exact shape mask, padded: content = the silhouette on black)."""
     import numpy as np
 
-    from cit_fast.data.records import SampleSet
-    from cit_fast.data.synthetic import make_cit_benchmark, make_shapes
+    from cit_fast.data.sources.records import SampleSet
+    from cit_fast.data.synthetic.benchmark import make_cit_benchmark, make_shapes
 
     sets = make_cit_benchmark(version, train_per_class, test_per_class, seed=seed)
     if masks == "interior":
@@ -103,7 +103,7 @@ def main() -> None:
 
     import torch
 
-    from cit_fast.data.synthetic import save_arrays
+    from cit_fast.data.synthetic.benchmark import save_arrays
 
     out = Path(args.out_dir)
     t0 = time.perf_counter()

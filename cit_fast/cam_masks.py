@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoint import is_deepspeed_checkpoint, read_weights, safe_load
-from .data.layout import detect_layout
-from .data.saliency import RBD_SIDE, clean_mask, grabcut_refine, grabcut_seeds, opencv, resize_long_side, upsample_mask
+from .data.sources.layout import detect_layout
+from .data.masks.saliency import RBD_SIDE, clean_mask, grabcut_refine, grabcut_seeds, opencv, resize_long_side, upsample_mask
 from .errors import CheckpointError, UsageError, UserError
 from .eval.explain import grad_cam
 from .eval.run import load_run

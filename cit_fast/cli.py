@@ -190,7 +190,7 @@ def _cmd_cross_eval(args) -> int:
 
 
 def _cmd_synth(args) -> int:
-    from .data.synthetic import make_cit_benchmark, save_arrays
+    from .data.synthetic.benchmark import make_cit_benchmark, save_arrays
 
     sets = make_cit_benchmark(args.version, args.train_per_class, args.test_per_class, args.seed, args.test_bias)
     out = Path(args.out)
@@ -199,7 +199,7 @@ def _cmd_synth(args) -> int:
         print(f"wrote {out / f'{split}.npz'}: {len(s)} samples, {s.num_classes} classes, "
               f"images {tuple(s.images.shape[1:])}")
     if args.preview:
-        from .data.synthetic import save_preview
+        from .data.synthetic.benchmark import save_preview
 
         save_preview(sets["train"], out / "preview.png")
         print(f"wrote {out / 'preview.png'}")
@@ -214,7 +214,7 @@ def _cmd_table4(args) -> int:
 
 
 def _cmd_masks(args) -> int:
-    from .data.saliency import DEFAULT_METHOD, generate_masks, make_masker, mask_layout
+    from .data.masks.saliency import DEFAULT_METHOD, generate_masks, make_masker, mask_layout
     from .errors import UsageError
 
     mask_layout(args.src, args.out)  # a wrong SRC / OUT is said before any model is loaded

@@ -19,7 +19,7 @@ import numpy as np
 
 from .checkpoint import find_latest
 from .data.build import build_datasets, build_pipeline
-from .data.pipeline import compose
+from .data.pipelines.contract import compose
 from .errors import UsageError
 from .eval.diagnostics import run_diagnostics, run_is_multilabel_transformer
 from .eval.explain import explain_images, per_class_accuracy, spread_indices

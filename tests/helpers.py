@@ -20,8 +20,8 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol
 
 
 def image_batch(image: torch.Tensor, label: torch.Tensor, index=None):
-    """A composed single-branch batch by hand (data/batch.py), samples numbered 0..B-1 unless given."""
-    from cit_fast.data.batch import ImageBatch
+    """A composed single-branch batch by hand (data/pipelines/batch.py), samples numbered 0..B-1 unless given."""
+    from cit_fast.data.pipelines.batch import ImageBatch
 
     index = torch.arange(len(image)) if index is None else index
     return ImageBatch(image=image, label=label, index=index, partner=index)

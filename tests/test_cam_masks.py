@@ -10,7 +10,7 @@ from PIL import Image
 from cit_fast.cam_masks import CamMasker, load_classifier
 from cit_fast.cli import main as cli_main
 from cit_fast.config import from_dict, to_dict
-from cit_fast.data.masks_quality import mask_iou
+from cit_fast.data.masks.quality import mask_iou
 from cit_fast.errors import CheckpointError
 from cit_fast.models.registry import create_model
 

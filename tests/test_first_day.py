@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cit_fast.data.sample_photos import write_photo_folder
+from cit_fast.data.synthetic.sample_photos import write_photo_folder
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed, pytest.mark.slow]
 

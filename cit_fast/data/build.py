@@ -6,13 +6,13 @@ from typing import Optional, Tuple
 import torch
 
 from ..config import resolve_source
-from .pipeline import Pipeline, PipelineSpec
-from .records import DataError, SampleSet
-from .mix import MixOp
-from .nuswide import load_nuswide
+from .pipelines.contract import Pipeline, PipelineSpec
+from .sources.records import DataError, SampleSet
+from .pipelines.mix import MixOp
+from .sources.nuswide import load_nuswide
 from .sources import apply_strata_file, load_arrays, load_folder, load_manifest
-from .torch_pipeline import TorchPipeline
-from .synthetic import make_cit_benchmark
+from .pipelines.torch_pipeline import TorchPipeline
+from .synthetic.benchmark import make_cit_benchmark
 
 
 def build_datasets(d) -> Tuple[SampleSet, SampleSet]:
@@ -58,7 +58,7 @@ def require_masks(samples: SampleSet, why: str, missing_masks: str = "error", hi
 
 
 def _load_coco(path: str, root: str, classes=None, verify: str = "header") -> SampleSet:
-    from .coco import load_coco  # optional dependency: pycocotools
+    from .sources.coco import load_coco  # optional dependency: pycocotools
 
     return load_coco(path, root, classes, verify=verify)
 
@@ -84,7 +84,7 @@ def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world
         num_workers=d.num_workers, device=device, decode_reuse=d.decode_reuse, out_dtype=out_dtype,
         batch_ops=ops)
     if d.pipeline == "dali":
-        from .dali_pipeline import DaliPipeline  # optional dependency: nvidia-dali
+        from .pipelines.dali_pipeline import DaliPipeline  # optional dependency: nvidia-dali
 
         return DaliPipeline(samples, spec)
     return TorchPipeline(samples, spec)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..data.batch import ModelBatch
+from ..data.pipelines.batch import ModelBatch
 
 
 def gather_rows(t: torch.Tensor) -> torch.Tensor:

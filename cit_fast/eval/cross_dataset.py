@@ -22,7 +22,7 @@ import numpy as np
 
 from ..config import from_dict, infer_source, merge_trees, parse_overrides, resolve_paths, resolve_source, to_dict
 from ..data.build import build_datasets, build_pipeline, load_split
-from ..data.records import DataError, SampleSet
+from ..data.sources.records import DataError, SampleSet
 from ..utils import atomic_write_json, read_mapping_file
 from .collect import collect
 from .run import load_run

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.pipeline import compose
+from ..data.pipelines.contract import compose
 from ..errors import UsageError
 
 

@@ -16,10 +16,10 @@ from typing import Dict
 import numpy as np
 import torch
 
-from ..data.batch import RawBatch
+from ..data.pipelines.batch import RawBatch
 from ..data.build import build_pipeline
-from ..data.pipeline import compose
-from ..data.records import SampleSet
+from ..data.pipelines.contract import compose
+from ..data.sources.records import SampleSet
 from ..errors import UsageError
 from ..models.double_branch import blank_like
 from .collect import collect

@@ -26,8 +26,8 @@ from ..checkpoint import find_latest, is_deepspeed_checkpoint, load_checkpoint
 from ..config import (TrainConfig, from_dict, merge_trees, parse_overrides, resolve_paths,
                       resolve_source)
 from ..data.build import build_datasets, build_pipeline
-from ..data.pipeline import Pipeline
-from ..data.records import SampleSet
+from ..data.pipelines.contract import Pipeline
+from ..data.sources.records import SampleSet
 from ..errors import CheckpointError
 from ..models import build_model, model_task
 

@@ -7,7 +7,7 @@ from typing import Callable, Dict
 import torch
 import torch.distributed as dist
 
-from ..data.pipeline import Pipeline
+from ..data.pipelines.contract import Pipeline
 from ..eval.collect import collect
 from ..eval.scores import mean_ap, multilabel_hits, topk_correct
 

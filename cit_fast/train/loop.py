@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig, finalize, save_config, to_dict
 from ..data.build import build_datasets, build_pipeline, require_masks
-from ..data.mix import soft_cross_entropy
-from ..data.batch import ImageBatch, ModelBatch
+from ..data.pipelines.mix import soft_cross_entropy
+from ..data.pipelines.batch import ImageBatch, ModelBatch
 from ..models import build_model, model_task
 from ..models.causal_multilabel import MultiLabelOutput
 from ..models.confounders import fit_confounders

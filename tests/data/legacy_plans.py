@@ -1,5 +1,5 @@
 """The plan samplers as first written (before issue 13), frozen: the reference that the vectorised
-``cit_fast.data.intervention`` must reproduce bit for bit (so ``make demo`` keeps its numbers).
+``cit_fast.data.plans.intervention`` must reproduce bit for bit (so ``make demo`` keeps its numbers).
 O(N * strata): for small test data only."""
 from __future__ import annotations
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cit_fast.data.dali_pipeline import DaliPipeline
-from cit_fast.data.pipeline import PipelineSpec, crop_batch
-from cit_fast.data.records import DataError, SampleSet
+from cit_fast.data.pipelines.dali_pipeline import DaliPipeline
+from cit_fast.data.pipelines.contract import PipelineSpec, crop_batch
+from cit_fast.data.sources.records import DataError, SampleSet
 from cit_fast.data.sources import load_folder
-from cit_fast.data.torch_pipeline import TorchPipeline
+from cit_fast.data.pipelines.torch_pipeline import TorchPipeline
 from tests.data.test_pipeline_contract import arrays_set, write_folder
 from tests.helpers import assert_close
 from tests.helpers import assert_same_batch

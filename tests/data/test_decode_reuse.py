@@ -5,13 +5,13 @@ import pytest
 import torch
 from scipy import stats
 
-from cit_fast.data import records
-from cit_fast.data.balanced import BalancedPlan, make_balanced_plan
-from cit_fast.data.dali_pipeline import DaliPipeline
-from cit_fast.data.intervention import make_plan
-from cit_fast.data.pipeline import PipelineSpec
+from cit_fast.data.sources import records
+from cit_fast.data.plans.balanced import BalancedPlan, make_balanced_plan
+from cit_fast.data.pipelines.dali_pipeline import DaliPipeline
+from cit_fast.data.plans.intervention import make_plan
+from cit_fast.data.pipelines.contract import PipelineSpec
 from cit_fast.data.sources import load_folder
-from cit_fast.data.torch_pipeline import TorchPipeline
+from cit_fast.data.pipelines.torch_pipeline import TorchPipeline
 from tests.data.test_pipeline_contract import arrays_set, write_folder
 
 # unequal strata, odd sizes, a stratum of one and one of two
@@ -125,7 +125,7 @@ def test_pipelines_decode_each_image_once(cls, tmp_path, monkeypatch):
     real = records.decode_image
     monkeypatch.setattr(records, "decode_image", lambda p: calls.append(p) or real(p))
     if cls is DaliPipeline:  # DALI reads the encoded bytes itself: count those reads
-        import cit_fast.data.dali_pipeline as dp
+        import cit_fast.data.pipelines.dali_pipeline as dp
 
         real_read = dp._read
         monkeypatch.setattr(dp, "_read", lambda p, kind: (calls.append(p) if kind == "image" else None)

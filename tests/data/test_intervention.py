@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cit_fast.data.intervention import make_plan
-from cit_fast.data.records import DataError
+from cit_fast.data.plans.intervention import make_plan
+from cit_fast.data.sources.records import DataError
 
 STRATA = np.repeat(np.arange(5), [3, 7, 10, 1, 19])  # uneven strata, one singleton
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cit_fast.data.masks_quality import MaskQuality, coverage, mask_iou, spread, write_montage
+from cit_fast.data.masks.quality import MaskQuality, coverage, mask_iou, spread, write_montage
 
 
 def box_mask(h, w, frac_rows):

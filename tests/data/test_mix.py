@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from cit_fast.data.batch import DoubleBatch, ImageBatch
-from cit_fast.data.mix import mix_batch, soft_cross_entropy
+from cit_fast.data.pipelines.batch import DoubleBatch, ImageBatch
+from cit_fast.data.pipelines.mix import mix_batch, soft_cross_entropy
 from cit_fast.config import load_config
 from cit_fast.train.loop import compute_loss, main
 from cit_fast.train.losses import build_loss
@@ -80,8 +80,8 @@ def test_multilabel_mix_learns_mixed_multi_hot_targets_with_the_configured_loss(
 
 @pytest.mark.slow
 def test_multilabel_training_with_cutmix_runs(tmp_path):
-    from cit_fast.data.synthetic_multilabel import make_biased_multilabel
-    from cit_fast.data.synthetic import save_arrays
+    from cit_fast.data.synthetic.multilabel import make_biased_multilabel
+    from cit_fast.data.synthetic.benchmark import save_arrays
 
     data = make_biased_multilabel(n_train=48, n_test_free=16, seed=0)
     for split in ("train", "test"):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cit_fast.data.records import DataError
+from cit_fast.data.sources.records import DataError
 from cit_fast.data.sources import load_arrays, load_manifest
-from cit_fast.data.synthetic import save_arrays
-from cit_fast.data.synthetic_multilabel import make_biased_multilabel
+from cit_fast.data.synthetic.benchmark import save_arrays
+from cit_fast.data.synthetic.multilabel import make_biased_multilabel
 
 
 def _write_images(root: Path, names, h=12, w=10):
@@ -116,7 +116,7 @@ def coco_fixture(root: Path, extra_ann=None):
 
 def test_coco_labels_and_union_masks(tmp_path):
     pytest.importorskip("pycocotools")
-    from cit_fast.data.coco import load_coco
+    from cit_fast.data.sources.coco import load_coco
 
     ann = coco_fixture(tmp_path)
     s = load_coco(str(ann), root=str(tmp_path / "img"), mask_dir=str(tmp_path / "masks"))
@@ -136,7 +136,7 @@ def test_coco_labels_and_union_masks(tmp_path):
 
 def test_coco_standard_layout_and_test_split(tmp_path):
     pytest.importorskip("pycocotools")
-    from cit_fast.data.coco import load_coco
+    from cit_fast.data.sources.coco import load_coco
 
     ann = coco_fixture(tmp_path)
     (tmp_path / "img").rename(tmp_path / "val")  # <root>/annotations/instances_val.json + <root>/val/
@@ -155,7 +155,7 @@ def test_coco_standard_layout_and_test_split(tmp_path):
 ])
 def test_coco_errors_name_file_and_field(tmp_path, mutate, message):
     pytest.importorskip("pycocotools")
-    from cit_fast.data.coco import load_coco
+    from cit_fast.data.sources.coco import load_coco
 
     ann = coco_fixture(tmp_path)
     data = json.loads(ann.read_text())
@@ -167,7 +167,7 @@ def test_coco_errors_name_file_and_field(tmp_path, mutate, message):
 
 def test_coco_not_json(tmp_path):
     pytest.importorskip("pycocotools")
-    from cit_fast.data.coco import load_coco
+    from cit_fast.data.sources.coco import load_coco
 
     p = tmp_path / "x.json"
     p.write_text("{oops")

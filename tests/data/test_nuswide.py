@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from cit_fast.data.build import build_datasets
-from cit_fast.data.nuswide import load_nuswide, save_nuswide
-from cit_fast.data.records import DataError, SampleSet
+from cit_fast.data.sources.nuswide import load_nuswide, save_nuswide
+from cit_fast.data.sources.records import DataError, SampleSet
 from cit_fast.config import load_config
 
 CLASSES = ["sky", "water", "animal"]

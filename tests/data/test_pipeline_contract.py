@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cit_fast.data.dali_pipeline import DaliPipeline
-from cit_fast.data.pipeline import PipelineSpec
-from cit_fast.data.records import DataError, SampleSet
+from cit_fast.data.pipelines.dali_pipeline import DaliPipeline
+from cit_fast.data.pipelines.contract import PipelineSpec
+from cit_fast.data.sources.records import DataError, SampleSet
 from cit_fast.data.sources import load_folder
-from cit_fast.data.torch_pipeline import TorchPipeline
+from cit_fast.data.pipelines.torch_pipeline import TorchPipeline
 
 PIPELINES = {"torch": TorchPipeline, "dali": DaliPipeline}
 

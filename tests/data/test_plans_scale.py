@@ -4,11 +4,11 @@ strata and odd sizes, and pipelines build the next epoch's plan in the backgroun
 import numpy as np
 import pytest
 
-from cit_fast.data import intervention
-from cit_fast.data.balanced import make_balanced_plan
-from cit_fast.data.intervention import dense_groups, make_plan, stable_order
-from cit_fast.data.pipeline import PipelineSpec
-from cit_fast.data.torch_pipeline import TorchPipeline
+from cit_fast.data.plans import intervention
+from cit_fast.data.plans.balanced import make_balanced_plan
+from cit_fast.data.plans.intervention import dense_groups, make_plan, stable_order
+from cit_fast.data.pipelines.contract import PipelineSpec
+from cit_fast.data.pipelines.torch_pipeline import TorchPipeline
 from tests.data import legacy_plans
 from tests.data.test_pipeline_contract import arrays_set
 

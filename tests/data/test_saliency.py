@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from cit_fast.cli import main as cli_main
-from cit_fast.data.records import DataError
-from cit_fast.data.layout import detect_layout
-from cit_fast.data.masks_quality import MaskQuality, coverage, mask_iou
-from cit_fast.data.saliency import (DEFAULT_METHOD, SaliencyMasker, TorchMasker, clean_mask, generate_masks,
+from cit_fast.data.sources.records import DataError
+from cit_fast.data.sources.layout import detect_layout
+from cit_fast.data.masks.quality import MaskQuality, coverage, mask_iou
+from cit_fast.data.masks.saliency import (DEFAULT_METHOD, SaliencyMasker, TorchMasker, clean_mask, generate_masks,
                                     grabcut_seeds, otsu_threshold, robust_background_saliency, rgb_to_lab,
                                     slic_numpy, spectral_residual)
 
@@ -260,7 +260,7 @@ def test_default_beats_spectral_on_photo_like_scenes():
 
 
 def test_default_beats_spectral_on_the_embedded_shapes():
-    from cit_fast.data.synthetic import make_shapes
+    from cit_fast.data.synthetic.benchmark import make_shapes
 
     images, masks, _ = make_shapes(2, size=24, seed=3)  # 20 images, exact masks
     scenes = list(zip(images, masks >= 128))
@@ -274,7 +274,7 @@ OBJECT_POINTS = {"coffee": (290, 150), "rocket": (322, 250), "astronaut": (200, 
 
 def test_default_finds_the_object_in_real_photos():
     """scikit-image's sample photos (shipped in its wheel) against hand-drawn outlines."""
-    from cit_fast.data.sample_photos import SKIMAGE_PHOTOS, sample_photos
+    from cit_fast.data.synthetic.sample_photos import SKIMAGE_PHOTOS, sample_photos
 
     photos = sample_photos(SKIMAGE_PHOTOS)
     assert set(photos) == {"chelsea", "coffee", "rocket", "astronaut", "motorcycle"}
@@ -423,7 +423,7 @@ def test_imagefolder_out_inside_src_is_refused(tmp_path, capsys):
 
 
 def test_without_opencv_the_default_falls_back_to_numpy(tmp_path, capsys, monkeypatch):
-    import cit_fast.data.saliency as saliency
+    import cit_fast.data.masks.saliency as saliency
 
     monkeypatch.setattr(saliency, "opencv", lambda: None)  # as if opencv-contrib were not installed
     root = make_imagefolder(tmp_path / "photos", 2)

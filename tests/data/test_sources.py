@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cit_fast.data.records import DataError
+from cit_fast.data.sources.records import DataError
 from cit_fast.data.sources import apply_strata_file, load_arrays, load_folder, load_manifest
 from tests.conftest import write_arrays
 

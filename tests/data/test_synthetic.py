@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cit_fast.data.synthetic import SHAPE_CLASSES, cit_assignment, make_cit_benchmark, make_shapes
+from cit_fast.data.synthetic.benchmark import SHAPE_CLASSES, cit_assignment, make_cit_benchmark, make_shapes
 
 
 def border_colors(s, pad=4):

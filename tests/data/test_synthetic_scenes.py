@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from cit_fast.data.synthetic import SHAPE_CLASSES
-from cit_fast.data.synthetic_scenes import (ARMS, GRID, P_C_AWAY, SCENE_PAIRS, label_statistics, make_scene_multilabel,
+from cit_fast.data.synthetic.benchmark import SHAPE_CLASSES
+from cit_fast.data.synthetic.scenes import (ARMS, GRID, P_C_AWAY, SCENE_PAIRS, label_statistics, make_scene_multilabel,
                                             make_scene_singles, scene_arm, scene_labels)
 
 N_TRAIN, N_TEST = 7600, 8000  # the sweep's sizes (labels only: fast)

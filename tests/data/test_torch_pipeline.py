@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from cit_fast.data.pipeline import PipelineSpec
-from cit_fast.data.records import SampleSet
-from cit_fast.data.torch_pipeline import TorchPipeline
+from cit_fast.data.pipelines.contract import PipelineSpec
+from cit_fast.data.sources.records import SampleSet
+from cit_fast.data.pipelines.torch_pipeline import TorchPipeline
 from cit_fast.kernels import composite_ref
 from tests.helpers import assert_same_batch
 
@@ -145,8 +145,8 @@ def test_files_with_resize(folder_dataset):
 def test_cpu_workers_hand_over_raw_uint8_batches_and_compose_runs_after_the_loader(monkeypatch):
     """On a CPU the workers send the uint8 raw batch (a quarter of the float32 inputs' bytes) and
     the main process composes it: model batches are compose(raw batch), the same bits."""
-    from cit_fast.data import pipeline as pipeline_mod
-    from cit_fast.data.pipeline import compose
+    from cit_fast.data.pipelines import contract as pipeline_mod
+    from cit_fast.data.pipelines.contract import compose
 
     s = make_set(n=30)
     spec = PipelineSpec(batch_size=6, plan="stratify_c", crop_padding=1, mean=MEAN, std=STD, num_workers=2,

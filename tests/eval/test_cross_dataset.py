@@ -7,10 +7,10 @@ import pytest
 
 from cit_fast.cli import main as cli
 from cit_fast.eval.cross_dataset import common_class_ap, match_classes
-from cit_fast.data.nuswide import save_nuswide
-from cit_fast.data.records import DataError, SampleSet
-from cit_fast.data.synthetic import save_arrays
-from cit_fast.data.synthetic_multilabel import make_biased_multilabel
+from cit_fast.data.sources.nuswide import save_nuswide
+from cit_fast.data.sources.records import DataError, SampleSet
+from cit_fast.data.synthetic.benchmark import save_arrays
+from cit_fast.data.synthetic.multilabel import make_biased_multilabel
 from cit_fast import checkpoint as ckpt
 from cit_fast.config import load_config
 from cit_fast.train.loop import main

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from cit_fast.cli import main as cli
-from cit_fast.data.synthetic import save_arrays
-from cit_fast.data.synthetic_multilabel import make_biased_multilabel
+from cit_fast.data.synthetic.benchmark import save_arrays
+from cit_fast.data.synthetic.multilabel import make_biased_multilabel
 from cit_fast.eval.diagnostics import attention_figure, attention_probs, collect, embed_2d, embedding_figure
 from cit_fast.models import create_model
 from cit_fast.report import build_report

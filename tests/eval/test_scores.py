@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cit_fast.data.records import SampleSet
+from cit_fast.data.sources.records import SampleSet
 from cit_fast.config import load_config
 from cit_fast.eval.probes import bg_challenge, table2
 from cit_fast.eval.scores import (average_precision, biased_pairs, biased_pairs_recall, mean_ap, multilabel_report,

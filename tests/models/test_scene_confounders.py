@@ -7,7 +7,7 @@ import torch
 from cit_fast.checkpoint import save_checkpoint
 from cit_fast.config import load_config
 from cit_fast.data.build import build_pipeline
-from cit_fast.data.synthetic_scenes import make_scene_multilabel
+from cit_fast.data.synthetic.scenes import make_scene_multilabel
 from cit_fast.models import create_model
 from cit_fast.models.confounders import fit_confounders, nmi, scene_nmi
 

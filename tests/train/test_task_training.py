@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from cit_fast.cli import main as cli
-from cit_fast.data.synthetic import save_arrays
-from cit_fast.data.synthetic_multilabel import make_biased_multilabel
+from cit_fast.data.synthetic.benchmark import save_arrays
+from cit_fast.data.synthetic.multilabel import make_biased_multilabel
 from cit_fast import checkpoint as ckpt
 from cit_fast.config import ConfigError, load_config
 from cit_fast.train.loop import main

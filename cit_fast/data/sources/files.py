@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 from PIL import Image
 
 from .records import DataError
@@ -112,3 +113,18 @@ def manifest_row_fields(row: Dict, where: str, base: Path, has_mask: bool):
         else:
             side.append(None)
     return str(base / img), msk, side[0], side[1]
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str, require_all: bool = True) -> None:
+    if len(labels) == 0:
+        raise DataError(f"{where}: no samples")
+    bad = np.nonzero((labels < 0) | (labels >= num_classes))[0]
+    if len(bad):
+        raise DataError(f"{where}: label {int(labels[bad[0]])} of sample {int(bad[0])} is out of range "
+                        f"[0, {num_classes - 1}] ({len(bad)} such samples)")
+    if require_all:
+        counts = np.bincount(labels, minlength=num_classes)
+        empty = np.nonzero(counts == 0)[0]
+        if len(empty):
+            raise DataError(f"{where}: class {int(empty[0])} has no samples "
+                            f"(every class in [0, {num_classes - 1}] needs at least one)")

@@ -33,7 +33,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .intervention import InterventionPlan, dense_groups, make_plan, stable_order
-from .records import DataError
+from ..sources.records import DataError
 
 REUSE_PLANS = ("none", "stratify_c", "random")
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from .batch import ModelBatch, RawBatch
-from .pipeline import Pipeline, PipelineSpec, compose, crop_pairs, decode_set, flip_flags
-from .records import DataError, SampleSet
+from .contract import Pipeline, PipelineSpec, compose, crop_pairs, decode_set, flip_flags
+from ..sources.records import DataError, SampleSet
 
 PREFETCH = 2  # batches DALI prepares ahead of the one being consumed
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from .files import check_pairs
 from .multilabel import check_multi_hot
-from ..utils import atomic_path
+from ...utils import atomic_path
 from .records import DataError, SampleSet
 
 

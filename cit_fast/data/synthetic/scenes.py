@@ -40,9 +40,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .records import SampleSet
-from .synthetic import SHAPE_CLASSES, _smooth_noise, make_shapes
-from .synthetic_multilabel import _resize_patch
+from ..sources.records import SampleSet
+from .benchmark import SHAPE_CLASSES, _smooth_noise, make_shapes
+from .multilabel import _resize_patch
 
 SCENE_PAIRS: Tuple[Tuple[str, str], ...] = (("circle", "frame"), ("triangle", "bar"), ("star", "crescent"),
                                             ("cross", "ring"))

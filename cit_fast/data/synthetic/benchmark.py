@@ -28,8 +28,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from ..utils import atomic_path
-from .records import SampleSet
+from ...utils import atomic_path
+from ..sources.records import SampleSet
 
 SHAPE_CLASSES = ("circle", "ring", "square", "frame", "triangle", "cross", "star", "crescent", "bar", "ell")
 N_HUES = 5  # Table III, CIFAR-10: hue(5)

@@ -19,8 +19,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .records import SampleSet
-from .synthetic import SHAPE_CLASSES, _random_colors, _smooth_noise, make_shapes
+from ..sources.records import SampleSet
+from .benchmark import SHAPE_CLASSES, _random_colors, _smooth_noise, make_shapes
 
 DEFAULT_PAIRS: Tuple[Tuple[str, str], ...] = (("circle", "ring"), ("square", "frame"), ("star", "cross"))
 N_STYLES = 4  # scene styles: background palettes

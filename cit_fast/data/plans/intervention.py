@@ -18,7 +18,7 @@ from typing import Tuple
 
 import numpy as np
 
-from .records import DataError
+from ..sources.records import DataError
 
 PLAN_KINDS = ("none", "stratify_c", "stratify_b", "random")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import MIX_MODES
+from ...config import MIX_MODES
 from .batch import ModelBatch
 
 

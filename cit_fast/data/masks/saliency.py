@@ -39,11 +39,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..errors import UsageError
-from ..utils import atomic_path
-from .layout import IMAGE_EXTS, FolderLayout, detect_layout
-from .masks_quality import MaskQuality, coverage, spread, write_montage
-from .records import DataError, decode_image
+from ...errors import UsageError
+from ...utils import atomic_path
+from ..sources.layout import IMAGE_EXTS, FolderLayout, detect_layout
+from .quality import MaskQuality, coverage, spread, write_montage
+from ..sources.records import DataError, decode_image
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)

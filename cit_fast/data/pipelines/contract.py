@@ -4,7 +4,7 @@ A pipeline walks one rank's shard of an intervention plan in batches. Each raw b
 sample i with context partner j, uint8 tensors decoded and augmented on the host or GPU:
     obj (B,H,W,3), mask (B,H,W), ctx (B,H,W,3), ctx_mask (B,H,W), flip (B,) bool,
     label (B,) or (B,C), index (B,) = i, partner (B,) = j.
-``compose`` then turns it into a typed batch of model inputs (data/batch.py) with one call of
+``compose`` then turns it into a typed batch of model inputs (data/pipelines/batch.py) with one call of
 ``kernels.composite`` (the Triton kernel on CUDA, the PyTorch reference elsewhere), so the blend
 formula lives in one place:
     output "image":  ImageBatch.image = m_i*obj_i + (1-m_i)*ctx_j              (single-branch models)
@@ -25,12 +25,12 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .. import kernels
-from ..errors import ConfigError
-from .balanced import make_balanced_plan
+from ... import kernels
+from ...errors import ConfigError
+from ..plans.balanced import make_balanced_plan
 from .batch import DoubleBatch, ImageBatch, ModelBatch, RawBatch
-from .intervention import InterventionPlan, make_plan
-from .records import SampleSet
+from ..plans.intervention import InterventionPlan, make_plan
+from ..sources.records import SampleSet
 
 
 
@@ -55,8 +55,8 @@ class PipelineSpec:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     out_dtype: torch.dtype = torch.float32
     channels_last: bool = False
-    decode_reuse: bool = False  # partners in the same batch, each image decoded once (balanced.py)
-    # ops on each composed batch, in order: op(batch, epoch, step) -> batch (data/mix.py: MixOp)
+    decode_reuse: bool = False  # partners in the same batch, each image decoded once (plans/balanced.py)
+    # ops on each composed batch, in order: op(batch, epoch, step) -> batch (pipelines/mix.py: MixOp)
     batch_ops: Tuple[Callable, ...] = ()
 
     def __post_init__(self) -> None:

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .batch import RawBatch
-from .pipeline import Pipeline, PipelineSpec, crop_pairs, decode_set, flip_flags
-from .records import DataError, SampleSet
+from .contract import Pipeline, PipelineSpec, crop_pairs, decode_set, flip_flags
+from ..sources.records import DataError, SampleSet
 
 
 def _resize(images: List[np.ndarray], masks: List[np.ndarray], size: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..utils import atomic_path
+from ...utils import atomic_path
 
 NEARLY_EMPTY = 0.05  # coverage below this: the mask holds almost nothing of the image
 NEARLY_FULL = 0.95  # coverage above this: almost no context is left

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from ...errors import DataError
 
 ImageColumn = Union[np.ndarray, List[str]]
 

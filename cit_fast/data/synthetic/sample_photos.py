@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..utils import atomic_path
+from ...utils import atomic_path
 
 Polygon = List[Tuple[float, float]]  # (x, y) in the photo's pixels
 
