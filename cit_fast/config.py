@@ -2,6 +2,13 @@
 
 A config is saved with every run (``config.yaml``) and inside every checkpoint, so a result can
 always be traced back to exactly what produced it.
+
+Adding a key is one line in its dataclass: ``name: type = option(default, "what it means")``; a
+choice key passes ``choices=`` a tuple declared below beside the others (validate() then checks it,
+``cit-fast config`` lists it, and the modules that act on it import the same tuple); a file or
+directory passes ``path=True`` (made absolute when a run starts). Checks beyond the choices (ranges,
+keys that need each other) go in validate(). ``data.source`` is inferred once, in finalize(); code
+below reads ``cfg.data.source``.
 """
 from __future__ import annotations
 
@@ -17,8 +24,9 @@ import yaml
 from .errors import ConfigError
 from .utils import atomic_write_text, read_mapping_file
 
-# The allowed values of every choice key, stated once: validate(), the CLI and the modules that act
-# on them (data.intervention, models, train.losses, data.mix, ...) import them from here.
+# The allowed values of every choice key, stated once: a field names its tuple (option(choices=...)),
+# validate() and `cit-fast config` read it from there, and the modules that act on the key (plans,
+# models, losses, mix, the CLI) import the same tuple from here.
 SOURCES = ("auto", "synthetic", "arrays", "folder", "manifest", "coco", "nuswide")
 SYNTHETIC_VERSIONS = ("original", "V1", "V2", "V3", "V4")
 PLANS = ("none", "stratify_c", "stratify_b", "random")
@@ -38,142 +46,179 @@ ENGINES = ("ddp", "deepspeed")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 PORT_POLICIES = ("next", "disable", "error")
+ZERO_STAGES = (0, 1, 2, 3)
+
+
+def option(default: Any, help: str, *, choices: Sequence[Any] = (), path: bool = False, section: str = "") -> Any:
+    """A config field with everything said about it in one place.
+
+    help: what the key means (``cit-fast config`` prints it beside the key; a test requires it);
+    choices: the allowed values of a choice key (validate() checks them, the help lists them; pass one
+    of the tuples above so the modules that act on the key share it); path: a file or directory, made
+    absolute when a run starts; section: a comment line printed above the field (a group of keys).
+    """
+    meta: Dict[str, Any] = {"help": help}
+    if choices:
+        meta["choices"] = tuple(choices)
+    if path:
+        meta["path"] = True
+    if section:
+        meta["section"] = section
+    if dataclasses.is_dataclass(default) and isinstance(default, type):
+        return field(default_factory=default, metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class DataConfig:
-    source: str = "auto"  # one of SOURCES; auto = inferred from data.train (no data.train: synthetic)
-    train: str = ""  # training data: .npz (arrays), a directory (folder; nuswide with ImageList.txt), .csv/.jsonl (manifest), .json (coco)
-    test: str = ""  # path to the test data, same kind as `train`
-    root: str = ""  # manifest: base of its relative paths (default: its directory); coco: the image directory ({split} -> val2017)
-    strata_file: str = ""  # optional YAML/JSON {class name or index: group}: common-sense groups A
-    # synthetic source: the CIT CIFAR-style benchmark (Table III) over the embedded shapes dataset
-    synthetic_version: str = "V4"  # one of SYNTHETIC_VERSIONS
-    synthetic_train_per_class: int = 400  # samples
-    synthetic_test_per_class: int = 100  # samples
-    synthetic_seed: int = 0
-    synthetic_test_bias: str = "random"  # how B is drawn in test: one of TEST_BIAS
-    # decoding and augmentation
-    image_size: int = 0  # pixels (square); 0 = keep the source's size (arrays/synthetic)
-    hflip: bool = True  # random horizontal flip in training
-    crop_padding: int = 0  # pixels of reflect-padding for a random crop in training (CIFAR-style)
-    mean: Tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: Tuple[float, float, float] = (0.25, 0.25, 0.25)
-    pipeline: str = "torch"  # one of PIPELINES
-    num_workers: int = 0  # DataLoader worker processes
-    batch_size: int = 128  # samples per rank per step
-    decode_reuse: bool = False  # training batches hold each sample's context partner: one decode per image
-    verify: str = "header"  # start-up check of image files: header (size, JPEG end marker) | full (decode all)
-    missing_masks: str = "error"  # no masks but a plan/model needs them: error | full (every pixel object: an explicit opt-in)
+    source: str = option("auto", "auto = inferred from data.train (no data.train: synthetic)", choices=SOURCES)
+    train: str = option("", "training data: .npz (arrays), a directory (folder; nuswide with ImageList.txt), "
+                            ".csv/.jsonl (manifest), .json (coco)", path=True)
+    test: str = option("", "path to the test data, same kind as `train`", path=True)
+    root: str = option("", "manifest: base of its relative paths (default: its directory); coco: the image "
+                           "directory ({split} -> val2017)", path=True)
+    strata_file: str = option("", "optional YAML/JSON {class name or index: group}: common-sense groups A",
+                              path=True)
+    synthetic_version: str = option("V4", "benchmark version (Table III)", choices=SYNTHETIC_VERSIONS,
+                                    section="synthetic source: the CIT CIFAR-style benchmark (Table III) over "
+                                            "the embedded shapes dataset")
+    synthetic_train_per_class: int = option(400, "training samples per class")
+    synthetic_test_per_class: int = option(100, "test samples per class")
+    synthetic_seed: int = option(0, "seed of the generated benchmark")
+    synthetic_test_bias: str = option("random", "how B is drawn in test", choices=TEST_BIAS)
+    image_size: int = option(0, "pixels (square); 0 = keep the source's size (arrays/synthetic)",
+                             section="decoding and augmentation")
+    hflip: bool = option(True, "random horizontal flip in training")
+    crop_padding: int = option(0, "pixels of reflect-padding for a random crop in training (CIFAR-style)")
+    mean: Tuple[float, float, float] = option((0.5, 0.5, 0.5), "per-channel mean subtracted (RGB, pixels in [0, 1])")
+    std: Tuple[float, float, float] = option((0.25, 0.25, 0.25), "per-channel std divided by (RGB)")
+    pipeline: str = option("torch", "the input pipeline", choices=PIPELINES)
+    num_workers: int = option(0, "DataLoader worker processes")
+    batch_size: int = option(128, "samples per rank per step")
+    decode_reuse: bool = option(False, "training batches hold each sample's context partner: one decode per image")
+    verify: str = option("header", "start-up check of image files: header = size and JPEG end marker, "
+                                   "full = decode all", choices=VERIFY_MODES)
+    missing_masks: str = option("error", "no masks but a plan/model needs them: error, or full = every pixel "
+                                         "object (an explicit opt-in)", choices=MISSING_MASKS)
 
 
 @dataclass
 class InterventionConfig:
-    plan: str = "none"  # one of PLANS
-    epochwise: bool = False  # train on original + intervened sample each step (Eq. 12)
+    plan: str = option("none", "how each sample's context partner is drawn", choices=PLANS)
+    epochwise: bool = option(False, "train on original + intervened sample each step (Eq. 12)")
 
 
 @dataclass
 class MixConfig:
-    """Batch-level Mixup / CutMix on top of the intervention (CIT Table I, bottom rows)."""
-    mode: str = "none"  # one of MIX_MODES
-    alpha: float = 1.0  # Beta(alpha, alpha) for the mixing coefficient
-    prob: float = 1.0  # probability that a batch is mixed
+    mode: str = option("none", "batch-level mixing", choices=MIX_MODES)
+    alpha: float = option(1.0, "Beta(alpha, alpha) for the mixing coefficient")
+    prob: float = option(1.0, "probability that a batch is mixed")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet20"  # a name from cit_fast.models.list_models()
-    num_classes: int = 0  # 0 = taken from the data
-    init: str = ""  # optional local checkpoint path to initialise from (never downloaded)
-    task: str = "auto"  # one of TASKS: auto (from the model and data), single, double (content/context), multilabel
-    # double-branch models (double_*, CIT Fig. 4b)
-    shared_low: bool = True  # stem and low blocks shared by the content and context branches
-    freeze_low: bool = False  # train only the top two blocks and the FC (CIT Sec. IV)
-    init_single: str = ""  # local single-branch checkpoint: initialises both branches (double_*), the trunk (causal_*, decoder_*)
-    # multi-label transformer models (causal_* and decoder_*)
-    embed_dim: int = 128  # D of the projected tokens and label features
-    num_heads: int = 4  # attention heads (decoder and intervention)
-    decoder_layers: int = 1
-    dropout: float = 0.1
-    num_confounders: int = 16  # K (k-means clusters); `label` uses one per class
-    confounder_source: str = "kmeans"  # one of CONFOUNDER_SOURCES
-    merge: str = "proposed"  # how branch 1 and the causal branch combine: sum | linear | proposed
-    kmeans_iters: int = 20  # Lloyd iterations
-    confounder_tokens: int = 16  # spatial tokens per training image clustered (0 = all)
-    confounder_refresh: int = 0  # re-fit the confounders every N epochs (0 = once, before training)
-    # backdoor with z observed in training: the logits see the image's own confounder mix (its tokens'
-    # nearest prototypes), marginalised with P(z) in evaluation (kmeans confounders only)
-    observed_confounders: bool = False
-    correlation: str = "residual"  # causal label correlations: residual (s_j of i's intervened feature) | raising (minus j's baseline under the prior)
-    branch1_loss: float = 0.0  # weight of a second loss on branch 1's logits alone (0 = the merged output only)
-    confounder_net: str = ""  # local single-branch checkpoint (trunk's architecture): k-means over ITS spatial features (frozen), not the model's
-    freeze_trunk: bool = False  # multi-label models: the (pre-trained) trunk is not trained, its batch norm stays in eval mode
-    trunk_cache_mb: int = 0  # with freeze_trunk: cache the trunk's maps of seen training inputs, up to this many MB (no augmentation: later epochs skip the trunk)
+    name: str = option("resnet20", "a name from cit_fast.models.list_models()")
+    num_classes: int = option(0, "0 = taken from the data")
+    init: str = option("", "optional local checkpoint path to initialise from (never downloaded)", path=True)
+    task: str = option("auto", "auto (from the model and data), single, double (content/context), multilabel",
+                       choices=TASKS)
+    shared_low: bool = option(True, "stem and low blocks shared by the content and context branches",
+                              section="double-branch models (double_*, CIT Fig. 4b)")
+    freeze_low: bool = option(False, "train only the top two blocks and the FC (CIT Sec. IV)")
+    init_single: str = option("", "local single-branch checkpoint: initialises both branches (double_*), the "
+                                  "trunk (causal_*, decoder_*)", path=True)
+    embed_dim: int = option(128, "D of the projected tokens and label features",
+                            section="multi-label transformer models (causal_* and decoder_*)")
+    num_heads: int = option(4, "attention heads (decoder and intervention)")
+    decoder_layers: int = option(1, "transformer decoder layers")
+    dropout: float = option(0.1, "dropout in the transformer decoder")
+    num_confounders: int = option(16, "K (k-means clusters); `label` uses one per class")
+    confounder_source: str = option("kmeans", "where the confounder prototypes come from", choices=CONFOUNDER_SOURCES)
+    merge: str = option("proposed", "how branch 1 and the causal branch combine", choices=MERGES)
+    kmeans_iters: int = option(20, "Lloyd iterations")
+    confounder_tokens: int = option(16, "spatial tokens per training image clustered (0 = all)")
+    confounder_refresh: int = option(0, "re-fit the confounders every N epochs (0 = once, before training)")
+    observed_confounders: bool = option(False, "backdoor with z observed in training: the logits see the image's "
+                                               "own confounder mix (its tokens' nearest prototypes), marginalised "
+                                               "with P(z) in evaluation (kmeans confounders only)")
+    correlation: str = option("residual", "causal label correlations: residual (s_j of i's intervened feature), "
+                                          "raising (minus j's baseline under the prior)", choices=CORRELATIONS)
+    branch1_loss: float = option(0.0, "weight of a second loss on branch 1's logits alone (0 = the merged "
+                                      "output only)")
+    confounder_net: str = option("", "local single-branch checkpoint (trunk's architecture): k-means over ITS "
+                                     "spatial features (frozen), not the model's", path=True)
+    freeze_trunk: bool = option(False, "multi-label models: the (pre-trained) trunk is not trained, its batch "
+                                       "norm stays in eval mode")
+    trunk_cache_mb: int = option(0, "with freeze_trunk: cache the trunk's maps of seen training inputs, up to "
+                                    "this many MB (no augmentation: later epochs skip the trunk)")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    epochs: int = 30
-    schedule: str = "multistep"  # multistep (the paper's) | cosine (to zero, after warm-up)
-    milestones: List[int] = field(default_factory=lambda: [15, 23])  # epochs at which lr *= gamma
-    gamma: float = 0.1
-    warmup_epochs: int = 0  # linear warm-up from lr/10
-    optimizer: str = "sgd"  # sgd (momentum, nesterov: the papers' ResNet recipe) | adamw (momentum unused)
-    loss: str = "auto"  # auto (ce; bce for multi-hot labels) | ce | bce | asl
-    asl_gamma_neg: float = 4.0  # ASL focusing on negatives (Ridnik et al.)
-    asl_gamma_pos: float = 0.0  # ASL focusing on positives
-    asl_clip: float = 0.05  # ASL probability margin for negatives
+    lr: float = option(0.1, "peak learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(True, "Nesterov momentum (SGD)")
+    weight_decay: float = option(1e-4, "L2 weight decay (decoupled under adamw)")
+    epochs: int = option(30, "training epochs")
+    schedule: str = option("multistep", "multistep (the paper's), cosine (to zero, after warm-up)",
+                           choices=SCHEDULES)
+    milestones: List[int] = option([15, 23], "epochs at which lr *= gamma (multistep)")
+    gamma: float = option(0.1, "lr factor at each milestone")
+    warmup_epochs: int = option(0, "linear warm-up from lr/10")
+    optimizer: str = option("sgd", "sgd (momentum, nesterov: the papers' ResNet recipe), adamw (momentum "
+                                   "unused)", choices=OPTIMIZERS)
+    loss: str = option("auto", "auto = ce, or bce for multi-hot labels", choices=LOSSES)
+    asl_gamma_neg: float = option(4.0, "ASL focusing on negatives (Ridnik et al.)")
+    asl_gamma_pos: float = option(0.0, "ASL focusing on positives")
+    asl_clip: float = option(0.05, "ASL probability margin for negatives")
 
 
 @dataclass
 class DistConfig:
-    engine: str = "ddp"  # one of ENGINES: ddp (torch DDP; also a single process), deepspeed
-    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
-    precision: str = "fp32"  # one of PRECISIONS (autocast under ddp; DeepSpeed's own under deepspeed)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
-    sync_bn: bool = False  # SyncBatchNorm across ranks (ddp): batch statistics over the global batch
-    deepspeed_config: str = ""  # optional DeepSpeed JSON merged over the generated one
+    engine: str = option("ddp", "ddp (torch DDP; also a single process), deepspeed", choices=ENGINES)
+    zero_stage: int = option(0, "DeepSpeed ZeRO stage (dist.engine=deepspeed)", choices=ZERO_STAGES)
+    precision: str = option("fp32", "autocast under ddp; DeepSpeed's own under deepspeed", choices=PRECISIONS)
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    grad_clip: float = option(0.0, "max global grad norm; 0 = off")
+    sync_bn: bool = option(False, "SyncBatchNorm across ranks (ddp): batch statistics over the global batch")
+    deepspeed_config: str = option("", "optional DeepSpeed JSON merged over the generated one", path=True)
 
 
 @dataclass
 class MetricsConfig:
-    """Prometheus exporter of every rank (see cit_fast/metrics.py)."""
-    enabled: bool = False  # serve Prometheus metrics from every rank
-    host: str = "127.0.0.1"  # bind address; 0.0.0.0 to let a remote Prometheus scrape
-    base_port: int = 9400  # rank with local_rank r serves on base_port + r; 0 = ephemeral ports
-    on_port_taken: str = "next"  # one of PORT_POLICIES: next (try the following ports), disable, error
-    job: str = "cit_fast"  # value of the `job` label
-    sd_dir: str = ""  # write file-SD targets here ("" = <out_dir>/prometheus)
-    linger_seconds: float = 0.0  # keep serving this long after training ends (short jobs)
+    enabled: bool = option(False, "serve Prometheus metrics from every rank")
+    host: str = option("127.0.0.1", "bind address; 0.0.0.0 to let a remote Prometheus scrape")
+    base_port: int = option(9400, "rank with local_rank r serves on base_port + r; 0 = ephemeral ports")
+    on_port_taken: str = option("next", "next (try the following ports), disable, error", choices=PORT_POLICIES)
+    job: str = option("cit_fast", "value of the `job` label")
+    sd_dir: str = option("", "write file-SD targets here (\"\" = <out_dir>/prometheus)")
+    linger_seconds: float = option(0.0, "keep serving this long after training ends (short jobs)")
 
 
 @dataclass
 class TrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    intervention: InterventionConfig = field(default_factory=InterventionConfig)
-    mix: MixConfig = field(default_factory=MixConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    dist: DistConfig = field(default_factory=DistConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    seed: int = 0
-    out_dir: str = "runs/default"
-    resume: str = ""  # "" = fresh start, "auto" = newest complete checkpoint in out_dir, or a path
-    device: str = "auto"  # one of DEVICES
-    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
-    log_interval: int = 50  # steps between host syncs for logging
-    eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
-    checkpoint_every: int = 1  # epochs
-    checkpoint_every_steps: int = 0  # also checkpoint every N steps inside an epoch; 0 = off
-    keep_checkpoints: int = 3
-    max_steps_per_epoch: int = 0  # 0 = whole epoch (a cap for smoke tests)
-    progress: bool = True  # progress bar on rank 0
+    data: DataConfig = option(DataConfig, "data source, decoding and augmentation")
+    intervention: InterventionConfig = option(InterventionConfig, "the causal intervention (CIT)")
+    mix: MixConfig = option(MixConfig, "batch-level Mixup / CutMix on top of the intervention (CIT Table I, "
+                                       "bottom rows)")
+    model: ModelConfig = option(ModelConfig, "the network and its options")
+    optim: OptimConfig = option(OptimConfig, "optimizer, schedule and loss")
+    dist: DistConfig = option(DistConfig, "distributed engine and precision")
+    metrics: MetricsConfig = option(MetricsConfig, "Prometheus exporter of every rank (see cit_fast/metrics.py)")
+    seed: int = option(0, "seed of the model init, the plans and the augmentation")
+    out_dir: str = option("runs/default", "run directory: config.yaml, checkpoints, logs", path=True)
+    resume: str = option("", "\"\" = fresh start, \"auto\" = newest complete checkpoint in out_dir, or a path")
+    device: str = option("auto", "auto = cuda when available", choices=DEVICES)
+    threads: int = option(0, "torch intra-op threads on CPU; 0 = torch's default")
+    log_interval: int = option(50, "steps between host syncs for logging")
+    eval_every: int = option(1, "epochs between test evaluations (the last epoch is always evaluated)")
+    checkpoint_every: int = option(1, "epochs between checkpoints")
+    checkpoint_every_steps: int = option(0, "also checkpoint every N steps inside an epoch; 0 = off")
+    keep_checkpoints: int = option(3, "newest checkpoints kept")
+    max_steps_per_epoch: int = option(0, "0 = whole epoch (a cap for smoke tests)")
+    progress: bool = option(True, "progress bar on rank 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,10 +356,21 @@ def from_dict(tree: Dict[str, Any], overrides: Sequence[str] = ()) -> TrainConfi
 # ---------------------------------------------------------------------------------------------
 # paths and the data source
 
-# every key that names a file or directory (resolved to an absolute path when a run starts, so a
-# run's config.yaml and checkpoints work from any directory)
-PATH_KEYS = ("data.train", "data.test", "data.root", "data.strata_file", "model.init", "model.init_single",
-             "model.confounder_net", "dist.deepspeed_config", "out_dir")
+def _keys(cls: type = TrainConfig, where: str = "") -> List[Tuple[str, dataclasses.Field]]:
+    """Every leaf key of a config dataclass, dotted, with its field (sections walked in order)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            out.extend(_keys(f.default_factory, key))
+        else:
+            out.append((key, f))
+    return out
+
+
+# every key that names a file or directory (option(path=True)), resolved to an absolute path when a
+# run starts, so a run's config.yaml and checkpoints work from any directory
+PATH_KEYS = tuple(key for key, f in _keys() if f.metadata.get("path"))
 
 
 def resolve_paths(tree: Dict[str, Any], base: Path, keys: Sequence[str] = PATH_KEYS) -> Dict[str, Any]:
@@ -383,9 +439,9 @@ def finalize(cfg: TrainConfig, base: Optional[Path] = None) -> TrainConfig:
     return out
 
 
-def _choice(value: str, choices: Sequence[str], key: str) -> None:
+def _choice(value: Any, choices: Sequence[Any], key: str) -> None:
     if value not in choices:
-        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def _positive(value: float, key: str, allow_zero: bool = False) -> None:
@@ -393,18 +449,19 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}: expected a {'non-negative' if allow_zero else 'positive'} value, got {value!r}")
 
 
+def _value(cfg: TrainConfig, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def validate(cfg: TrainConfig) -> None:
+    for key, f in _keys():
+        if "choices" in f.metadata:
+            _choice(_value(cfg, key), f.metadata["choices"], key)
     d = cfg.data
-    _choice(d.source, SOURCES, "data.source")
-    _choice(d.synthetic_version, SYNTHETIC_VERSIONS, "data.synthetic_version")
-    _choice(d.synthetic_test_bias, TEST_BIAS, "data.synthetic_test_bias")
-    _choice(d.pipeline, PIPELINES, "data.pipeline")
-    _choice(cfg.intervention.plan, PLANS, "intervention.plan")
-    _choice(cfg.device, DEVICES, "device")
     if d.source not in ("synthetic", "auto") and not d.train:
         raise ConfigError(f"data.train: a path is required for data.source={d.source}")
-    _choice(d.verify, VERIFY_MODES, "data.verify")
-    _choice(d.missing_masks, MISSING_MASKS, "data.missing_masks")
     for key in ("batch_size", "synthetic_train_per_class", "synthetic_test_per_class"):
         _positive(getattr(d, key), f"data.{key}")
     for key in ("image_size", "crop_padding", "num_workers"):
@@ -412,8 +469,6 @@ def validate(cfg: TrainConfig) -> None:
     if any(s <= 0 for s in d.std):
         raise ConfigError(f"data.std: expected positive values, got {list(d.std)}")
     o = cfg.optim
-    _choice(o.schedule, SCHEDULES, "optim.schedule")
-    _choice(o.optimizer, OPTIMIZERS, "optim.optimizer")
     _positive(o.lr, "optim.lr")
     _positive(o.epochs, "optim.epochs")
     _positive(o.weight_decay, "optim.weight_decay", allow_zero=True)
@@ -430,10 +485,6 @@ def validate(cfg: TrainConfig) -> None:
     _positive(cfg.threads, "threads", allow_zero=True)
     _positive(cfg.model.num_classes, "model.num_classes", allow_zero=True)
     mc = cfg.model
-    _choice(mc.task, TASKS, "model.task")
-    _choice(mc.confounder_source, CONFOUNDER_SOURCES, "model.confounder_source")
-    _choice(mc.merge, MERGES, "model.merge")
-    _choice(mc.correlation, CORRELATIONS, "model.correlation")
     _positive(mc.branch1_loss, "model.branch1_loss", allow_zero=True)
     _positive(mc.trunk_cache_mb, "model.trunk_cache_mb", allow_zero=True)
     if mc.trunk_cache_mb and not mc.freeze_trunk:
@@ -452,26 +503,19 @@ def validate(cfg: TrainConfig) -> None:
                           f"({mc.num_heads}) and by 4")
     if not 0 <= mc.dropout < 1:
         raise ConfigError(f"model.dropout: expected a value in [0, 1), got {mc.dropout}")
-    _choice(o.loss, LOSSES, "optim.loss")
     for key in ("asl_gamma_neg", "asl_gamma_pos", "asl_clip"):
         _positive(getattr(o, key), f"optim.{key}", allow_zero=True)
     _positive(cfg.checkpoint_every_steps, "checkpoint_every_steps", allow_zero=True)
     _positive(cfg.keep_checkpoints, "keep_checkpoints")
     ds = cfg.dist
-    _choice(ds.engine, ENGINES, "dist.engine")
-    _choice(ds.precision, PRECISIONS, "dist.precision")
-    if ds.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"dist.zero_stage: expected 0, 1, 2 or 3, got {ds.zero_stage}")
     if ds.zero_stage and ds.engine != "deepspeed":
         raise ConfigError("dist.zero_stage: ZeRO needs dist.engine=deepspeed")
     _positive(ds.grad_accum, "dist.grad_accum")
     _positive(ds.grad_clip, "dist.grad_clip", allow_zero=True)
-    _choice(cfg.mix.mode, MIX_MODES, "mix.mode")
     _positive(cfg.mix.alpha, "mix.alpha", allow_zero=True)
     if not 0 <= cfg.mix.prob <= 1:
         raise ConfigError(f"mix.prob: expected a probability in [0, 1], got {cfg.mix.prob}")
     m = cfg.metrics
-    _choice(m.on_port_taken, PORT_POLICIES, "metrics.on_port_taken")
     if not 0 <= m.base_port < 65536:
         raise ConfigError(f"metrics.base_port: expected a port in [0, 65535], got {m.base_port}")
     _positive(m.linger_seconds, "metrics.linger_seconds", allow_zero=True)
@@ -485,38 +529,12 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 # the config as commented YAML (cit-fast config)
 
 
-def _field_comments(cls: type) -> Tuple[Dict[str, str], Dict[str, List[str]]]:
-    """From this file's source of a config dataclass: ({field: its comment}, {field: section comment
-    lines before it}). A field's comment is the ``# ...`` after it, or else the comment lines just above."""
-    import inspect
-    import re
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    choices = {name: value for name, value in globals().items()
-               if name.isupper() and isinstance(value, tuple) and all(isinstance(v, str) for v in value)}
-
-    def expand(text: str) -> str:
-        return re.sub(r"one of ([A-Z_]+)", lambda m: "one of " + " | ".join(choices.get(m.group(1), (m.group(1),))), text)
-
-    comments: Dict[str, str] = {}
-    sections: Dict[str, List[str]] = {}
-    pending: List[str] = []
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+): [^=]+=.*?(?:  #\s*(.*))?$", line)
-        if m and m.group(1) in names:
-            inline = (m.group(2) or "").strip()
-            if inline:
-                comments[m.group(1)] = expand(inline)
-                if pending:
-                    sections[m.group(1)] = pending
-            elif pending:
-                comments[m.group(1)] = expand(" ".join(pending))
-            pending = []
-        elif re.match(r"\s+#", line):
-            pending.append(line.strip().lstrip("#").strip())
-        else:
-            pending = []
-    return comments, sections
+def help_text(f: dataclasses.Field) -> str:
+    """A field's help as ``cit-fast config`` prints it: its allowed values first for a choice key."""
+    text = f.metadata.get("help", "")
+    if "choices" in f.metadata:
+        text = f"one of {' | '.join(map(str, f.metadata['choices']))}" + (f"; {text}" if text else "")
+    return text
 
 
 def _yaml_value(value: Any) -> str:
@@ -531,17 +549,17 @@ def config_yaml(cfg: Optional[TrainConfig] = None) -> str:
              "# Use as `cit-fast train --config FILE`, or set single keys as key=value (e.g. optim.lr=0.05)."]
 
     def emit(obj: Any, indent: str) -> None:
-        comments, sections = _field_comments(type(obj))
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            lines.extend(f"{indent}# {c}" for c in sections.get(f.name, []))
+            if f.metadata.get("section"):
+                lines.append(f"{indent}# {f.metadata['section']}")
+            note = help_text(f)
+            note = f"  # {note}" if note else ""
             if dataclasses.is_dataclass(value):
-                doc = (type(value).__doc__ or "").strip().splitlines()
-                lines.append(f"{indent}{f.name}:" + (f"  # {doc[0]}" if doc and not doc[0].startswith(type(value).__name__ + "(") else ""))
+                lines.append(f"{indent}{f.name}:{note}")
                 emit(value, indent + "  ")
             else:
-                note = comments.get(f.name, "")
-                lines.append(f"{indent}{f.name}: {_yaml_value(value)}" + (f"  # {note}" if note else ""))
+                lines.append(f"{indent}{f.name}: {_yaml_value(value)}{note}")
 
     emit(cfg, "")
     return "\n".join(lines) + "\n"

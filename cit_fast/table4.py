@@ -16,11 +16,11 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .config import load_config
+from .config import SYNTHETIC_VERSIONS, load_config
 from .train.loop import main
 from .utils import append_section
 
-VERSIONS = ("V1", "V2", "V3", "V4")
+VERSIONS = tuple(v for v in SYNTHETIC_VERSIONS if v != "original")  # the table's columns
 ROWS = (("Baseline on Ori.", "original", "none"), ("Baseline on Syn.", None, "none"),
         ("CIT - Stratify B", None, "stratify_b"), ("CIT - Stratify C|A", None, "stratify_c"))
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "table4.yaml"

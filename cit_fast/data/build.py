@@ -5,7 +5,6 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..config import resolve_source
 from .pipelines.contract import Pipeline, PipelineSpec
 from .sources.records import DataError, SampleSet
 from .pipelines.mix import MixOp
@@ -15,9 +14,16 @@ from .pipelines.torch_pipeline import TorchPipeline
 from .synthetic.benchmark import make_cit_benchmark
 
 
+def _source(d) -> str:
+    """The concrete data.source of a finalized DataConfig (config.finalize infers it once)."""
+    if d.source == "auto":
+        raise ValueError("data.source=auto: build data from a finalized config (config.finalize / load_config)")
+    return d.source
+
+
 def build_datasets(d) -> Tuple[SampleSet, SampleSet]:
-    """(train, test) SampleSets for a DataConfig; test uses the training classes."""
-    source = resolve_source(d)
+    """(train, test) SampleSets for a finalized DataConfig; test uses the training classes."""
+    source = _source(d)
     if source == "synthetic":
         sets = make_cit_benchmark(d.synthetic_version, d.synthetic_train_per_class, d.synthetic_test_per_class,
                                   seed=d.synthetic_seed, test_bias=d.synthetic_test_bias)
@@ -35,7 +41,7 @@ def build_datasets(d) -> Tuple[SampleSet, SampleSet]:
 
 def load_split(d, path: str, classes=None) -> SampleSet:
     """One split of a file-based source; ``classes`` (the training classes) reads a test split."""
-    source = resolve_source(d)
+    source = _source(d)
     v = d.verify
     load = {"arrays": lambda p, classes=None: load_arrays(p, classes),
             "folder": lambda p, classes=None: load_folder(p, classes, verify=v),

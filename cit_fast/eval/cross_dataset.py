@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import from_dict, infer_source, merge_trees, parse_overrides, resolve_paths, resolve_source, to_dict
+from ..config import finalize, from_dict, infer_source, merge_trees, parse_overrides, resolve_paths, to_dict
 from ..data.build import build_datasets, build_pipeline, load_split
 from ..data.sources.records import DataError, SampleSet
 from ..utils import atomic_write_json, read_mapping_file
@@ -125,8 +125,7 @@ def run_cross_eval(checkpoint: str, mapping: str, overrides: Sequence[str] = (),
         data["source"] = new_source
         if "train" not in given:
             data["train"] = data.get("test", "")  # validation wants one; only data.test is read
-    tgt_cfg = from_dict(tree)
-    tgt_cfg.data.source = resolve_source(tgt_cfg.data)
+    tgt_cfg = finalize(from_dict(tree))
     tgt_cfg.data.strata_file = ""  # common-sense groups of the source's classes
     target = _target_set(tgt_cfg)
     pairs = match_classes(load_mapping(mapping), src_train.classes, target.classes, f"mapping {mapping}")

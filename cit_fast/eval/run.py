@@ -23,8 +23,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 
 from ..checkpoint import find_latest, is_deepspeed_checkpoint, load_checkpoint
-from ..config import (TrainConfig, from_dict, merge_trees, parse_overrides, resolve_paths,
-                      resolve_source)
+from ..config import TrainConfig, finalize, from_dict, merge_trees, parse_overrides, resolve_paths
 from ..data.build import build_datasets, build_pipeline
 from ..data.pipelines.contract import Pipeline
 from ..data.sources.records import SampleSet
@@ -99,9 +98,8 @@ def run_config(state: Dict[str, Any], checkpoint: Path, overrides: Sequence[str]
     saved = state["config"]
     tree = resolve_paths(saved, launch_dir(checkpoint, str(saved.get("out_dir", ""))))
     upd = resolve_paths(parse_overrides(overrides), Path.cwd())
-    cfg = from_dict(merge_trees(tree, upd))
+    cfg = finalize(from_dict(merge_trees(tree, upd)))  # paths are absolute already: the source is inferred
     cfg.model.init = cfg.model.init_single = ""
-    cfg.data.source = resolve_source(cfg.data)
     return cfg
 
 
@@ -157,7 +155,6 @@ def run_dir_config(run_dir: Path) -> Optional[TrainConfig]:
         return None
     saved = yaml.safe_load(path.read_text()) or {}
     tree = resolve_paths(saved, launch_dir(Path(run_dir) / "checkpoints" / "x", str(saved.get("out_dir", ""))))
-    cfg = from_dict(tree)
+    cfg = finalize(from_dict(tree))
     cfg.model.init = cfg.model.init_single = ""
-    cfg.data.source = resolve_source(cfg.data)
     return cfg

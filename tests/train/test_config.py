@@ -1,6 +1,9 @@
+import dataclasses
+
 import pytest
 
-from cit_fast.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
+from cit_fast.config import (PATH_KEYS, ConfigError, TrainConfig, _keys, config_yaml, from_dict, load_config,
+                             to_dict)
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -45,3 +48,60 @@ def test_bad_file(tmp_path):
     f.write_text("optim: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(str(f))
+
+
+def _config_classes(cls=TrainConfig):
+    yield cls
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory):
+            yield from _config_classes(f.default_factory)
+
+
+@pytest.mark.parametrize("cls", list(_config_classes()), ids=lambda c: c.__name__)
+def test_every_field_has_help(cls):
+    missing = [f.name for f in dataclasses.fields(cls) if not str(f.metadata.get("help", "")).strip()]
+    assert not missing, f"{cls.__name__}: fields without help: {missing}"
+
+
+CHOICE_KEYS = [key for key, f in _keys() if "choices" in f.metadata]
+
+
+def test_choice_keys_are_declared():
+    assert {"data.source", "intervention.plan", "model.task", "dist.zero_stage", "metrics.on_port_taken"} <= set(CHOICE_KEYS)
+
+
+@pytest.mark.parametrize("key", CHOICE_KEYS)
+def test_every_choice_key_is_checked(key):
+    bad = 7 if key == "dist.zero_stage" else "not_a_choice"
+    with pytest.raises(ConfigError, match=f"^{key}: expected one of "):
+        load_config(None, [f"{key}={bad}"])
+
+
+def test_config_yaml_documents_every_key_and_loads_back(tmp_path):
+    text = config_yaml()
+    for key, f in _keys():
+        name = key.split(".")[-1]
+        line = next(l for l in text.splitlines() if l.strip().startswith(f"{name}:"))
+        assert "  # " in line and f.metadata["help"].split(";")[0][:20] in line, line
+        if "choices" in f.metadata:
+            assert "one of " + " | ".join(map(str, f.metadata["choices"])) in line
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    assert load_config(str(f)) == load_config(None)
+    assert "# synthetic source:" in text  # section comments come from the fields too
+
+
+def test_path_keys_come_from_the_fields():
+    assert set(PATH_KEYS) == {"data.train", "data.test", "data.root", "data.strata_file", "model.init",
+                              "model.init_single", "model.confounder_net", "dist.deepspeed_config", "out_dir"}
+
+
+def test_the_source_is_inferred_once_in_finalize(tmp_path):
+    import numpy as np
+    np.savez(tmp_path / "train.npz", images=np.zeros((2, 4, 4, 3), np.uint8), labels=np.zeros(2, np.int64))
+    cfg = load_config(None, [f"data.train={tmp_path / 'train.npz'}", f"data.test={tmp_path / 'train.npz'}"])
+    assert cfg.data.source == "arrays"
+    assert load_config(None).data.source == "synthetic"
+    from cit_fast.data.build import build_datasets
+    with pytest.raises(ValueError, match="finalized config"):
+        build_datasets(from_dict({"data": {"source": "auto"}}).data)

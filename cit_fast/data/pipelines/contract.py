@@ -27,7 +27,7 @@ import torch
 
 from ... import kernels
 from ...errors import ConfigError
-from ..plans.balanced import make_balanced_plan
+from ..plans.balanced import REUSE_PLANS, make_balanced_plan
 from .batch import DoubleBatch, ImageBatch, ModelBatch, RawBatch
 from ..plans.intervention import InterventionPlan, make_plan
 from ..sources.records import SampleSet
@@ -64,8 +64,8 @@ class PipelineSpec:
             raise ValueError(f"pipeline output must be 'image' or 'double', got {self.output!r}")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-        if self.decode_reuse and self.train and self.plan not in ("none", "stratify_c", "random"):
-            raise ConfigError(f"data.decode_reuse works with plans none, stratify_c and random, not "
+        if self.decode_reuse and self.train and self.plan not in REUSE_PLANS:
+            raise ConfigError(f"data.decode_reuse works with plans {', '.join(REUSE_PLANS)}, not "
                              f"{self.plan!r}: its contexts are drawn by bias value, not from the batch")
         if self.decode_reuse and self.train and self.plan != "none" and self.batch_size < 2:
             raise ConfigError("data.decode_reuse needs data.batch_size >= 2 (partners share a batch)")

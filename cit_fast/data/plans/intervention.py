@@ -18,9 +18,8 @@ from typing import Tuple
 
 import numpy as np
 
+from ...config import PLANS
 from ..sources.records import DataError
-
-PLAN_KINDS = ("none", "stratify_c", "stratify_b", "random")
 
 
 @dataclass(frozen=True)
@@ -189,8 +188,8 @@ def _stratify_b(strata: np.ndarray, bias: np.ndarray, rng: np.random.Generator) 
 def make_plan(kind: str, strata: np.ndarray, seed: int, epoch: int, bias: np.ndarray | None = None,
               shuffle: bool = True) -> InterventionPlan:
     """The plan of `kind` for one epoch over samples with the given strata (and bias)."""
-    if kind not in PLAN_KINDS:
-        raise ValueError(f"intervention plan must be one of {', '.join(PLAN_KINDS)}, got {kind!r}")
+    if kind not in PLANS:
+        raise ValueError(f"intervention plan must be one of {', '.join(PLANS)}, got {kind!r}")
     strata = np.asarray(strata, np.int64)
     n = len(strata)
     if n == 0:

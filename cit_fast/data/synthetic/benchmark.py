@@ -19,20 +19,25 @@
 
    Sample masks cover the interior (the object content x), so the border is the context c that
    intervention plans swap: stratify_c pairs x with a border of the same A; stratify_b re-draws B.
+
+   The images are the embedded shapes (24 px) by default, or real CIFAR images (``images=``, 32 px,
+   as the paper): K classes get K / 2 hues and 2 brightness values, so CIFAR-10 has hue(5) and
+   CIFAR-100 hue(50), each with brig.(2) (Table III). On real images the border is the flat colour
+   the paper pads with; the embedded shapes keep their faint border noise (their results are fixed).
 """
 from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ...utils import atomic_path
-from ..sources.records import SampleSet
+from ..sources.records import DataError, SampleSet
 
 SHAPE_CLASSES = ("circle", "ring", "square", "frame", "triangle", "cross", "star", "crescent", "bar", "ell")
-N_HUES = 5  # Table III, CIFAR-10: hue(5)
+N_HUES = 5  # Table III, CIFAR-10: hue(5) (CIFAR-100: hue(50), i.e. num_classes / N_BRIGHTNESS)
 N_BRIGHTNESS = 2  # Table III: brig.(2)
 BRIGHTNESS_VALUES = (0.45, 0.95)  # HSV value of the border colour for B/A = 0, 1
 
@@ -139,6 +144,7 @@ class CITAssignment:
     b_of_class: np.ndarray  # (K,) int; all 0 where B has no effect (V1, original)
     hue_from: str  # "a", "b" or "" (grey)
     brightness_from: str
+    n_hues: int = N_HUES  # num_classes / N_BRIGHTNESS: 5 for CIFAR-10, 50 for CIFAR-100
 
     def color(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(N, 3) float RGB border colour for common-sense values a and bias values b."""
@@ -148,29 +154,34 @@ class CITAssignment:
         src = {"a": a, "b": b}
         if self.hue_from == self.brightness_from:  # one variable sets both: value v -> (hue, bright)
             v = src[self.hue_from]
-            hue_idx, bright_idx = v % N_HUES, v // N_HUES
+            hue_idx, bright_idx = v % self.n_hues, v // self.n_hues
         else:
             hue_idx, bright_idx = src[self.hue_from], src[self.brightness_from]
-        return np.array([colorsys.hsv_to_rgb(h / N_HUES, 0.85, BRIGHTNESS_VALUES[int(br)])
-                         for h, br in zip(hue_idx, bright_idx)], np.float32).reshape(len(a), 3)
+        # one HSV conversion per distinct (hue, brightness) pair: a CIFAR split has 50000 samples
+        pairs, inverse = np.unique(np.stack([hue_idx, bright_idx], 1).reshape(-1, 2), axis=0, return_inverse=True)
+        table = np.array([colorsys.hsv_to_rgb(h / self.n_hues, 0.85, BRIGHTNESS_VALUES[int(br)]) for h, br in pairs],
+                         np.float32).reshape(len(pairs), 3)
+        return table[inverse.reshape(-1)].reshape(len(a), 3)
 
 
 def cit_assignment(version: str, num_classes: int = 10, seed: int = 0) -> CITAssignment:
-    """Table III for a 10-class dataset: which classes share A and which B each class gets in training."""
-    if num_classes != N_HUES * N_BRIGHTNESS:
-        raise ValueError(f"the CIT benchmark is defined for {N_HUES * N_BRIGHTNESS} classes, got {num_classes}")
+    """Table III for a K-class dataset (K = 10: hue(5), K = 100: hue(50); brig.(2) for both): which
+    classes share A and which B each class gets in training."""
+    if num_classes < 2 or num_classes % N_BRIGHTNESS:
+        raise ValueError(f"the CIT benchmark needs an even number of classes (hue(K/2) x brig.(2)), got {num_classes}")
+    n_hues = num_classes // N_BRIGHTNESS
     perm = np.random.default_rng([seed, 0xC17]).permutation(num_classes)
     none = np.zeros(num_classes, np.int64)  # B null: one value that sets nothing
     if version == "original":
-        return CITAssignment(version, np.arange(num_classes), none, "", "")
+        return CITAssignment(version, np.arange(num_classes), none, "", "", n_hues)
     if version == "V1":  # A: brightness & hue, one value per class
-        return CITAssignment(version, perm.copy(), none, "a", "a")
+        return CITAssignment(version, perm.copy(), none, "a", "a", n_hues)
     if version == "V2":  # A: hue (pairs of classes), B: brightness
-        return CITAssignment(version, perm // N_BRIGHTNESS, perm % N_BRIGHTNESS, "a", "b")
-    if version == "V3":  # A: brightness (groups of five), B: hue
-        return CITAssignment(version, perm // N_HUES, perm % N_HUES, "b", "a")
+        return CITAssignment(version, perm // N_BRIGHTNESS, perm % N_BRIGHTNESS, "a", "b", n_hues)
+    if version == "V3":  # A: brightness (two groups of K/2), B: hue
+        return CITAssignment(version, perm // n_hues, perm % n_hues, "b", "a", n_hues)
     if version == "V4":  # B: brightness & hue, one value per class; A null (one group)
-        return CITAssignment(version, np.zeros(num_classes, np.int64), perm.copy(), "b", "b")
+        return CITAssignment(version, np.zeros(num_classes, np.int64), perm.copy(), "b", "b", n_hues)
     raise ValueError(f"synthetic version must be one of original, V1, V2, V3, V4; got {version!r}")
 
 
@@ -194,30 +205,85 @@ def pad_with_context(images: np.ndarray, colors: np.ndarray, pad: int, rng: np.r
     """Pad (N,H,W,3) uint8 images with a `pad`-pixel border of per-sample colour; mask = interior."""
     n, h, w, _ = images.shape
     H, W = h + 2 * pad, w + 2 * pad
-    border = colors[:, None, None, :] + rng.normal(0, noise, (n, H, W, 3)).astype(np.float32)
-    out = np.clip(np.round(border * 255), 0, 255).astype(np.uint8)
+    if noise:
+        border = colors[:, None, None, :] + rng.normal(0, noise, (n, H, W, 3)).astype(np.float32)
+        out = np.clip(np.round(border * 255), 0, 255).astype(np.uint8)
+    else:  # a flat border, without an (N, H, W, 3) float temporary
+        out = np.empty((n, H, W, 3), np.uint8)
+        out[:] = np.clip(np.round(colors * 255), 0, 255).astype(np.uint8)[:, None, None, :]
     out[:, pad:pad + h, pad:pad + w] = images
     mask = np.zeros((n, H, W), np.uint8)
     mask[:, pad:pad + h, pad:pad + w] = 255
     return out, mask
 
 
-def make_cit_benchmark(version: str, train_per_class: int = 400, test_per_class: int = 100, seed: int = 0,
-                       test_bias: str = "random", size: int = 24, pad: int = 4
-                       ) -> Dict[str, SampleSet]:
-    """{'train': SampleSet, 'test': SampleSet} of the CIT synthetic benchmark `version`."""
+@dataclass(frozen=True)
+class SourceImages:
+    """Real images to build the benchmark from: per split (images uint8 (N, H, W, 3), labels (N,))."""
+
+    name: str  # e.g. "cifar10", shown in sample-set names
+    classes: Sequence[str]
+    splits: Dict[str, Tuple[np.ndarray, np.ndarray]]
+
+
+IMAGE_DATASETS = ("cifar10", "cifar100")
+
+
+def load_source_images(spec: str) -> SourceImages:
+    """``cifar10:DIR`` or ``cifar100:DIR`` (a CIFAR directory as downloaded, see sources/cifar.py)."""
+    from ..sources.cifar import cifar_images
+
+    name, sep, path = spec.partition(":")
+    if not sep or name not in IMAGE_DATASETS or not path:
+        raise DataError(f"--images {spec}: expected {' or '.join(d + ':DIR' for d in IMAGE_DATASETS)} "
+                        f"(a CIFAR directory as downloaded, e.g. cifar10:data/cifar-10-batches-py)")
+    train = cifar_images(path, "train")
+    if train["dataset"] != name:
+        raise DataError(f"--images {spec}: {path} holds {train['dataset']}, not {name}; "
+                        f"write --images {train['dataset']}:{path}")
+    test = cifar_images(path, "test")
+    return SourceImages(name, list(train["classes"]),
+                        {"train": (train["images"], train["labels"]), "test": (test["images"], test["labels"])})
+
+
+def _first_per_class(labels: np.ndarray, per_class: Optional[int]) -> np.ndarray:
+    """Indices of the first ``per_class`` samples of each class, in file order (all if None/0)."""
+    if not per_class:
+        return np.arange(len(labels))
+    keep = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        keep[np.nonzero(labels == c)[0][:per_class]] = True
+    return np.nonzero(keep)[0]
+
+
+def make_cit_benchmark(version: str, train_per_class: Optional[int] = 400, test_per_class: Optional[int] = 100,
+                       seed: int = 0, test_bias: str = "random", size: int = 24, pad: int = 4,
+                       images: Optional[SourceImages] = None) -> Dict[str, SampleSet]:
+    """{'train': SampleSet, 'test': SampleSet} of the CIT synthetic benchmark `version`.
+
+    images: real images (``load_source_images``) instead of the embedded shapes; the per-class
+    counts then take the first samples of each class (None or 0: all of them) and ``size`` is unused.
+    """
     if test_bias not in ("random", "misleading"):
         raise ValueError(f"test_bias must be 'random' or 'misleading', got {test_bias!r}")
-    assign = cit_assignment(version, len(SHAPE_CLASSES), seed)
+    classes = list(SHAPE_CLASSES) if images is None else list(images.classes)
+    assign = cit_assignment(version, len(classes), seed)
+    what = "synthetic" if images is None else f"synthetic {images.name}"
     out = {}
     for split, per_class, split_seed in (("train", train_per_class, 2 * seed), ("test", test_per_class, 2 * seed + 1)):
-        images, _, labels = make_shapes(per_class, size=size, seed=split_seed)
+        if images is None:
+            x, _, labels = make_shapes(per_class, size=size, seed=split_seed)
+            noise = 0.02
+        else:
+            x, labels = images.splits[split]
+            idx = _first_per_class(labels, per_class)
+            x, labels = x[idx], np.asarray(labels, np.int64)[idx]
+            noise = 0.0  # the paper pads with one colour per image
         rng = np.random.default_rng([seed, split == "test", 0xB1A5])
         a = assign.a_of_class[labels]
         b = assign.b_of_class[labels] if split == "train" else _test_bias(assign, labels, test_bias, rng)
-        padded, mask = pad_with_context(images, assign.color(a, b), pad, rng)
-        out[split] = SampleSet(padded, mask, labels, list(SHAPE_CLASSES), strata=a, bias=b,
-                               name=f"synthetic {version} {split}")
+        padded, mask = pad_with_context(x, assign.color(a, b), pad, rng, noise=noise)
+        out[split] = SampleSet(padded, mask, labels, classes, strata=a, bias=b, name=f"{what} {version} {split}")
     return out
 
 
