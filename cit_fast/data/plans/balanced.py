@@ -28,10 +28,11 @@ sample is used at most once per epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
+from . import draws
 from .intervention import InterventionPlan, dense_groups, make_plan, stable_order
 from ..sources.records import DataError
 
@@ -92,10 +93,10 @@ def _ranges(start: np.ndarray, size: np.ndarray) -> np.ndarray:
 
 
 def _fill_batches(counts: np.ndarray, batch_size: int, world_size: int,
-                  rng: np.random.Generator) -> Tuple[np.ndarray, int]:
+                  stream: Callable[[int], int]) -> Tuple[np.ndarray, int]:
     """Positions in the strata-major walk of the epoch's batches, batch after batch.
 
-    Returns (positions (n_batches * batch_size,), n_batches), n_batches a multiple of world_size. Only the counts and the rng decide
+    Returns (positions (n_batches * batch_size,), n_batches), n_batches a multiple of world_size. Only the counts and the draws (``stream(j)``: the key of stream j) decide
     (see the module doc for why that keeps the stratify_c marginal). Units: pairs and triples of
     one stratum, singles (strata of one sample). A batch is its own odd unit (odd batch sizes
     only), double units (two odd units), then pairs.
@@ -116,7 +117,7 @@ def _fill_batches(counts: np.ndarray, batch_size: int, world_size: int,
 
     odd_start = np.concatenate([_unit_starts(first, t, 3, np.zeros_like(t)), first[single]])
     odd_size = np.concatenate([np.full(int(t.sum()), 3, np.int64), np.ones(int(single.sum()), np.int64)])
-    shuffle = rng.permutation(len(odd_start))
+    shuffle = draws.permutation(stream(1), len(odd_start))
     odd_start, odd_size = odd_start[shuffle], odd_size[shuffle]
     n_max = min(len(odd_start), n // bs) if odd_bs else n // bs  # batches there could be
     own = n_max if odd_bs else 0  # the first odd units are batches' own
@@ -128,7 +129,7 @@ def _fill_batches(counts: np.ndarray, batch_size: int, world_size: int,
     # a double unit no batch can hold gives its triples' first two samples to the pairs
     broken = dbl_start[~fits][dbl_size[~fits] == 3]
     pair_start = np.concatenate([_unit_starts(first, n_pairs, 2, 3 * t), broken])
-    pair_start = pair_start[rng.permutation(len(pair_start))]
+    pair_start = pair_start[draws.permutation(stream(2), len(pair_start))]
     dbl_start, dbl_size = dbl_start[fits], dbl_size[fits]
     per_batch = room // 6 if room >= 6 else int(room >= 2)  # double units a batch may hold
 
@@ -152,7 +153,7 @@ def _fill_batches(counts: np.ndarray, batch_size: int, world_size: int,
                               pair_start[:p]])
     u_size = np.concatenate([own_size if odd_bs else b[:0], dbl_size[:m].reshape(-1), np.full(p, 2, np.int64)])
     u_batch = np.concatenate([b if odd_bs else b[:0], np.repeat(b, 2 * dbl_per), np.repeat(b, pairs_per)])
-    u_batch = rng.permutation(n_batches)[u_batch]  # batches in a random order
+    u_batch = draws.permutation(stream(3), n_batches)[u_batch]  # batches in a random order
     by_batch = stable_order(u_batch, n_batches)
     return _ranges(u_start[by_batch], u_size[by_batch]), n_batches
 
@@ -177,13 +178,15 @@ def make_balanced_plan(kind: str, strata: np.ndarray, seed: int, epoch: int, bat
     if n == 0:
         raise DataError("intervention plan: the dataset is empty")
     keys = strata if kind == "stratify_c" else np.zeros(n, np.int64)
-    rng = np.random.default_rng([seed, epoch, 0xDEC0])
+    def stream(j: int) -> int:  # the plan's streams of draws: 0xDEC0 + 0..6 (see the uses)
+        return draws.key(seed, epoch, 0xDEC0 + j)
+
     inverse, counts, _ = dense_groups(keys)
     # every stratum's members in a uniformly random order, strata one after another
-    shuffled = rng.permutation(n)
+    shuffled = draws.permutation(stream(0), n)
     walk = shuffled[stable_order(inverse[shuffled], len(counts))]
 
-    slots, n_full = _fill_batches(counts, batch_size, world_size, rng)
+    slots, n_full = _fill_batches(counts, batch_size, world_size, stream)
     per_rank = n_full // world_size
     n_used = per_rank * world_size * batch_size
     standard = (-(-n // world_size)) // batch_size
@@ -208,8 +211,8 @@ def make_balanced_plan(kind: str, strata: np.ndarray, seed: int, epoch: int, bat
     pos[srt] = np.arange(n_used) - g_start[g[srt]]
     size = g_size[g]
     n_s = counts[stratum]
-    self_pick = (rng.random(n_used) * n_s < 1) | (size == 1)
-    r = np.minimum((rng.random(n_used) * np.maximum(size - 1, 1)).astype(np.int64), np.maximum(size - 2, 0))
+    self_pick = (draws.uniform(stream(4), n_used) * n_s < 1) | (size == 1)
+    r = draws.below(stream(5), np.maximum(size - 1, 1))  # <= size - 2: one of the others
     r = r + (r >= pos)
     other = used[srt[g_start[g] + np.minimum(r, size - 1)]]
     partner = np.arange(n, dtype=np.int64)
@@ -220,6 +223,7 @@ def make_balanced_plan(kind: str, strata: np.ndarray, seed: int, epoch: int, bat
     layout = used.reshape(per_rank, world_size, batch_size).transpose(0, 2, 1).reshape(-1)
     unused = np.ones(n, bool)
     unused[used] = False
-    order = np.concatenate([layout, rng.permutation(np.flatnonzero(unused))]).astype(np.int64)
+    rest = np.flatnonzero(unused)
+    order = np.concatenate([layout, rest[draws.permutation(stream(6), len(rest))]]).astype(np.int64)
     return BalancedPlan(kind, seed, epoch, order, partner, batch_size=batch_size, world_size=world_size,
                         batches_per_rank=per_rank)

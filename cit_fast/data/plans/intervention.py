@@ -2,6 +2,9 @@
 
 A plan is a pure function of (kind, seed, epoch) over the whole dataset, so every rank computes the
 same plan, takes its own shard of the visiting order, and a resumed run gets exactly the same pairs.
+Its randomness is the project's own counter-based draws (``draws``: SplitMix64 of (seed, epoch,
+stream, sample index)), so the same seed gives the same pairs on every numpy version; sample i's
+partner is drawn from draw i of its stream, so it does not depend on any other sample's draw.
 
 - ``none``       -- j = i: the sample's own context, P(Y|X).
 - ``stratify_c`` -- j uniform over the samples of i's stratum (class, or common-sense group A):
@@ -18,6 +21,7 @@ from typing import Tuple
 
 import numpy as np
 
+from . import draws
 from ...config import PLANS
 from ..sources.records import DataError
 
@@ -47,10 +51,6 @@ class InterventionPlan:
         total = per_rank * world_size
         order = self.order if total == n else np.concatenate([self.order, self.order[: total - n]])
         return order[rank::world_size]
-
-
-def _rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, stream])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,100 +89,48 @@ def stable_order(ids: np.ndarray, n_groups: int) -> np.ndarray:
     return low[np.argsort((ids[low] >> 16).astype(np.uint16), kind="stable")]
 
 
-def _uniform_within_groups(keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _uniform_within_groups(keys: np.ndarray, k: int) -> np.ndarray:
     """For each i, an index j drawn uniformly from {j : keys[j] == keys[i]} (i included).
 
-    One O(N) pass: members of each group in index order, one uniform draw per sample.
+    One O(N) pass: members of each group in index order, draw i of stream ``k`` picks sample i's.
     """
     g, count, _ = dense_groups(keys)  # group of each sample
     order = stable_order(g, len(count))  # members of group 0, then group 1, ... in index order
     start = np.cumsum(count) - count
-    pick = start[g] + (rng.random(len(keys)) * count[g]).astype(np.int64)
-    return order[np.minimum(pick, start[g] + count[g] - 1)]
+    return order[start[g] + draws.below(k, count[g])]
 
 
-_TWO53 = 1.0 / 9007199254740992.0  # numpy's next_double: (next_uint64 >> 11) * 2**-53
-_LOW32 = np.uint64(0xFFFFFFFF)
-
-
-def _bounded(raw: np.ndarray, bound: np.ndarray) -> Tuple[np.ndarray, bool]:
-    """Lemire's bounded integers from 32-bit draws ``raw`` with per-draw ``bound`` (> 1), as
-    ``Generator.integers(0, bound)`` computes them; False where numpy would reject and redraw."""
-    m = raw * bound
-    threshold = (np.uint64(1 << 32) - bound) % bound
-    return (m >> np.uint64(32)).astype(np.int64), not ((m & _LOW32) < threshold).any()
-
-
-def _stratify_b(strata: np.ndarray, bias: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _stratify_b(strata: np.ndarray, bias: np.ndarray, k_bias: int, k_member: int) -> np.ndarray:
     """b' ~ P(b | b present in a_i), then a uniform partner among the samples with (a_i, b').
 
-    Draws exactly what the first implementation drew (``rng.choice`` of b' per stratum, then one
-    ``rng.integers`` per (stratum, b') pool, in that order), so plans are bit-identical to it, but
-    from the generator's raw stream: one pass over each stratum's samples instead of one pass over
-    the dataset per stratum (O(N * strata)). The stream is consumed stratum after stratum and how
-    much a stratum consumes depends on its draws, hence the loop over strata (each step O(n_a));
-    the (stratum, bias) pools inside a stratum are vectorised.
+    P(b) is the dataset's count of bias value b over N; renormalised over the values present in
+    stratum a it is count(b) / (sum of count(b') over a's values), so the draw is in integers:
+    draw i of ``k_bias`` picks r in [0, that sum) and the pool is where r falls in the running sum
+    of counts (one searchsorted over all strata's pools at once); draw i of ``k_member`` then picks
+    the member of the pool. O(N log pools), no loop.
     """
     if (bias < 0).any():
         i = int(np.nonzero(bias < 0)[0][0])
         raise DataError(f"plan stratify_b needs the bias B of every sample; sample {i} has none (bias=-1). "
                         f"Use stratify_c when B is not visible")
-    n = len(strata)
     sb, b_counts, _ = dense_groups(bias)
-    prior = b_counts / b_counts.sum()  # P(b), by bias value in ascending order
     sa, a_counts, _ = dense_groups(strata)
     n_a, n_b = len(a_counts), len(b_counts)
-    _, pair_counts, pair_keys = dense_groups(sa * n_b + sb)  # (a, b) pools, lexicographic order
-    pair_a, pair_b = pair_keys // n_b, pair_keys % n_b
-    a_order = stable_order(sa, n_a)  # each stratum's samples in index order
-    by_b = stable_order(sb, n_b)
-    pool_order = by_b[stable_order(sa[by_b], n_a)]  # each pool's members in index order (LSD radix)
+    pair_of, pair_counts, pair_keys = dense_groups(sa * n_b + sb)  # (a, b) pools, lexicographic order
+    pair_a = pair_keys // n_b
+    weight = b_counts[pair_keys % n_b]  # each pool's share of its stratum: count(b)
+    cum = np.cumsum(weight)  # running sum over the pools, strata one after another
+    a_total = np.bincount(pair_a, weights=weight, minlength=n_a).astype(np.int64)
+    a_before = np.cumsum(a_total) - a_total
+    r = a_before[sa] + draws.below(k_bias, a_total[sa])
+    # (N,) the (a, b') pool of each sample's partner; searched stratum after stratum (the queries
+    # of one stratum fall in a few neighbouring pools: a cache-friendly binary search)
+    by_a = stable_order(sa, n_a)
+    pool = np.empty(len(strata), np.int64)
+    pool[by_a] = np.searchsorted(cum, r[by_a], side="right")
+    members = stable_order(pair_of, len(pair_counts))  # each pool's samples in index order
     pool_start = np.cumsum(pair_counts) - pair_counts
-    a_start = np.cumsum(a_counts) - a_counts
-    a_pairs = np.bincount(pair_a, minlength=n_a)
-    a_pair_start = np.cumsum(a_pairs) - a_pairs
-    small = np.uint8 if n_b <= 256 else np.uint16 if n_b <= 1 << 16 else np.int64  # radix argsort
-
-    bg = rng.bit_generator
-    partner = np.empty(n, np.int64)
-    for a in range(n_a):
-        idx = a_order[a_start[a]:a_start[a] + a_counts[a]]  # the stratum's samples, ascending
-        p0, p1 = a_pair_start[a], a_pair_start[a] + a_pairs[a]  # its (a, b) pools, by b
-        w = prior[pair_b[p0:p1]]
-        # rng.choice(present, len(idx), p=w / w.sum()): a cdf and one double per sample
-        cdf = (w / w.sum()).cumsum()
-        cdf /= cdf[-1]
-        u = (bg.random_raw(len(idx)) >> np.uint64(11)) * _TWO53
-        j = cdf.searchsorted(u, side="right")  # (n_a,) pool of each sample
-        # then rng.integers(0, len(pool), k) per pool, in b order: one 32-bit draw per sample
-        # of a pool larger than one (the generator keeps the spare half of a 64-bit word between
-        # calls), in the order of the pools and, inside a pool, of the samples
-        size = pair_counts[p0:p1]
-        k = np.bincount(j, minlength=p1 - p0)
-        by_pool = np.argsort(j.astype(small), kind="stable")
-        draw = np.zeros(len(idx), np.int64)
-        multi = size[j[by_pool]] > 1
-        t = int(k[size > 1].sum())
-        if t:
-            state = bg.state
-            pending = state["has_uint32"]
-            fresh = t - pending  # halves from new words
-            raw = bg.random_raw((fresh + 1) // 2)
-            halves = np.empty(pending + 2 * len(raw), np.uint64)
-            halves[:pending] = state["uinteger"]
-            halves[pending::2], halves[pending + 1::2] = raw & _LOW32, raw >> np.uint64(32)
-            got, ok = _bounded(halves[:t], np.repeat(size, k)[multi].astype(np.uint64))
-            if ok:
-                after = bg.state
-                after["has_uint32"], after["uinteger"] = (1, int(halves[t])) if fresh % 2 else (0, 0)
-                bg.state = after
-            else:  # a rejected draw (p < 2**-22 each): replay this stratum's calls with numpy itself
-                bg.state = state
-                got = np.concatenate([rng.integers(0, size[q], k[q]) for q in range(p1 - p0)
-                                      if size[q] > 1 and k[q]])
-            draw[multi] = got
-        partner[idx[by_pool]] = pool_order[pool_start[p0 + j[by_pool]] + draw]
-    return partner
+    return members[pool_start[pool] + draws.below(k_member, pair_counts[pool])]
 
 
 def make_plan(kind: str, strata: np.ndarray, seed: int, epoch: int, bias: np.ndarray | None = None,
@@ -194,16 +142,17 @@ def make_plan(kind: str, strata: np.ndarray, seed: int, epoch: int, bias: np.nda
     n = len(strata)
     if n == 0:
         raise DataError("intervention plan: the dataset is empty")
-    order = _rng(seed, epoch, 0).permutation(n) if shuffle else np.arange(n)
-    rng = _rng(seed, epoch, 1)
+    # streams of (seed, epoch): 0 the visiting order, 1 and 2 the partners (draw i is sample i's)
+    order = draws.permutation(draws.key(seed, epoch, 0), n) if shuffle else np.arange(n)
+    k1, k2 = draws.key(seed, epoch, 1), draws.key(seed, epoch, 2)
     if kind == "none":
         partner = np.arange(n)
     elif kind == "stratify_c":
-        partner = _uniform_within_groups(strata, rng)
+        partner = _uniform_within_groups(strata, k1)
     elif kind == "random":
-        partner = rng.integers(0, n, n)
+        partner = draws.below(k1, n, n)
     else:
         if bias is None:
             raise DataError("plan stratify_b needs the bias B of every sample; the data has no 'bias' column")
-        partner = _stratify_b(strata, np.asarray(bias, np.int64), rng)
+        partner = _stratify_b(strata, np.asarray(bias, np.int64), k1, k2)
     return InterventionPlan(kind, seed, epoch, order, partner.astype(np.int64))

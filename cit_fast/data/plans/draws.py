@@ -1,0 +1,108 @@
+"""The plans' random draws: counter-based, stateless, the same on every numpy version.
+
+A plan must be a pure function of (seed, epoch) that no library upgrade can change: every rank
+recomputes it, a resumed run must get the same pairs, and Table IV depends on it. numpy promises
+that for its bit generators' raw output, not for ``Generator`` methods (``permutation``,
+``integers``, ``choice`` may change algorithm between releases, NEP 19). So the plans draw from
+their own documented function, computed vectorised in numpy uint64 (wrap-around arithmetic only):
+
+- ``mix(z)``: the SplitMix64 finaliser (Steele, Lea & Flood 2014; the output function of
+  ``java.util.SplittableRandom``): ``z ^= z >> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >> 27;
+  z *= 0x94D049BB133111EB; z ^= z >> 31`` -- a bijection of 64-bit words.
+- ``key(seed, epoch, stream)`` = ``s(s(s(seed) ^ epoch) ^ stream)`` with ``s(x) = mix(x + G)``,
+  ``G = 0x9E3779B97F4A7C15``; every integer taken mod 2**64.
+- ``bits(key, n)[i]`` = ``mix(key + (i + 1) * G)``: the i-th output of SplitMix64 seeded with
+  ``key``. Draw i depends on (seed, epoch, stream, i) only, never on how many draws came before;
+  within one stream the n words are distinct (``i -> key + (i + 1) G`` and ``mix`` are bijections).
+- ``uniform``: ``(bits >> 11) * 2**-53``, a double in [0, 1) (exact in IEEE arithmetic).
+- ``below(key, bound)``: ``floor(uniform * bound)``, an integer in [0, bound); its bias is below
+  ``bound / 2**53`` (1.6e-9 for 14M), no rejection loop, so draw i is one word.
+- ``permutation(key, n)``: the indices sorted by their draws ``bits(key, n)``: by the top
+  64 - L bits, then by index (L = bit_length(n - 1)); the keys are distinct, so the sorted order is
+  unique whatever sort algorithm a numpy release uses, and every permutation is equally likely
+  up to the hash's quality and ties of the top bits (2**(L - 64) per pair: 2**-40 at 14M).
+
+The plans' streams (``stream`` values) are listed where they are drawn (intervention.py,
+balanced.py). A golden-digest test pins each plan kind's output for a fixed seed.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+_MASK = (1 << 64) - 1
+GAMMA = 0x9E3779B97F4A7C15
+_M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_TWO53 = 1.0 / 9007199254740992.0
+
+
+def _mix_int(z: int) -> int:
+    z &= _MASK
+    z = ((z ^ (z >> 30)) * _M1) & _MASK
+    z = ((z ^ (z >> 27)) * _M2) & _MASK
+    return z ^ (z >> 31)
+
+
+def mix(z: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser on a uint64 array, in place (and returned)."""
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(_M1)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(_M2)
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def key(seed: int, epoch: int, stream: int) -> int:
+    """The 64-bit key of one stream of draws of (seed, epoch)."""
+    h = _mix_int(int(seed) + GAMMA)
+    h = _mix_int((h ^ (int(epoch) & _MASK)) + GAMMA)
+    return _mix_int((h ^ (int(stream) & _MASK)) + GAMMA)
+
+
+def bits(k: int, n: int) -> np.ndarray:
+    """(n,) uint64: draw i of stream ``k`` is ``mix(k + (i + 1) * GAMMA)``."""
+    z = np.arange(1, n + 1, dtype=np.uint64)
+    z *= np.uint64(GAMMA)
+    z += np.uint64(k)
+    return mix(z)
+
+
+def uniform(k: int, n: int) -> np.ndarray:
+    """(n,) float64 in [0, 1): the top 53 bits of each draw."""
+    u = (bits(k, n) >> np.uint64(11)).astype(np.float64)
+    u *= _TWO53
+    return u
+
+
+def below(k: int, bound, n: Optional[int] = None) -> np.ndarray:
+    """(n,) int64: draw i uniform in [0, bound[i]) (bound >= 1; a scalar bound needs n)."""
+    scalar = np.ndim(bound) == 0
+    bound = int(bound) if scalar else np.asarray(bound, np.int64)
+    u = (bits(k, int(n) if scalar else len(bound)) >> np.uint64(11)).astype(np.float64)
+    if scalar:
+        u *= bound * _TWO53  # exact: a power-of-two scaling of an integer below 2**53
+    else:
+        u *= _TWO53
+        u *= bound
+    r = u.astype(np.int64)
+    return np.minimum(r, bound - 1, out=r)
+
+
+def permutation(k: int, n: int) -> np.ndarray:
+    """(n,) int64: a random permutation of 0..n-1, the indices ordered by their draws.
+
+    Sorted as words (the draw's top 64 - L bits, then the index in the low L = bit_length(n - 1)
+    bits; one in-place sort of uint64 values, as fast as numpy's own shuffle): the words are
+    distinct, so the order is unique whatever sort algorithm numpy uses. Two indices whose draws
+    share their top 64 - L bits (probability 2**(L - 64) per pair) keep their index order.
+    """
+    low = max(int(n - 1).bit_length(), 1)
+    mask = np.uint64((1 << low) - 1)
+    z = bits(k, n)
+    z &= ~mask
+    z |= np.arange(n, dtype=np.uint64)
+    z.sort()
+    z &= mask
+    return z.view(np.int64)
