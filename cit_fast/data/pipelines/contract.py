@@ -16,6 +16,7 @@ Training order, partners, crops and flips are pure functions of (seed, epoch, in
 """
 from __future__ import annotations
 
+import math
 import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +35,9 @@ from ..sources.records import SampleSet
 
 
 
+TRAIN_CROPS = ("resize", "random_resized")
+
+
 @dataclass
 class PipelineSpec:
     """What a pipeline needs besides its data: everything that shapes the batches."""
@@ -46,6 +50,13 @@ class PipelineSpec:
     image_size: int = 0  # output side in pixels; 0 = the source's own (arrays must be uniform)
     hflip: bool = True  # random horizontal flip (train only)
     crop_padding: int = 0  # random crop after reflect-padding by this many pixels (train only)
+    # train geometry: "resize" (the whole image to image_size, then the crop_padding crop) or
+    # "random_resized" (torchvision's RandomResizedCrop to image_size, windows from ``crop_window``)
+    train_crop: str = "resize"
+    crop_scale: Tuple[float, float] = (0.08, 1.0)  # random_resized: window area / image area
+    crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)  # random_resized: window width / height
+    eval_resize: int = 0  # evaluation: shorter side to this, centre crop to image_size (0: whole-image resize)
+    draft: bool = True  # torch pipeline: JPEGs decoded at 1/2, 1/4, 1/8 size where every window allows
     mean: Sequence[float] = (0.5, 0.5, 0.5)
     std: Sequence[float] = (0.25, 0.25, 0.25)
     seed: int = 0
@@ -60,6 +71,25 @@ class PipelineSpec:
     batch_ops: Tuple[Callable, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.train_crop not in TRAIN_CROPS:
+            raise ConfigError(f"data.train_crop must be one of {', '.join(TRAIN_CROPS)}, got {self.train_crop!r}")
+        if self.train_crop == "random_resized" or self.eval_resize:
+            what = "data.train_crop=random_resized" if self.train_crop == "random_resized" else "data.eval_resize"
+            if self.image_size <= 0:
+                raise ConfigError(f"{what} needs data.image_size (the output side, e.g. 224)")
+        if self.train_crop == "random_resized":
+            if self.crop_padding:
+                raise ConfigError("data.crop_padding is the CIFAR-style crop of data.train_crop=resize; set it to 0 "
+                                  "with data.train_crop=random_resized")
+            lo, hi = self.crop_scale
+            if not 0 < lo <= hi <= 1:
+                raise ConfigError(f"data.crop_scale must be (min, max) with 0 < min <= max <= 1, got {tuple(self.crop_scale)}")
+            lo, hi = self.crop_ratio
+            if not 0 < lo <= hi:
+                raise ConfigError(f"data.crop_ratio must be (min, max) with 0 < min <= max, got {tuple(self.crop_ratio)}")
+        if self.eval_resize and self.eval_resize < self.image_size:
+            raise ConfigError(f"data.eval_resize ({self.eval_resize}) must be at least data.image_size "
+                              f"({self.image_size}): the centre crop is taken from the resized image")
         if self.output not in ("image", "double"):
             raise ValueError(f"pipeline output must be 'image' or 'double', got {self.output!r}")
         if self.batch_size <= 0:
@@ -71,9 +101,14 @@ class PipelineSpec:
             raise ConfigError("data.decode_reuse needs data.batch_size >= 2 (partners share a batch)")
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The per-sample augmentation stream: identical on every rank, pipeline and resume."""
-    return np.random.default_rng([seed, epoch, index, 0xA06])
+def sample_rng(seed: int, epoch: int, index: int, role: Optional[int] = None) -> np.random.Generator:
+    """The per-sample augmentation stream: identical on every rank, pipeline and resume.
+
+    ``role`` None: the sample's flip; 0 / 1: its crop window as an object / as a context partner.
+    """
+    if role is None:
+        return np.random.default_rng([seed, epoch, index, 0xA06])
+    return np.random.default_rng([seed, epoch, index, 0xA06, role])
 
 
 def flip_flags(spec: PipelineSpec, epoch: int, index: np.ndarray) -> np.ndarray:
@@ -90,6 +125,81 @@ def crop_offsets(spec: PipelineSpec, epoch: int, index: int, role: int) -> Tuple
     r = np.random.default_rng([spec.seed, epoch, index, role, 0xC0])
     dy, dx = r.integers(0, 2 * p + 1, 2)
     return int(dy), int(dx)
+
+
+Window = Tuple[int, int, int, int]  # (top, left, height, width) in source pixels
+
+
+def random_resized_window(rng: np.random.Generator, height: int, width: int,
+                          scale: Sequence[float] = (0.08, 1.0),
+                          ratio: Sequence[float] = (3 / 4, 4 / 3)) -> Window:
+    """torchvision's ``RandomResizedCrop.get_params`` with draws from ``rng``: up to 10 tries of an
+    area fraction in ``scale`` and a log-uniform aspect ratio in ``ratio``; then the centre crop of
+    the image clamped to ``ratio``."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w = width
+        h = int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        h = height
+        w = int(round(h * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def eval_geometry(height: int, width: int, resize: int, size: int) -> Tuple[int, int, int, int]:
+    """torchvision's ``Resize(resize)`` + ``CenterCrop(size)``: (resized height, resized width, crop
+    top, crop left) -- the shorter side to ``resize``, the longer truncated as torchvision does."""
+    if width <= height:
+        rw, rh = resize, int(resize * height / width)
+    else:
+        rh, rw = resize, int(resize * width / height)
+    return rh, rw, int(round((rh - size) / 2.0)), int(round((rw - size) / 2.0))
+
+
+def uses_windows(spec: PipelineSpec) -> bool:
+    """Whether each sample is cut from its own window (random-resized training, resize-and-centre-crop
+    evaluation) instead of the whole image resized."""
+    return (spec.train and spec.train_crop == "random_resized") or (not spec.train and spec.eval_resize > 0)
+
+
+def crop_window(spec: PipelineSpec, epoch: int, index: int, role: int, height: int, width: int) -> Window:
+    """The source window of sample ``index`` as object (role 0) or context partner (role 1).
+
+    Training (random_resized): torchvision's draw from the sample's own stream (``sample_rng``), so
+    every pipeline, rank and resume cuts the same window; an object and its mask share it, the
+    partner (role 1) has its own. Evaluation (eval_resize): the centre crop's window, in source
+    pixels, of the resized image (see ``eval_geometry``; the pipelines resize, then crop).
+    """
+    if spec.train:
+        return random_resized_window(sample_rng(spec.seed, epoch, index, role), height, width,
+                                     spec.crop_scale, spec.crop_ratio)
+    rh, rw, top, left = eval_geometry(height, width, spec.eval_resize, spec.image_size)
+    return top, left, spec.image_size, spec.image_size  # in the resized image's pixels
+
+
+def window_uses(spec: PipelineSpec, index: np.ndarray, partner: np.ndarray):
+    """What a windowed batch cuts, each (sample, role) once: (uses [(k, role)], position of each
+    object in uses, of each context). In evaluation the window does not depend on the role."""
+    role_j = 1 if spec.train else 0
+    where: Dict[Tuple[int, int], int] = {}
+    pos = []
+    for k, role in [(int(i), 0) for i in index] + [(int(j), role_j) for j in partner]:
+        pos.append(where.setdefault((k, role), len(where)))
+    pos = np.asarray(pos, np.int64)
+    return list(where), pos[:len(index)], pos[len(index):]
 
 
 def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:

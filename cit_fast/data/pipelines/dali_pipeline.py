@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from .batch import ModelBatch, RawBatch
-from .contract import Pipeline, PipelineSpec, compose, crop_pairs, decode_set, flip_flags
+from .contract import (Pipeline, PipelineSpec, compose, crop_pairs, crop_window, decode_set, eval_geometry,
+                       flip_flags, uses_windows, window_uses)
 from ..sources.records import DataError, SampleSet
 
 PREFETCH = 2  # batches DALI prepares ahead of the one being consumed
@@ -56,6 +57,8 @@ class _BatchFeed:
     ids: np.ndarray  # (U,) distinct samples to decode (U <= 2B; U = B with decode reuse)
     pos_i: np.ndarray  # (B,) position of each i in ids
     pos_j: np.ndarray  # (B,) position of each j in ids
+    roles: Optional[np.ndarray] = None  # (U,) with crop windows: the role (0 object, 1 context) of each cut
+    windows: Optional[np.ndarray] = None  # (U, 4) the cuts' windows, set when DALI asks for the batch
 
 
 class _Source:
@@ -65,24 +68,62 @@ class _Source:
     a DaliPipeline frees its DALI threads at once, without waiting for the cyclic garbage collector.
     """
 
-    def __init__(self, samples: SampleSet, files: bool):
+    def __init__(self, samples: SampleSet, files: bool, spec: Optional[PipelineSpec] = None):
         self.samples, self.files = samples, files
+        self.spec = spec  # set when each cut has its own window (``uses_windows``)
+        self.epoch = 0
         self.feed: List[_BatchFeed] = []
+        self._sizes: dict = {}  # sample -> (height, width), from the file header, read once
+
+    def _size(self, k: int):
+        if k not in self._sizes:
+            s = self.samples
+            if isinstance(s.images, np.ndarray):
+                self._sizes[k] = s.images[k].shape[:2]
+            else:
+                from .torch_pipeline import _open
+
+                with _open(s.images[k], "image") as im:
+                    self._sizes[k] = (im.size[1], im.size[0])
+        return self._sizes[k]
+
+    def _geometry(self, feed: _BatchFeed):
+        """Per cut: the window (set on the feed) and what the graph's slice/resize inputs need."""
+        spec = self.spec
+        wins, anchors, shapes, resized = [], [], [], []
+        for k, role in zip(feed.ids, feed.roles):
+            h, w = self._size(int(k))
+            win = crop_window(spec, self.epoch, int(k), int(role), h, w)
+            wins.append(win)
+            anchors.append(np.array([win[1], win[0]], np.float32))  # (x, y): axis_names "WH"
+            shapes.append(np.array([win[3], win[2]], np.float32))
+            if not spec.train:
+                rh, rw, _, _ = eval_geometry(h, w, spec.eval_resize, spec.image_size)
+                resized.append(np.array([rh, rw], np.float32))  # resize's `size`: (H, W) of an HWC image
+        feed.windows = np.asarray(wins, np.int64)
+        return anchors, shapes, resized
 
     def __call__(self, info):
         if info.iteration >= len(self.feed):
             raise StopIteration
-        ids = self.feed[info.iteration].ids
+        feed = self.feed[info.iteration]
+        ids = feed.ids
         s = self.samples
         if self.files:
-            images = [_read(s.images[k], "image") for k in ids]
-            if s.masks is None:
-                return (images,)
-            return images, [_read(s.masks[k], "mask") for k in ids]
-        images = [s.images[k] for k in ids]
-        if s.masks is None:
-            return (images,)
-        return images, [s.masks[k][..., None] for k in ids]
+            read = {}  # a file cut twice (object and context) is read once
+            images = [read.setdefault(("i", k), _read(s.images[k], "image")) if ("i", k) not in read
+                      else read[("i", k)] for k in ids]
+            masks = None if s.masks is None else [
+                read.setdefault(("m", k), _read(s.masks[k], "mask")) if ("m", k) not in read else read[("m", k)]
+                for k in ids]
+        else:
+            images = [s.images[k] for k in ids]
+            masks = None if s.masks is None else [s.masks[k][..., None] for k in ids]
+        out = (images,) if masks is None else (images, masks)
+        if self.spec is not None:
+            anchors, shapes, resized = self._geometry(feed)
+            out += (anchors, shapes) + ((resized,) if resized else ())
+        return out
 
 
 def _read(path: str, kind: str) -> np.ndarray:
@@ -110,7 +151,8 @@ class DaliPipeline(Pipeline):
         super().__init__(samples, spec)
         self._pipe = None  # built on first use; dropped after an error or an abandoned epoch
         self._files = not samples.in_memory
-        self._source = _Source(samples, self._files)
+        self._windows = uses_windows(spec)
+        self._source = _Source(samples, self._files, spec if self._windows else None)
         if self._files and (isinstance(samples.images, np.ndarray) or isinstance(samples.masks, np.ndarray)):
             raise DataError(f"{samples.name}: images and masks must both be files or both arrays")
 
@@ -132,6 +174,8 @@ class DaliPipeline(Pipeline):
         @pipeline_def(batch_size=2 * spec.batch_size, num_threads=max(1, spec.num_workers),
                       device_id=device_id, prefetch_queue_depth=PREFETCH)
         def graph():
+            if self._windows:
+                return self._window_graph(fn, types, n_in)
             if self._files:
                 enc = fn.external_source(source=self._source, num_outputs=n_in, batch=True, batch_info=True,
                                          dtype=types.UINT8)
@@ -159,6 +203,49 @@ class DaliPipeline(Pipeline):
         _PIPES.add(pipe)
         return pipe
 
+    def _window_graph(self, fn, types, n_in: int):
+        """Each cut from its own window (``crop_window``), resized to image_size.
+
+        Training: the window decoded alone (ROI decoding, ``fn.decoders.image_slice`` with the
+        window's absolute anchor and shape: nvJPEG on the GPU, libjpeg-turbo's cropped decode on
+        the CPU), then resized. Evaluation: torchvision's order, the whole image resized (shorter
+        side to eval_resize), then the centre window sliced out.
+        """
+        spec = self.spec
+        size = spec.image_size
+        n_geo = 2 if spec.train else 3
+        dtypes = [types.UINT8] * n_in + [types.FLOAT] * n_geo
+        ext = dict(source=self._source, num_outputs=n_in + n_geo, batch=True, batch_info=True, dtype=dtypes)
+        if not self._files:
+            ext["layout"] = ["HWC"] * n_in + [""] * n_geo
+        inp = fn.external_source(**ext)
+        enc, geo = inp[:n_in], inp[n_in:]
+        anchor, shape = geo[0], geo[1]
+        window = dict(axis_names="WH", normalized_anchor=False, normalized_shape=False)
+        dec = "mixed" if self._gpu else "cpu"
+        kinds = [types.RGB, types.GRAY][:n_in]
+        resize = dict(interp_type=types.INTERP_LINEAR, antialias=True)
+        outs, shapes = [], []
+        for e, kind in zip(enc, kinds):
+            if self._files:
+                shapes.append(fn.peek_image_shape(e, adjust_orientation=False))
+            if spec.train:
+                if self._files:
+                    o = fn.decoders.image_slice(e, anchor, shape, device=dec, output_type=kind,
+                                                adjust_orientation=False, **window)
+                else:
+                    o = fn.slice(e.gpu() if self._gpu else e, anchor, shape, **window)
+                o = fn.resize(o, resize_x=size, resize_y=size, **resize)
+            else:
+                if self._files:
+                    o = fn.decoders.image(e, device=dec, output_type=kind, adjust_orientation=False)
+                else:
+                    o = e.gpu() if self._gpu else e
+                o = fn.resize(o, size=geo[2], **resize)
+                o = fn.slice(o, anchor, shape, **window)
+            outs.append(o)
+        return tuple(outs) + tuple(shapes)
+
     # -- iteration -----------------------------------------------------------------------------------
     def model_batches(self) -> Iterator[ModelBatch]:
         """On a CPU, batch k is composed in a helper thread while DALI hands over batch k + 1 (the
@@ -183,8 +270,16 @@ class DaliPipeline(Pipeline):
         keys = self.batch_keys()
         if not keys:
             return
-        feeds = [_BatchFeed(i, j, *decode_set(i, j)) for i, j in keys]
+        if self._windows:
+            feeds = []
+            for i, j in keys:
+                uses, pi, pj = window_uses(self.spec, i, j)
+                ids = np.array([k for k, _ in uses], np.int64)
+                feeds.append(_BatchFeed(i, j, ids, pi, pj, roles=np.array([r for _, r in uses], np.int64)))
+        else:
+            feeds = [_BatchFeed(i, j, *decode_set(i, j)) for i, j in keys]
         self._source.feed = feeds
+        self._source.epoch = self.epoch
         if self._pipe is None:
             self._pipe = self._build()
         pipe = self._pipe
@@ -248,7 +343,11 @@ class DaliPipeline(Pipeline):
         pj = torch.from_numpy(feed.pos_j).to(dev)
         obj, mask, ctx, ctx_mask = crop_pairs(spec, self.epoch, feed.index, feed.partner,
                                               imgs[pi], msks[pi], imgs[pj], msks[pj])
-        return {"obj": obj, "mask": mask, "ctx": ctx, "ctx_mask": ctx_mask,
+        extra = {}
+        if feed.windows is not None:
+            extra = {"window_i": torch.from_numpy(feed.windows[feed.pos_i]),
+                     "window_j": torch.from_numpy(feed.windows[feed.pos_j])}
+        return {**extra, "obj": obj, "mask": mask, "ctx": ctx, "ctx_mask": ctx_mask,
                 "flip": torch.from_numpy(flip_flags(spec, self.epoch, feed.index)),
                 "label": torch.from_numpy(np.ascontiguousarray(s.labels[feed.index])),
                 "index": torch.from_numpy(feed.index.astype(np.int64)),

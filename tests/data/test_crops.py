@@ -1,0 +1,247 @@
+"""ImageNet geometry in both pipelines: torchvision's random-resized training crops with CIT's pairing
+(an object and its mask share a window, the context partner has its own) and the evaluation's
+Resize + CenterCrop, against torchvision itself.
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cit_fast.data.pipelines.contract import (PipelineSpec, crop_window, eval_geometry, random_resized_window,
+                                              sample_rng)
+from cit_fast.data.pipelines.dali_pipeline import DaliPipeline
+from cit_fast.data.pipelines.torch_pipeline import TorchPipeline, draft_factor
+from cit_fast.data.sources.records import SampleSet
+from cit_fast.errors import ConfigError
+
+PIPELINES = {"torch": TorchPipeline, "dali": DaliPipeline}
+# (width, height): landscape, portrait, square, ImageNet's typical 500x375 among them
+SHAPES = [(500, 375), (375, 500), (333, 500), (640, 427), (300, 300), (257, 300)]
+
+
+def _photo(k: int, w: int, h: int) -> Image.Image:
+    import skimage.data as sd
+
+    name = ["astronaut", "coffee", "chelsea", "rocket"][k % 4]
+    return Image.fromarray(getattr(sd, name)()).convert("RGB").resize((w, h), Image.BICUBIC)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> SampleSet:
+    """Real photos at ImageNet-like sizes, JPEG quality 90, no masks."""
+    d = tmp_path_factory.mktemp("photos")
+    paths = []
+    for k, (w, h) in enumerate(SHAPES):
+        p = d / f"{k}.jpg"
+        _photo(k, w, h).save(p, quality=90)
+        paths.append(str(p))
+    return SampleSet(paths, None, np.arange(len(paths)) % 2, ["a", "b"])
+
+
+def _two_colour(tmp_path: Path, n: int = 6, big: bool = False) -> SampleSet:
+    """Object pixels pure red, context pure blue, the mask exactly the red region (JPEG 4:4:4)."""
+    paths, masks = [], []
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        h, w = (900, 1200) if big else (150 + 10 * k, 200 - 5 * k)
+        y, x = np.mgrid[0:h, 0:w]
+        cx, cy, r = rng.uniform(0.35, 0.65) * w, rng.uniform(0.35, 0.65) * h, rng.uniform(0.2, 0.35) * min(h, w)
+        obj = ((x - cx) ** 2 + (y - cy) ** 2) < r * r
+        img = np.where(obj[..., None], np.array([255, 0, 0], np.uint8), np.array([0, 0, 255], np.uint8))
+        Image.fromarray(img.astype(np.uint8)).save(tmp_path / f"{k}.jpg", quality=95, subsampling=0)
+        Image.fromarray(obj.astype(np.uint8) * 255).save(tmp_path / f"{k}.png")
+        paths.append(str(tmp_path / f"{k}.jpg"))
+        masks.append(str(tmp_path / f"{k}.png"))
+    return SampleSet(paths, masks, np.arange(n) % 2, ["a", "b"])
+
+
+def _first(pipe, epoch=0):
+    pipe.set_epoch(epoch)
+    return next(iter(pipe.raw_batches()))
+
+
+class _TorchDraws:
+    """numpy Generator's uniform/integers on torch's global RNG, in torchvision's order and dtypes."""
+
+    def uniform(self, lo, hi):
+        return torch.empty(1).uniform_(float(torch.tensor(lo)), float(torch.tensor(hi))).item()
+
+    def integers(self, lo, hi):
+        return torch.randint(lo, hi, size=(1,)).item()
+
+
+def test_random_resized_window_is_torchvisions_algorithm():
+    from torchvision.transforms import RandomResizedCrop
+
+    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+    same = 0
+    for seed in range(200):
+        h, w = [(375, 500), (500, 375), (64, 64), (20, 400)][seed % 4]
+        torch.manual_seed(seed)
+        ref = RandomResizedCrop.get_params(torch.empty(3, h, w), list(scale), list(ratio))
+        torch.manual_seed(seed)
+        ours = random_resized_window(_TorchDraws(), h, w, scale, ratio)
+        # torchvision draws the aspect in float32: a w/h on a rounding edge may differ by one pixel
+        same += tuple(ref) == ours
+        top, left, ch, cw = ours
+        assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w
+    assert same >= 195
+    # the fallback after ten misses: the centre crop clamped to the ratio range
+    for h, w, sc in [(20, 400, (0.9, 1.0)), (400, 20, (0.9, 1.0)), (100, 110, (1.0, 1.0))]:
+        torch.manual_seed(0)
+        ref = RandomResizedCrop.get_params(torch.empty(3, h, w), list(sc), list(ratio))
+        torch.manual_seed(0)
+        assert random_resized_window(_TorchDraws(), h, w, sc, ratio) == tuple(ref)
+
+
+def test_windows_are_pure_per_sample_and_role():
+    spec = PipelineSpec(batch_size=2, image_size=32, train_crop="random_resized", seed=3)
+    a = crop_window(spec, 2, 17, 0, 375, 500)
+    assert crop_window(spec, 2, 17, 0, 375, 500) == a  # any pipeline, rank, resume
+    assert crop_window(spec, 2, 17, 1, 375, 500) != a  # as a context partner: its own window
+    assert crop_window(spec, 3, 17, 0, 375, 500) != a  # a new epoch, a new window
+    # the flip stream is the one it always was (runs with train_crop=resize unchanged)
+    assert sample_rng(3, 2, 17).random() == np.random.default_rng([3, 2, 17, 0xA06]).random()
+    fracs = []
+    for i in range(300):
+        top, left, h, w = crop_window(spec, 0, i, 0, 375, 500)
+        fracs.append(h * w / (375 * 500))
+        assert 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02
+    assert min(fracs) >= 0.079 and max(fracs) <= 1.0 and np.mean(fracs) > 0.4
+
+
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_object_and_mask_share_a_window_the_partner_has_its_own(kind, tmp_path):
+    s = _two_colour(tmp_path)
+    spec = PipelineSpec(batch_size=6, plan="random", image_size=48, train_crop="random_resized", hflip=False, seed=1)
+    raw = _first(PIPELINES[kind](s, spec))
+    for img, msk in ((raw["obj"], raw["mask"]), (raw["ctx"], raw["ctx_mask"])):
+        img, msk = img.int(), msk.int()
+        inside, outside = msk == 255, msk == 0
+        # the mask's object pixels are the image's red ones, its context pixels the blue ones
+        assert (img[..., 0][inside] > 200).all() and (img[..., 2][inside] < 60).all()
+        assert (img[..., 2][outside] > 200).all() and (img[..., 0][outside] < 60).all()
+        assert inside.any() and outside.any()
+    wi, wj = raw["window_i"], raw["window_j"]
+    idx, par = raw["index"].tolist(), raw["partner"].tolist()
+    for b, (i, j) in enumerate(zip(idx, par)):
+        h, w = Image.open(s.images[i]).size[::-1]
+        assert tuple(wi[b].tolist()) == crop_window(spec, 0, i, 0, h, w)
+        h, w = Image.open(s.images[j]).size[::-1]
+        assert tuple(wj[b].tolist()) == crop_window(spec, 0, j, 1, h, w)
+    # a sample that is its own partner (plan none) is cut twice, in two windows
+    spec_none = PipelineSpec(batch_size=6, plan="none", image_size=48, train_crop="random_resized", seed=1)
+    raw = _first(PIPELINES[kind](s, spec_none))
+    assert torch.equal(raw["index"], raw["partner"])
+    assert (raw["window_i"] != raw["window_j"]).any(1).all()
+
+
+@pytest.mark.parametrize("seed, epoch", [(0, 0), (5, 3)])
+def test_torch_and_dali_cut_the_same_windows(photos, seed, epoch):
+    spec = PipelineSpec(batch_size=3, plan="random", image_size=64, train_crop="random_resized", seed=seed)
+    for a, b in zip(_batches(TorchPipeline, photos, spec, epoch),
+                    _batches(DaliPipeline, photos, spec, epoch)):
+        for k in ("index", "partner", "flip", "window_i", "window_j"):
+            assert torch.equal(a[k], b[k]), k
+        for k in ("obj", "ctx"):  # PIL vs DALI resampling (and drafted decodes): close, not equal
+            diff = (a[k].int() - b[k].int()).abs().float()
+            assert diff.mean() < 1.0, (k, diff.mean())
+
+
+def _batches(kind, s, spec, epoch):
+    p = kind(s, spec)
+    p.set_epoch(epoch)
+    return list(p.raw_batches())
+
+
+def test_draft_decodes_large_jpegs_smaller_with_the_same_region(tmp_path, monkeypatch):
+    assert draft_factor([(0, 0, 900, 1200)], 48) == 8
+    assert draft_factor([(0, 0, 900, 1200), (0, 0, 200, 150)], 48) == 1
+    assert draft_factor([(0, 0, 375, 500)], 224) == 1  # ImageNet's sizes at 224: full decode
+    s = _two_colour(tmp_path, n=2, big=True)
+    spec = PipelineSpec(batch_size=2, plan="none", image_size=48, train_crop="random_resized",
+                        crop_scale=(0.5, 1.0), seed=2)
+    from PIL import JpegImagePlugin
+
+    drafted = []
+    real = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        drafted.append(size)
+        return real(self, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    with_draft = _first(TorchPipeline(s, spec))
+    assert drafted
+    without = _first(TorchPipeline(s, PipelineSpec(**{**spec.__dict__, "draft": False})))
+    assert torch.equal(with_draft["window_i"], without["window_i"])
+    for k in ("obj", "ctx"):
+        assert (with_draft[k].int() - without[k].int()).abs().float().mean() < 1.0
+    assert torch.equal(with_draft["mask"], without["mask"])  # masks are never drafted
+
+
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_eval_resize_centre_crop_within_a_grey_level_of_torchvision(kind, photos):
+    from torchvision import transforms as T
+
+    ref = T.Compose([T.Resize(256), T.CenterCrop(224)])
+    spec = PipelineSpec(batch_size=len(SHAPES), train=False, image_size=224, eval_resize=256)
+    raw = _first(PIPELINES[kind](photos, spec))
+    for b, i in enumerate(raw["index"].tolist()):
+        want = np.asarray(ref(Image.open(photos.images[i]).convert("RGB"))).astype(int)
+        got = raw["obj"][b].numpy().astype(int)
+        assert np.abs(want - got).max() <= 1, (kind, SHAPES[i])
+    assert not raw["flip"].any()
+
+
+@pytest.mark.parametrize("h, w", [(375, 500), (500, 375), (256, 256), (300, 257), (333, 500)])
+def test_eval_geometry_is_torchvisions(h, w):
+    from torchvision.transforms import functional as TF
+
+    rh, rw, top, left = eval_geometry(h, w, 256, 224)
+    resized = TF.resize(torch.empty(1, h, w), 256, antialias=True)
+    assert (rh, rw) == tuple(resized.shape[1:])
+    # CenterCrop's own arithmetic on the resized image
+    assert (top, left) == (int(round((rh - 224) / 2.0)), int(round((rw - 224) / 2.0)))
+
+
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_resume_mid_epoch_with_crops_is_exact(kind, photos):
+    spec = PipelineSpec(batch_size=2, plan="random", image_size=32, train_crop="random_resized", seed=4)
+    full = PIPELINES[kind](photos, spec)
+    full.set_epoch(1)
+    everything = list(full)
+    part = PIPELINES[kind](photos, spec)
+    part.set_epoch(1)
+    next(iter(part))
+    resumed = PIPELINES[kind](photos, spec)
+    resumed.load_state_dict(part.state_dict())
+    rest = list(resumed)
+    assert len(rest) == len(everything) - 1 >= 1
+    for a, b in zip(rest, everything[1:]):
+        assert torch.equal(a.index, b.index) and torch.equal(a.image, b.image)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(train_crop="random_resized"), "data.image_size"),
+    (dict(eval_resize=256), "data.image_size"),
+    (dict(train_crop="random_resized", image_size=32, crop_padding=4), "data.crop_padding"),
+    (dict(train_crop="random_resized", image_size=32, crop_scale=(0.5, 0.1)), "data.crop_scale"),
+    (dict(train_crop="random_resized", image_size=32, crop_ratio=(0, 1)), "data.crop_ratio"),
+    (dict(eval_resize=100, image_size=224), "at least data.image_size"),
+    (dict(train_crop="randomresized", image_size=32), "data.train_crop must be one of"),
+])
+def test_bad_crop_settings_are_one_clear_error(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        PipelineSpec(batch_size=2, **kw)
+
+
+def test_default_geometry_is_unchanged(photos):
+    """train_crop=resize (the default) with eval_resize=0: no windows, the whole image resized."""
+    spec = PipelineSpec(batch_size=2, plan="none", image_size=32, crop_padding=2)
+    raw = _first(TorchPipeline(photos, spec))
+    assert "window_i" not in raw and raw["obj"].shape == (2, 32, 32, 3)
+    assert math.isclose(spec.crop_ratio[0], 0.75)
