@@ -34,6 +34,7 @@ PIPELINES = ("torch", "dali")
 TEST_BIAS = ("random", "misleading")
 VERIFY_MODES = ("header", "full")
 MISSING_MASKS = ("error", "full")
+TRAIN_CROPS = ("resize", "random_resized")
 MIX_MODES = ("none", "mixup", "cutmix")
 TASKS = ("auto", "single", "double", "multilabel")
 CONFOUNDER_SOURCES = ("kmeans", "early", "label", "random")
@@ -77,6 +78,9 @@ class DataConfig:
     train: str = option("", "training data: .npz (arrays), a directory (folder; nuswide with ImageList.txt), "
                             ".csv/.jsonl (manifest), .json (coco)", path=True)
     test: str = option("", "path to the test data, same kind as `train`", path=True)
+    test_labels: str = option("", "labels of a flat folder data.test of ImageNet validation images: "
+                                  "LOC_val_solution.csv or the devkit's ILSVRC2012_validation_ground_truth.txt "
+                                  "(with meta.mat beside it); default: found in or above the folder", path=True)
     root: str = option("", "manifest: base of its relative paths (default: its directory); coco: the image "
                            "directory ({split} -> val2017)", path=True)
     strata_file: str = option("", "optional YAML/JSON {class name or index: group}: common-sense groups A",
@@ -92,6 +96,14 @@ class DataConfig:
                              section="decoding and augmentation")
     hflip: bool = option(True, "random horizontal flip in training")
     crop_padding: int = option(0, "pixels of reflect-padding for a random crop in training (CIFAR-style)")
+    train_crop: str = option("resize", "training geometry: resize = the whole image to data.image_size (then "
+                                       "data.crop_padding's crop); random_resized = torchvision's RandomResizedCrop "
+                                       "to data.image_size (ImageNet recipe; an object and its mask share a window, "
+                                       "the context partner has its own)", choices=TRAIN_CROPS)
+    crop_scale: Tuple[float, float] = option((0.08, 1.0), "random_resized: range of the window's area / the image's")
+    crop_ratio: Tuple[float, float] = option((3 / 4, 4 / 3), "random_resized: range of the window's width / height")
+    eval_resize: int = option(0, "evaluation: shorter side to this many pixels, then the centre data.image_size "
+                                 "crop (ImageNet: 256); 0 = the whole image resized to data.image_size")
     mean: Tuple[float, float, float] = option((0.5, 0.5, 0.5), "per-channel mean subtracted (RGB, pixels in [0, 1])")
     std: Tuple[float, float, float] = option((0.25, 0.25, 0.25), "per-channel std divided by (RGB)")
     pipeline: str = option("torch", "the input pipeline", choices=PIPELINES)
@@ -455,6 +467,29 @@ def _value(cfg: TrainConfig, key: str) -> Any:
     return cfg
 
 
+def _check_crops(d: DataConfig) -> None:
+    """The ImageNet geometry's keys against each other (the pipeline spec checks the same)."""
+    for key in ("crop_scale", "crop_ratio"):
+        v = getattr(d, key)
+        if len(v) != 2:
+            raise ConfigError(f"data.{key}: expected [min, max], got {list(v)}")
+    lo, hi = d.crop_scale
+    if not 0 < lo <= hi <= 1:
+        raise ConfigError(f"data.crop_scale: expected [min, max] with 0 < min <= max <= 1, got {list(d.crop_scale)}")
+    lo, hi = d.crop_ratio
+    if not 0 < lo <= hi:
+        raise ConfigError(f"data.crop_ratio: expected [min, max] with 0 < min <= max, got {list(d.crop_ratio)}")
+    for key, on in (("train_crop=random_resized", d.train_crop == "random_resized"), ("eval_resize", d.eval_resize)):
+        if on and not d.image_size:
+            raise ConfigError(f"data.{key} needs data.image_size (the output side, e.g. 224)")
+    if d.train_crop == "random_resized" and d.crop_padding:
+        raise ConfigError("data.crop_padding is the CIFAR-style crop of data.train_crop=resize; set it to 0 with "
+                          "data.train_crop=random_resized")
+    if d.eval_resize and d.eval_resize < d.image_size:
+        raise ConfigError(f"data.eval_resize ({d.eval_resize}) must be at least data.image_size ({d.image_size}): "
+                          f"the centre crop is taken from the resized image")
+
+
 def validate(cfg: TrainConfig) -> None:
     for key, f in _keys():
         if "choices" in f.metadata:
@@ -464,8 +499,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.train: a path is required for data.source={d.source}")
     for key in ("batch_size", "synthetic_train_per_class", "synthetic_test_per_class"):
         _positive(getattr(d, key), f"data.{key}")
-    for key in ("image_size", "crop_padding", "num_workers"):
+    for key in ("image_size", "crop_padding", "num_workers", "eval_resize"):
         _positive(getattr(d, key), f"data.{key}", allow_zero=True)
+    _check_crops(d)
     if any(s <= 0 for s in d.std):
         raise ConfigError(f"data.std: expected positive values, got {list(d.std)}")
     o = cfg.optim

@@ -44,7 +44,7 @@ def load_split(d, path: str, classes=None) -> SampleSet:
     source = _source(d)
     v = d.verify
     load = {"arrays": lambda p, classes=None: load_arrays(p, classes),
-            "folder": lambda p, classes=None: load_folder(p, classes, verify=v),
+            "folder": lambda p, classes=None: _load_folder(d, p, classes),
             "manifest": lambda p, classes=None: load_manifest(p, d.root, classes, verify=v),
             "coco": lambda p, classes=None: _load_coco(p, d.root, classes, verify=v),
             "nuswide": lambda p, classes=None: load_nuswide(p, d.root, classes, verify=v)}
@@ -61,6 +61,19 @@ def require_masks(samples: SampleSet, why: str, missing_masks: str = "error", hi
     raise DataError(f"{samples.name}: {why} needs object masks, but the data has none; {how} (saliency, no "
                     f"weights needed), add a 'mask' column to a manifest or 'masks' to an .npz; "
                     f"data.missing_masks=full trains with every pixel as object (the intervention then does nothing)")
+
+
+def _load_folder(d, path: str, classes=None) -> SampleSet:
+    """Class folders, or a flat folder of ImageNet validation images with its label file."""
+    from .sources.imagenet_val import is_flat_image_folder, load_imagenet_val
+
+    labels = getattr(d, "test_labels", "")
+    if is_flat_image_folder(path):
+        return load_imagenet_val(path, classes, labels if path == d.test else "", verify=d.verify)
+    if labels and path == d.test:
+        raise DataError(f"data.test_labels={labels}: a label file is for a flat folder of images, but "
+                        f"data.test={path} has class folders (their names are the labels)")
+    return load_folder(path, classes, verify=d.verify)
 
 
 def _load_coco(path: str, root: str, classes=None, verify: str = "header") -> SampleSet:
@@ -86,6 +99,8 @@ def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world
         output=output,
         epochwise=cfg.intervention.epochwise if train else False,
         train=train, image_size=d.image_size, hflip=d.hflip, crop_padding=d.crop_padding,
+        train_crop=d.train_crop, crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
+        eval_resize=d.eval_resize,
         mean=tuple(d.mean), std=tuple(d.std), seed=cfg.seed, rank=rank, world_size=world_size,
         num_workers=d.num_workers, device=device, decode_reuse=d.decode_reuse, out_dtype=out_dtype,
         batch_ops=ops)

@@ -92,8 +92,8 @@ def test_config_yaml_documents_every_key_and_loads_back(tmp_path):
 
 
 def test_path_keys_come_from_the_fields():
-    assert set(PATH_KEYS) == {"data.train", "data.test", "data.root", "data.strata_file", "model.init",
-                              "model.init_single", "model.confounder_net", "dist.deepspeed_config", "out_dir"}
+    assert set(PATH_KEYS) == {"data.train", "data.test", "data.test_labels", "data.root", "data.strata_file",
+                              "model.init", "model.init_single", "model.confounder_net", "dist.deepspeed_config", "out_dir"}
 
 
 def test_the_source_is_inferred_once_in_finalize(tmp_path):

@@ -27,15 +27,13 @@ import numpy as np
 import torch
 
 from ... import kernels
+from ...config import TRAIN_CROPS
 from ...errors import ConfigError
 from ..plans.balanced import REUSE_PLANS, make_balanced_plan
 from .batch import DoubleBatch, ImageBatch, ModelBatch, RawBatch
 from ..plans.intervention import InterventionPlan, make_plan
 from ..sources.records import SampleSet
 
-
-
-TRAIN_CROPS = ("resize", "random_resized")
 
 
 @dataclass
