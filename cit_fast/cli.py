@@ -3,9 +3,11 @@
     cit-fast train --config FILE.yaml [key=value ...]
     cit-fast eval  --checkpoint runs/x/checkpoints/ckpt_e0030_s000000.pt [key=value ...]
     cit-fast cross-eval --checkpoint CKPT --mapping MAP.yaml data.source=nuswide data.test=DIR
-    cit-fast synth --version V2 --out data/v2  (writes train.npz and test.npz)
+    cit-fast synth --version V2 --out data/v2  (writes train.npz and test.npz; --images cifar10:DIR from CIFAR)
     cit-fast table4 --out bench/RESULTS.md    (the CIT paper's Table IV on the embedded data)
-    cit-fast masks data/birds                 (object masks for images/<class>/* or <class>/* that lack one)
+    cit-fast table4 --images cifar10:DIR --images cifar100:DIR  (Table IV from CIFAR, the paper's recipe)
+    cit-fast masks data/birds                 (object masks for images/<class>/* or <class>/* that lack one;
+                                               a CIFAR directory or an .npz: a masks sidecar beside it)
 """
 from __future__ import annotations
 
@@ -73,16 +75,32 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="write the synthetic CIT benchmark as arrays .npz files")
     s.add_argument("--version", default="V4", choices=SYNTHETIC_VERSIONS)
     s.add_argument("--out", required=True, help="output directory (train.npz, test.npz)")
-    s.add_argument("--train-per-class", type=int, default=400)
-    s.add_argument("--test-per-class", type=int, default=100)
+    s.add_argument("--images", default="", metavar="DATASET:DIR",
+                   help="build V1-V4 from real images: cifar10:DIR or cifar100:DIR (a CIFAR directory as "
+                        "downloaded; 32x32 images + the 4-pixel border = 40x40) instead of the embedded shapes")
+    s.add_argument("--train-per-class", type=int, default=None,
+                   help="training samples per class (default: 400 embedded shapes; with --images all of them)")
+    s.add_argument("--test-per-class", type=int, default=None,
+                   help="test samples per class (default: 100 embedded shapes; with --images all of them)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--test-bias", default="random", choices=TEST_BIAS)
     s.add_argument("--preview", action="store_true", help="also write a PNG grid of training samples")
 
-    b = sub.add_parser("table4", help="reproduce the shape of CIT Table IV on the embedded data")
+    b = sub.add_parser("table4", help="CIT Table IV: its shape on the embedded data, or from CIFAR images (--images)")
     b.add_argument("--out-dir", default="runs/table4")
     b.add_argument("--results-md", default="", help="append the table to this markdown file")
     b.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    b.add_argument("--images", action="append", default=[], metavar="DATASET:DIR",
+                   help="cifar10:DIR and/or cifar100:DIR (repeat): Table IV from those CIFAR images at the paper's "
+                        "recipe (ResNet-20, 160 epochs, lr x0.1 at 80 and 120), with the paper's numbers beside ours")
+    b.add_argument("--epochs", type=int, default=0, help="--images: shorten the recipe to this many epochs "
+                   "(lr drops kept at 1/2 and 3/4)")
+    b.add_argument("--train-per-class", type=int, default=None, help="--images: training images per class "
+                   "(default: all)")
+    b.add_argument("--test-per-class", type=int, default=None, help="--images: test images per class (default: all)")
+    b.add_argument("--test-bias", default="random", choices=TEST_BIAS, help="--images: how B is drawn in test")
+    b.add_argument("--estimate", action="store_true",
+                   help="--images: write the data, print the time estimate for this device and stop")
     b.add_argument("overrides", nargs="*", help="key=value overrides for every run")
 
     x = sub.add_parser("explain", help="Grad-CAM maps of a checkpoint on chosen test images")
@@ -112,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", help="a run's out_dir, or a directory of runs (e.g. a table4 sweep)")
     r.add_argument("--out", default="", help="output directory (default: RUN_DIR/report)")
 
+    x2 = sub.add_parser("export", help="a trained model in a format other tools read (torchvision, safetensors, "
+                                       "onnx, torchscript)",
+                        epilog="Single-branch ImageNet ResNets export to all four formats; double-branch and "
+                               "multi-label models to safetensors, onnx and torchscript. Each export is read back by "
+                               "its consumer and compared with the checkpoint's model; <out>.json holds the classes "
+                               "and the preprocessing.")
+    x2.add_argument("run", help="a run directory, its checkpoints/ directory, or a checkpoint")
+    x2.add_argument("--format", required=True, choices=("torchvision", "safetensors", "onnx", "torchscript"))
+    x2.add_argument("--out", default="", help="output file (default: RUN/export/<model>_e<epoch>.<ext>)")
+    x2.add_argument("overrides", nargs="*", help="key=value overrides of the saved config (rarely needed)")
+
     m = sub.add_parser(
         "masks", help="compute object masks (the function g) for images that lack one",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -125,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  cit-fast masks data/train                      # default method: grabcut (no weights)\n"
                "  cit-fast masks data/train --method cam --classifier resnet18-imagenet.pth\n"
                "  cit-fast masks data/train --method cam --classifier runs/r18/checkpoints/ckpt_e0030_s000000.pt")
-    m.add_argument("src", help="dataset root: SRC/images/<class>/ or SRC/<class>/ (ImageFolder)")
+    m.add_argument("src", help="dataset root: SRC/images/<class>/ or SRC/<class>/ (ImageFolder); or a CIFAR "
+                   "directory (masks to SRC/masks_train.npz, SRC/masks_test.npz) or an .npz (masks to "
+                   "FILE.masks.npz beside it): sidecars that training reads with the data")
     m.add_argument("out", nargs="?", default=None,
                    help="where masks go (see above; default: the layout's own masks tree)")
     m.add_argument("--method", default=None, metavar="METHOD",
@@ -190,9 +221,19 @@ def _cmd_cross_eval(args) -> int:
 
 
 def _cmd_synth(args) -> int:
-    from .data.synthetic.benchmark import make_cit_benchmark, save_arrays
+    from .data.synthetic.benchmark import load_source_images, make_cit_benchmark, save_arrays
+    from .errors import UsageError
 
-    sets = make_cit_benchmark(args.version, args.train_per_class, args.test_per_class, args.seed, args.test_bias)
+    for flag in ("train_per_class", "test_per_class"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{flag.replace('_', '-')}: expected a positive number, got {value}")
+    if args.images:
+        sets = make_cit_benchmark(args.version, args.train_per_class, args.test_per_class, args.seed, args.test_bias,
+                                  images=load_source_images(args.images))
+    else:
+        sets = make_cit_benchmark(args.version, args.train_per_class or 400, args.test_per_class or 100, args.seed,
+                                  args.test_bias)
     out = Path(args.out)
     for split, s in sets.items():
         save_arrays(s, str(out / f"{split}.npz"))
@@ -207,17 +248,45 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_table4(args) -> int:
-    from .table4 import run_table4
+    from .errors import UsageError
+    from .table4 import run_table4, run_table4_images
 
+    if args.jobs < 1:
+        raise UsageError(f"--jobs: expected at least 1, got {args.jobs}")
+    if args.images:
+        for flag in ("epochs", "train_per_class", "test_per_class"):
+            value = getattr(args, flag)
+            if value is not None and value < (0 if flag == "epochs" else 1):
+                raise UsageError(f"--{flag.replace('_', '-')}: expected a positive number, got {value}")
+        run_table4_images(args.images, Path(args.out_dir), args.overrides, jobs=args.jobs,
+                          results_md=args.results_md or None, epochs=args.epochs,
+                          train_per_class=args.train_per_class, test_per_class=args.test_per_class,
+                          test_bias=args.test_bias, estimate_only=args.estimate)
+        return 0
+    used = [f for f, on in (("--epochs", args.epochs), ("--train-per-class", args.train_per_class is not None),
+                            ("--test-per-class", args.test_per_class is not None),
+                            ("--test-bias", args.test_bias != "random"), ("--estimate", args.estimate)) if on]
+    if used:
+        raise UsageError(f"{', '.join(used)}: for Table IV from CIFAR images (--images cifar10:DIR); the embedded "
+                         f"table takes overrides instead (optim.epochs=N data.synthetic_train_per_class=N "
+                         f"data.synthetic_test_bias=...)")
     run_table4(Path(args.out_dir), args.overrides, jobs=args.jobs, results_md=args.results_md or None)
     return 0
 
 
 def _cmd_masks(args) -> int:
+    from .data.masks.arrays import array_targets, generate_array_masks, is_array_source
     from .data.masks.saliency import DEFAULT_METHOD, generate_masks, make_masker, mask_layout
     from .errors import UsageError
 
-    mask_layout(args.src, args.out)  # a wrong SRC / OUT is said before any model is loaded
+    arrays = is_array_source(args.src)
+    if arrays:  # a wrong SRC is said before any model is loaded
+        if args.out:
+            raise UsageError(f"masks: OUT is for folder datasets; the masks of {args.src} go to a sidecar beside it "
+                             f"(a CIFAR directory: DIR/masks_<split>.npz; FILE.npz: FILE.masks.npz)")
+        array_targets(args.src)
+    else:
+        mask_layout(args.src, args.out)
     method = args.method or ("cam" if args.classifier else DEFAULT_METHOD)
     if args.classifier and method != "cam":
         raise UsageError(f"--classifier is for --method cam (got --method {method})")
@@ -232,6 +301,13 @@ def _cmd_masks(args) -> int:
                              args.threshold, args.device)
     if hasattr(masker, "describe"):
         print(masker.describe(), flush=True)
+    if arrays:
+        report = generate_array_masks(args.src, masker, overwrite=args.overwrite,
+                                      progress=False if args.no_progress else None, montage=args.montage)
+        print("\n".join(report.lines()))
+        if report.sidecars:
+            print("sidecars (training reads them with the data): " + ", ".join(map(str, report.sidecars)))
+        return 0
     report = generate_masks(args.src, args.out, masker, overwrite=args.overwrite,
                             progress=False if args.no_progress else None, montage=args.montage)
     print("\n".join(report.lines()))
@@ -277,6 +353,13 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .export import export_run
+
+    print("\n".join(export_run(args.run, args.format, args.out, args.overrides).lines()))
+    return 0
+
+
 def _one_line(e: BaseException) -> str:
     """A user error's message; raised inside a DataLoader worker it arrives wrapped with the worker's
     traceback as text: keep the original message only."""
@@ -291,7 +374,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"explain": _cmd_explain, "report": _cmd_report, "train": _cmd_train, "eval": _cmd_eval,
                 "cross-eval": _cmd_cross_eval, "synth": _cmd_synth, "table4": _cmd_table4, "masks": _cmd_masks,
-                "config": _cmd_config}
+                "config": _cmd_config, "export": _cmd_export}
     try:
         return handlers[args.command](args)
     except UserError as e:  # the user's input: one line (our own bugs keep their traceback)

@@ -27,7 +27,8 @@ from .utils import atomic_write_text, read_mapping_file
 # The allowed values of every choice key, stated once: a field names its tuple (option(choices=...)),
 # validate() and `cit-fast config` read it from there, and the modules that act on the key (plans,
 # models, losses, mix, the CLI) import the same tuple from here.
-SOURCES = ("auto", "synthetic", "arrays", "folder", "manifest", "coco", "nuswide")
+SOURCES = ("auto", "synthetic", "arrays", "folder", "manifest", "coco", "nuswide", "cifar")
+STRATA = ("class", "coarse")
 SYNTHETIC_VERSIONS = ("original", "V1", "V2", "V3", "V4")
 PLANS = ("none", "stratify_c", "stratify_b", "random")
 PIPELINES = ("torch", "dali")
@@ -75,7 +76,8 @@ def option(default: Any, help: str, *, choices: Sequence[Any] = (), path: bool =
 @dataclass
 class DataConfig:
     source: str = option("auto", "auto = inferred from data.train (no data.train: synthetic)", choices=SOURCES)
-    train: str = option("", "training data: .npz (arrays), a directory (folder; nuswide with ImageList.txt), "
+    train: str = option("", "training data: .npz (arrays), a directory (folder; nuswide with ImageList.txt; "
+                            "cifar: a CIFAR-10/100 directory as downloaded, its training split), "
                             ".csv/.jsonl (manifest), .json (coco)", path=True)
     test: str = option("", "path to the test data, same kind as `train`", path=True)
     test_labels: str = option("", "labels of a flat folder data.test of ImageNet validation images: "
@@ -85,6 +87,8 @@ class DataConfig:
                            "directory ({split} -> val2017)", path=True)
     strata_file: str = option("", "optional YAML/JSON {class name or index: group}: common-sense groups A",
                               path=True)
+    strata: str = option("class", "common-sense groups A: class = each class its own (or data.strata_file), "
+                                  "coarse = CIFAR-100's 20 superclasses (data.source=cifar)", choices=STRATA)
     synthetic_version: str = option("V4", "benchmark version (Table III)", choices=SYNTHETIC_VERSIONS,
                                     section="synthetic source: the CIT CIFAR-style benchmark (Table III) over "
                                             "the embedded shapes dataset")
@@ -404,12 +408,21 @@ def resolve_paths(tree: Dict[str, Any], base: Path, keys: Sequence[str] = PATH_K
 
 def infer_source(path: str, key: str = "data.train") -> str:
     """The data.source a path is written in: .npz -> arrays, .csv/.jsonl -> manifest, .json -> coco, a
-    directory with ImageList.txt (or that file) -> nuswide, another directory -> folder."""
+    directory with ImageList.txt (or that file) -> nuswide, a CIFAR directory as downloaded -> cifar,
+    another directory -> folder."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{key} {path}: not found")
     if p.is_dir():
-        return "nuswide" if (p / "ImageList.txt").is_file() else "folder"
+        if (p / "ImageList.txt").is_file():
+            return "nuswide"
+        if _is_cifar_dir(p):
+            return "cifar"
+        inside = sorted(str(c) for c in p.iterdir() if c.is_dir() and _is_cifar_dir(c))
+        if inside:  # the directory the archive was unpacked into, not the CIFAR directory itself
+            raise ConfigError(f"{key} {path}: holds the CIFAR director{'y' if len(inside) == 1 else 'ies'} "
+                              f"{', '.join(inside)}; name that directory ({key}={inside[0]})")
+        return "folder"
     if p.name == "ImageList.txt":
         return "nuswide"
     by_suffix = {".npz": "arrays", ".csv": "manifest", ".jsonl": "manifest", ".json": "coco"}
@@ -417,6 +430,18 @@ def infer_source(path: str, key: str = "data.train") -> str:
         raise ConfigError(f"{key} {path}: cannot tell its data.source from the name; expected a directory "
                           f"(folder / nuswide), .npz (arrays), .csv or .jsonl (manifest) or .json (coco)")
     return by_suffix[p.suffix.lower()]
+
+
+# the files that mark a CIFAR directory as downloaded (data/sources/cifar.py reads them)
+_CIFAR_MARKERS = ("data_batch_1", "test_batch", "batches.meta", "data_batch_1.bin", "test_batch.bin",
+                  "batches.meta.txt", "train.bin", "test.bin", "fine_label_names.txt")
+
+
+def _is_cifar_dir(p: Path) -> bool:
+    if any((p / n).is_file() for n in _CIFAR_MARKERS):
+        return True
+    train, test = (p / "train").is_file(), (p / "test").is_file()  # CIFAR-100 python: plain files
+    return (train and test) or ((p / "meta").is_file() and (train or test))
 
 
 def resolve_source(d: "DataConfig") -> str:
@@ -497,6 +522,10 @@ def validate(cfg: TrainConfig) -> None:
     d = cfg.data
     if d.source not in ("synthetic", "auto") and not d.train:
         raise ConfigError(f"data.train: a path is required for data.source={d.source}")
+    if d.strata == "coarse" and d.source not in ("auto", "cifar"):
+        raise ConfigError(f"data.strata=coarse: CIFAR-100's superclasses need data.source=cifar, got {d.source}")
+    if d.strata == "coarse" and d.strata_file:
+        raise ConfigError("data.strata=coarse and data.strata_file both set the groups A; keep one")
     for key in ("batch_size", "synthetic_train_per_class", "synthetic_test_per_class"):
         _positive(getattr(d, key), f"data.{key}")
     for key in ("image_size", "crop_padding", "num_workers", "eval_resize"):

@@ -26,12 +26,12 @@ ROWS = (("Baseline on Ori.", "original", "none"), ("Baseline on Syn.", None, "no
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "table4.yaml"
 
 
-def _run_one(args: Tuple[str, List[str]]) -> Tuple[str, float, float]:
-    name, overrides = args
+def _run_one(args: Tuple[str, List[str], str]) -> Tuple[str, float, float]:
+    name, overrides, config = args
     import torch
 
     torch.set_num_threads(1)
-    cfg = load_config(str(DEFAULT_CONFIG), overrides)
+    cfg = load_config(config, overrides)
     t0 = time.perf_counter()
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(cfg.out_dir) / "train.log", "w") as log, contextlib.redirect_stdout(log):
@@ -59,8 +59,9 @@ def format_table(acc: Dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def run_many(runs: Dict[str, List[str]], jobs: int = 2, heartbeat_s: float = 30.0) -> Dict[str, float]:
-    """Run named override lists (on the Table IV config) `jobs` at a time; name -> test top-1.
+def run_many(runs: Dict[str, List[str]], jobs: int = 2, heartbeat_s: float = 30.0,
+             config: Path = DEFAULT_CONFIG) -> Dict[str, float]:
+    """Run named override lists (on the Table IV config, or ``config``) `jobs` at a time; name -> test top-1.
 
     Prints each run as it finishes with the count done / running / left and an ETA, and a line at
     least every ``heartbeat_s`` while runs are going (a Table IV run takes minutes on a CPU)."""
@@ -70,7 +71,7 @@ def run_many(runs: Dict[str, List[str]], jobs: int = 2, heartbeat_s: float = 30.
     t0 = time.perf_counter()
     durations: List[float] = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        pending = {pool.submit(_run_one, item): item[0] for item in runs.items()}
+        pending = {pool.submit(_run_one, (name, ov, str(config))): name for name, ov in runs.items()}
         started = {name: t0 for name in list(runs)[:jobs]}
         while pending:
             done, _ = wait(pending, timeout=heartbeat_s, return_when=FIRST_COMPLETED)
@@ -121,3 +122,195 @@ def run_table4(out_dir: Path, overrides: Sequence[str] = (), jobs: int = 2,
         cmd = "cit-fast " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("cit-fast") else "make demo"
         append_results(results_md, f"CIT Table IV (synthetic V1-V4), {minutes:.1f} min", cmd, table)
     return acc
+
+
+# ---------------------------------------------------------------------------------------------
+# Table IV on CIFAR images (``cit-fast table4 --images cifar10:DIR [--images cifar100:DIR]``)
+
+CIFAR_CONFIG = Path(__file__).parent / "configs" / "table4_cifar.yaml"  # the paper's recipe, 160 epochs
+PAPER_EPOCHS, PAPER_MILESTONES = 160, (80, 120)
+# CIT Table IV as published: row key -> V1..V4, per dataset
+PAPER_TABLE4 = {
+    "cifar10": {"none-original": (91.92,) * 4, "none": (100, 51.2, 20.2, 0.7),
+                "stratify_b": (99.87, 97.47, 94.02, 91.70), "stratify_c": (99.81, 97.49, 94.03, 91.76)},
+    "cifar100": {"none-original": (68.01,) * 4, "none": (98.28, 41.05, 2.67, 0.1),
+                 "stratify_b": (98.18, 95.01, 74.85, 67.50), "stratify_c": (98.15, 95.03, 74.83, 67.52)},
+}
+DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+def shortened_recipe(epochs: int) -> List[str]:
+    """Overrides that run the paper's schedule in ``epochs`` epochs: lr x0.1 at the same fractions (1/2, 3/4)."""
+    m1 = max(1, round(epochs * PAPER_MILESTONES[0] / PAPER_EPOCHS))
+    m2 = max(m1 + 1, round(epochs * PAPER_MILESTONES[1] / PAPER_EPOCHS))
+    return [f"optim.epochs={epochs}", f"optim.milestones=[{m1},{m2}]"]
+
+
+def write_image_versions(spec: str, data_dir: Path, train_per_class: Optional[int] = None,
+                         test_per_class: Optional[int] = None, test_bias: str = "random", seed: int = 0
+                         ) -> Tuple[str, Dict[str, Tuple[Path, Path]], Tuple[int, int, int]]:
+    """Write the original data and V1-V4 built from ``spec`` (cifar10:DIR / cifar100:DIR) as arrays
+    files under ``data_dir/<version>/``; (dataset name, version -> (train.npz, test.npz),
+    (#training images, #test images, #classes))."""
+    from .config import SYNTHETIC_VERSIONS
+    from .data.synthetic.benchmark import load_source_images, make_cit_benchmark, save_arrays
+
+    src = load_source_images(spec)
+    paths: Dict[str, Tuple[Path, Path]] = {}
+    for v in SYNTHETIC_VERSIONS:
+        sets = make_cit_benchmark(v, train_per_class, test_per_class, seed=seed, test_bias=test_bias, images=src)
+        pair = (data_dir / v / "train.npz", data_dir / v / "test.npz")
+        save_arrays(sets["train"], str(pair[0]))
+        save_arrays(sets["test"], str(pair[1]))
+        paths[v] = pair
+    sizes = (len(sets["train"]), len(sets["test"]), len(src.classes))
+    print(f"  {src.name}: V1-V4 and the original (grey border) written under {data_dir} "
+          f"({sizes[0]} training / {sizes[1]} test images of {sizes[2]} classes, 40x40)", flush=True)
+    return src.name, paths, sizes
+
+
+def plan_image_runs(name: str, paths: Dict[str, Tuple[Path, Path]], out_dir: Path,
+                    overrides: Sequence[str]) -> Dict[str, List[str]]:
+    """The 13 runs of one dataset's half of Table IV, keyed '<dataset>/<plan>-<version>'."""
+    runs: Dict[str, List[str]] = {}
+    for label, fixed_version, plan in ROWS:
+        for v in ([fixed_version] if fixed_version else VERSIONS):
+            tr, te = paths[v]
+            runs[f"{name}/{plan}-{v}"] = [f"data.train={tr}", f"data.test={te}", f"intervention.plan={plan}",
+                                         f"out_dir={out_dir / name / f'{plan}-{v}'}", "threads=1", *overrides]
+    return runs
+
+
+def seconds_per_step(cfg, num_classes: int, side: int, steps: int = 4) -> Tuple[float, str]:
+    """Measured seconds of one training step (forward, backward, SGD) of cfg's model at cfg's batch
+    size on ``side`` x ``side`` random images, one thread on a CPU as the runs use; (seconds, device)."""
+    import torch
+
+    from .models import build_model
+
+    dev = torch.device("cuda" if (cfg.device != "cpu" and torch.cuda.is_available()) else "cpu")
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        model = build_model(cfg.model, num_classes).to(dev).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+        x = torch.randn(cfg.data.batch_size, 3, side, side, device=dev)
+        y = torch.randint(0, num_classes, (cfg.data.batch_size,), device=dev)
+        times = []
+        for i in range(steps + 1):  # the first step warms up (allocations, cuDNN autotuning)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = model(x)
+            loss = torch.nn.functional.cross_entropy(out if torch.is_tensor(out) else out[0], y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, 1 thread per run ({os.cpu_count()} cores)"
+    return sorted(times)[len(times) // 2], name
+
+
+def estimate_line(step_s: float, device: str, n_train: int, n_test: int, cfg, runs: int, jobs: int) -> Tuple[str, float]:
+    """What one model and the whole table will take, from the measured step time; (text, total seconds)."""
+    steps = -(-n_train // cfg.data.batch_size)
+    evals = -(-cfg.optim.epochs // cfg.eval_every)
+    per_model = step_s * (steps * cfg.optim.epochs + evals * n_test / cfg.data.batch_size / 3)  # eval ~ 1/3 step
+    total = per_model * -(-runs // jobs)
+    text = (f"estimated time on {device}: {step_s * 1000:.0f} ms per step of {cfg.data.batch_size} (measured), "
+            f"{steps} steps per epoch x {cfg.optim.epochs} epochs = about {_hours(per_model)} per model; {runs} "
+            f"models {jobs} at a time: about {_hours(total)} (model compute only, assuming parallel runs do not "
+            f"slow each other; the input pipeline adds to it)")
+    if "CPU" in device and per_model > 3600:
+        text += ("\n  this is a CPU: hours per model. The paper's recipe is a GPU job; for a short CPU run "
+                 "pass --epochs 10 --train-per-class 100 (or fewer), or --estimate to stop here")
+    return text, total
+
+
+def _hours(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
+
+
+def format_paper_table(acc: Dict[str, float], datasets: Sequence[str]) -> str:
+    """Table IV's layout, both halves side by side: each cell ours (the paper's); '-' where not run."""
+    head = "| Training method | " + " | ".join(f"{DATASET_TITLES[d]} {v}" for d in datasets for v in VERSIONS) + " |"
+    lines = [head, "|---" * (1 + len(datasets) * len(VERSIONS)) + "|"]
+    for label, fixed_version, plan in ROWS:
+        key = f"{plan}-{fixed_version}" if fixed_version else plan
+        cells = []
+        for d in datasets:
+            for i, v in enumerate(VERSIONS):
+                ours = acc.get(f"{d}/{plan}-{fixed_version or v}")
+                cells.append(f"{ours:.2f} ({PAPER_TABLE4[d][key][i]:g})" if ours is not None else "-")
+        lines.append(f"| {label.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
+    cells = []
+    for d in datasets:
+        for i, v in enumerate(VERSIONS):
+            b, c = acc.get(f"{d}/stratify_b-{v}"), acc.get(f"{d}/stratify_c-{v}")
+            paper = PAPER_TABLE4[d]["stratify_b"][i] - PAPER_TABLE4[d]["stratify_c"][i]
+            cells.append(f"{b - c:+.2f} ({paper:+.2f})" if b is not None and c is not None else "-")
+    lines.append("| Stratify B - Stratify C\\|A | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_table4_images(specs: Sequence[str], out_dir: Path, overrides: Sequence[str] = (), jobs: int = 2,
+                      results_md: Optional[str] = None, epochs: int = 0, train_per_class: Optional[int] = None,
+                      test_per_class: Optional[int] = None, test_bias: str = "random",
+                      estimate_only: bool = False, title_note: str = "") -> Dict[str, float]:
+    """CIT Table IV from CIFAR images: per ``cifar10:DIR`` / ``cifar100:DIR`` spec, the original data
+    and V1-V4 (written under out_dir/<dataset>/data/), its 13 runs at the paper's recipe
+    (configs/table4_cifar.yaml; ``epochs`` shortens it, milestones kept at 1/2 and 3/4), the time
+    estimated on this device before the runs start, and the table beside the paper's numbers."""
+    from .errors import UsageError
+
+    names = [s.partition(":")[0] for s in specs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--images: each dataset once, got {', '.join(specs)}")
+    recipe = (shortened_recipe(epochs) if epochs else []) + list(overrides)
+    load_config(str(CIFAR_CONFIG), recipe)  # fail fast on a bad override
+    print(f"CIT Table IV on {', '.join(specs)}: writing the synthetic versions", flush=True)
+    runs: Dict[str, List[str]] = {}
+    sizes = {}
+    for spec in specs:
+        name = spec.partition(":")[0]
+        name, paths, sizes[name] = write_image_versions(spec, out_dir / name / "data", train_per_class,
+                                                        test_per_class, test_bias)
+        runs.update(plan_image_runs(name, paths, out_dir, recipe))
+    first = next(iter(runs.values()))
+    cfg = load_config(str(CIFAR_CONFIG), first)
+    big = max(sizes, key=lambda d: sizes[d][0] * sizes[d][2])
+    step_s, device = seconds_per_step(cfg, sizes[big][2], 40)
+    total = 0.0
+    for name, (n_train, n_test, _) in sizes.items():
+        text, secs = estimate_line(step_s, device, n_train, n_test, cfg, 13, jobs)
+        total += secs
+        print(f"  {name}: {text}", flush=True)
+    if estimate_only:
+        print("--estimate: stopping before the runs", flush=True)
+        return {}
+    t0 = time.perf_counter()
+    print(f"{len(runs)} runs, {jobs} at a time, results under {out_dir}", flush=True)
+    acc = run_many(runs, jobs, config=CIFAR_CONFIG)
+    minutes = (time.perf_counter() - t0) / 60
+    datasets = [n for n in DATASET_TITLES if n in sizes]
+    table = format_paper_table(acc, datasets)
+    what = ", ".join(f"{DATASET_TITLES[d]}: {sizes[d][0]} train / {sizes[d][1]} test images" for d in datasets)
+    recipe_text = (f"ResNet-20, SGD Nesterov, batch {cfg.data.batch_size}, lr {cfg.optim.lr} x{cfg.optim.gamma} at "
+                   f"epochs {', '.join(map(str, cfg.optim.milestones))}, {cfg.optim.epochs} epochs")
+    print(f"\nTest accuracy (%) on the CIT benchmark from CIFAR images ({what}; {recipe_text}); "
+          f"each cell: ours (the paper's):\n")
+    print(table)
+    print(f"\n{len(runs)} runs in {minutes:.1f} min")
+    if results_md:
+        cmd = "cit-fast " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("cit-fast") else "run_table4_images"
+        body = (f"{what}; {recipe_text}; test bias {test_bias}. Each cell: ours (the paper's).{title_note}\n\n"
+                f"{table}\n\n{len(runs)} runs in {minutes:.1f} min on {device}")
+        append_results(results_md, f"CIT Table IV from CIFAR-format images, {minutes:.1f} min", cmd, body)
+    return acc
+

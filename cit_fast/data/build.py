@@ -10,6 +10,7 @@ from .sources.records import DataError, SampleSet
 from .pipelines.mix import MixOp
 from .sources.nuswide import load_nuswide
 from .sources import apply_strata_file, load_arrays, load_folder, load_manifest
+from .sources.cifar import load_cifar
 from .pipelines.torch_pipeline import TorchPipeline
 from .synthetic.benchmark import make_cit_benchmark
 
@@ -29,25 +30,31 @@ def build_datasets(d) -> Tuple[SampleSet, SampleSet]:
                                   seed=d.synthetic_seed, test_bias=d.synthetic_test_bias)
         train, test = sets["train"], sets["test"]
     else:
-        train = load_split(d, d.train)
+        train = load_split(d, d.train, split="train")
         if not d.test:
             raise DataError(f"data.test: a path is required for data.source={source}")
-        test = load_split(d, d.test, classes=train.classes)
+        test = load_split(d, d.test, classes=train.classes, split="test")
     if d.strata_file:
         train = apply_strata_file(train, d.strata_file)
         test = apply_strata_file(test, d.strata_file)
     return train, test
 
 
-def load_split(d, path: str, classes=None) -> SampleSet:
-    """One split of a file-based source; ``classes`` (the training classes) reads a test split."""
+def load_split(d, path: str, classes=None, split: str = "") -> SampleSet:
+    """One split of a file-based source; ``classes`` (the training classes) reads a test split.
+    split: which split of a source that holds both in one place (cifar: data.train and data.test name
+    the same directory); default: test for data.test's path, else train."""
     source = _source(d)
     v = d.verify
+    split = split or ("test" if path == d.test and path != d.train else "train")
+    if getattr(d, "strata", "class") == "coarse" and source != "cifar":
+        raise DataError(f"data.strata=coarse: CIFAR-100's superclasses need data.source=cifar, got {source}")
     load = {"arrays": lambda p, classes=None: load_arrays(p, classes),
             "folder": lambda p, classes=None: _load_folder(d, p, classes),
             "manifest": lambda p, classes=None: load_manifest(p, d.root, classes, verify=v),
             "coco": lambda p, classes=None: _load_coco(p, d.root, classes, verify=v),
-            "nuswide": lambda p, classes=None: load_nuswide(p, d.root, classes, verify=v)}
+            "nuswide": lambda p, classes=None: load_nuswide(p, d.root, classes, verify=v),
+            "cifar": lambda p, classes=None: load_cifar(p, split, classes, strata=d.strata)}
     if source not in load:
         raise DataError(f"data.source={source}: not a file-based source ({', '.join(load)})")
     return load[source](path, classes=classes)

@@ -1,5 +1,6 @@
 """The ``arrays`` source: one .npz with images uint8 (N,H,W,3) or (N,H,W), masks uint8/float (N,H,W),
-labels int (N,) (or multi-hot (N, C) of 0/1), optional strata and bias."""
+labels int (N,) (or multi-hot (N, C) of 0/1), optional strata and bias. Masks may also come from
+the sidecar ``FILE.masks.npz`` beside it (``mask_sidecar``; written by ``cit-fast masks FILE.npz``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .files import check_labels
+from .mask_sidecar import read_sidecar, sidecar_for_arrays
 from .multilabel import check_multi_hot
 from .records import DataError, SampleSet, as_uint8_mask
 
@@ -38,6 +40,9 @@ def load_arrays(path: str, classes: Optional[Sequence[str]] = None) -> SampleSet
     if images.ndim != 4 or images.shape[-1] != 3:
         raise DataError(f"{where}: 'images' must have shape [N,H,W,3] or [N,H,W], got {list(images.shape)}")
     n, h, w = images.shape[:3]
+    sidecar = read_sidecar(sidecar_for_arrays(p), images)  # `cit-fast masks FILE.npz` writes it
+    if sidecar is not None:
+        masks = sidecar
     if labels.ndim == 2:  # multi-hot (N, C)
         return _arrays_multilabel(images, masks, labels, strata, bias, names, classes, where)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):

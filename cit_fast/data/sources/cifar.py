@@ -30,7 +30,7 @@ from .records import DataError, SampleSet
 from .safe_pickle import safe_load
 
 SPLITS = ("train", "test")
-STRATA = ("", "coarse")  # "": A = the class; coarse: CIFAR-100's 20 superclasses
+STRATA = ("class", "coarse")  # A = the class, or CIFAR-100's 20 superclasses (config.STRATA)
 SIDE = 32
 PIXELS = SIDE * SIDE * 3
 
@@ -97,7 +97,8 @@ def detect_cifar(path: str | Path) -> CifarLayout:
     kind = _kind_of(p)
     if kind is None:
         inside = sorted(str(d) for d in p.iterdir() if d.is_dir() and _kind_of(d) is not None)
-        hint = f"; did you mean {inside[0]}?" if inside else ""
+        hint = (f"; did you mean {inside[0]}?" if len(inside) == 1 else
+                f"; did you mean one of {', '.join(inside[:4])}?" if inside else "")
         raise DataError(f"cifar {path}: no CIFAR files (expected data_batch_1..5 + test_batch + batches.meta, "
                         f"their .bin versions + batches.meta.txt, or CIFAR-100's train + test + meta){hint}")
     return CifarLayout(kind, p)
@@ -190,11 +191,11 @@ def read_split(lay: CifarLayout, split: str) -> Tuple[np.ndarray, np.ndarray, Op
     return images, np.concatenate(fine), (np.concatenate(coarse) if coarse else None)
 
 
-def load_cifar(path: str, split: str, classes: Optional[Sequence[str]] = None, strata: str = "") -> SampleSet:
+def load_cifar(path: str, split: str, classes: Optional[Sequence[str]] = None, strata: str = "class") -> SampleSet:
     """One split of a CIFAR directory as a SampleSet (fine labels for CIFAR-100).
 
     classes: the training classes, when reading a test split (must be this directory's classes).
-    strata: "" (A = the class) or "coarse" (A = CIFAR-100's superclass of each image).
+    strata: "class" (A = the class) or "coarse" (A = CIFAR-100's superclass of each image).
     """
     if strata not in STRATA:
         raise DataError(f"data.strata: expected one of {', '.join(repr(s) for s in STRATA)}, got {strata!r}")
