@@ -1,11 +1,12 @@
-"""From a ModelConfig to a model: which options each family takes, and which task a model serves.
+"""From a ModelConfig to a model: the options its constructor takes, and the task it serves.
 
 Tasks: ``single`` (one image in, one label out), ``double`` (content and context in: the CIT
-double-branch models), ``multilabel`` (one image in, multi-hot labels out). A registered function
-may carry ``fn.task``; plain ResNets are ``single`` (and ``multilabel`` on multi-hot data).
+double-branch models), ``multilabel`` (one image in, multi-hot labels out). Each model declares its
+task and its options (keyword parameters named like ModelConfig fields) at registration.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict
 
 import torch.nn as nn
@@ -16,6 +17,7 @@ from ..utils import print0
 from . import registry
 from .weights import is_torchvision_resnet, load_weights
 
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 
 
 def model_task(name: str, multilabel_data: bool = False, task: str = "auto") -> str:
@@ -24,32 +26,16 @@ def model_task(name: str, multilabel_data: bool = False, task: str = "auto") -> 
         raise ValueError(f"model.task must be one of {', '.join(TASKS)}, got {task!r}")
     if task != "auto":
         return task
-    fn = registry.get_model_fn(name)
-    own = getattr(fn, "task", "single")
+    own = registry.model_entry(name).task
     if own == "single" and multilabel_data:
         return "multilabel"
     return own
 
 
 def model_kwargs(name: str, mcfg: ModelConfig) -> Dict[str, Any]:
-    """The constructor options of model `name` from a ModelConfig (only those its family takes; the
-    defaults live in ModelConfig alone)."""
-    family = getattr(registry.get_model_fn(name), "task", "single")
-    if family == "double":
-        if name.startswith(("objonly_", "bgonly_")):
-            return {"init": mcfg.init_single}
-        return {"shared_low": mcfg.shared_low, "freeze_low": mcfg.freeze_low, "init": mcfg.init_single}
-    if family == "multilabel":
-        kw = {"embed_dim": mcfg.embed_dim, "num_heads": mcfg.num_heads, "decoder_layers": mcfg.decoder_layers,
-              "dropout": mcfg.dropout, "init": mcfg.init_single, "freeze_trunk": mcfg.freeze_trunk,
-              "trunk_cache_mb": mcfg.trunk_cache_mb}
-        if name.startswith("causal_"):
-            kw.update(num_confounders=mcfg.num_confounders, confounder_source=mcfg.confounder_source,
-                      merge=mcfg.merge, observed_confounders=mcfg.observed_confounders,
-                      correlation=mcfg.correlation, branch1_loss=mcfg.branch1_loss,
-                      confounder_net=mcfg.confounder_net)
-        return kw
-    return {}
+    """The options of model `name` from a ModelConfig: the fields its constructor names (the defaults
+    live in ModelConfig alone)."""
+    return {k: getattr(mcfg, k) for k in registry.model_entry(name).options if k in _CONFIG_FIELDS}
 
 
 def _single_branch_file(path: str) -> bool:
@@ -60,18 +46,18 @@ def _single_branch_file(path: str) -> bool:
 
 
 def build_model(mcfg: ModelConfig, num_classes: int) -> nn.Module:
-    """``create_model(mcfg.name, num_classes, **options of its family)``, with its initial weights:
+    """``create_model(mcfg.name, num_classes, **the options it names)``, with its initial weights:
     ``model.init_single`` (the trunk of double-branch and multi-label models) and ``model.init`` (the
     whole model; for those models a single-branch file there is taken as ``init_single``)."""
-    family = getattr(registry.get_model_fn(mcfg.name), "task", "single")
+    entry = registry.model_entry(mcfg.name)
     init, init_single = mcfg.init, mcfg.init_single
-    if init and family in ("double", "multilabel") and not init_single and _single_branch_file(init):
+    if init and "init_single" in entry.options and not init_single and _single_branch_file(init):
         print0(f"model.init {init}: a single-branch ResNet; {mcfg.name} starts its "
-               f"{'branches' if family == 'double' else 'trunk'} from it (as model.init_single)")
+               f"{'branches' if entry.task == 'double' else 'trunk'} from it (as model.init_single)")
         init, init_single = "", init
     kwargs = model_kwargs(mcfg.name, mcfg)
-    if "init" in kwargs:
-        kwargs["init"] = init_single
+    if "init_single" in kwargs:
+        kwargs["init_single"] = init_single
     model = registry.create_model(mcfg.name, num_classes=num_classes, **kwargs)
     if init:
         load_weights(model, init, what="model.init", model_name=mcfg.name)

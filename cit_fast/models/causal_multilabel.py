@@ -134,8 +134,6 @@ class GroupLinear(nn.Module):
 
 
 class CausalMultiLabel(nn.Module):
-    task = "multilabel"
-
     def __init__(self, backbone: str = "resnet20", num_classes: int = 20, embed_dim: int = 128,
                  num_heads: int = 4, decoder_layers: int = 1, ff_dim: int = 0, dropout: float = 0.1,
                  causal: bool = True, num_confounders: int = 16, confounder_source: str = "kmeans",
@@ -367,17 +365,35 @@ class CausalMultiLabel(nn.Module):
         return out["logits"]
 
 
-def _variant(backbone: str, causal: bool) -> Callable[..., nn.Module]:
-    def fn(num_classes: int = 20, **kw) -> CausalMultiLabel:
-        return CausalMultiLabel(backbone, num_classes, causal=causal, **kw)
+def _decoder(backbone: str) -> Callable[..., nn.Module]:
+    def fn(num_classes: int = 20, embed_dim: int = 128, num_heads: int = 4, decoder_layers: int = 1,
+           dropout: float = 0.1, init_single: str = "", freeze_trunk: bool = False,
+           trunk_cache_mb: int = 0) -> CausalMultiLabel:
+        return CausalMultiLabel(backbone, num_classes, embed_dim=embed_dim, num_heads=num_heads,
+                                decoder_layers=decoder_layers, dropout=dropout, causal=False, init=init_single,
+                                freeze_trunk=freeze_trunk, trunk_cache_mb=trunk_cache_mb)
 
-    fn.__name__ = f"{'causal' if causal else 'decoder'}_{backbone}"
-    fn.__doc__ = (f"{'Causal multi-label model' if causal else 'Decoder-only baseline (branch 1)'} "
-                  f"over a {backbone} trunk.")
-    fn.task = "multilabel"
+    fn.__doc__ = f"Decoder-only baseline (branch 1) over a {backbone} trunk."
+    return fn
+
+
+def _causal(backbone: str) -> Callable[..., nn.Module]:
+    def fn(num_classes: int = 20, embed_dim: int = 128, num_heads: int = 4, decoder_layers: int = 1,
+           dropout: float = 0.1, init_single: str = "", freeze_trunk: bool = False, trunk_cache_mb: int = 0,
+           num_confounders: int = 16, confounder_source: str = "kmeans", merge: str = "proposed",
+           observed_confounders: bool = False, correlation: str = "residual", branch1_loss: float = 0.0,
+           confounder_net: str = "") -> CausalMultiLabel:
+        return CausalMultiLabel(backbone, num_classes, embed_dim=embed_dim, num_heads=num_heads,
+                                decoder_layers=decoder_layers, dropout=dropout, causal=True, init=init_single,
+                                freeze_trunk=freeze_trunk, trunk_cache_mb=trunk_cache_mb,
+                                num_confounders=num_confounders, confounder_source=confounder_source,
+                                merge=merge, observed_confounders=observed_confounders, correlation=correlation,
+                                branch1_loss=branch1_loss, confounder_net=confounder_net)
+
+    fn.__doc__ = f"Causal multi-label model over a {backbone} trunk."
     return fn
 
 
 for _b in ("resnet8", "resnet20", "resnet32", "resnet18", "resnet34", "resnet50"):
-    register_model(_variant(_b, True))
-    register_model(_variant(_b, False))
+    register_model(_causal(_b), task="multilabel", name=f"causal_{_b}")
+    register_model(_decoder(_b), task="multilabel", name=f"decoder_{_b}")

@@ -52,7 +52,7 @@ def load_single_branch(base: str, path: str, what: str = "model.init_single") ->
 
 
 class DoubleBranchResNet(nn.Module):
-    task = "double"
+    """Content and context branches over one ResNet trunk's stages; their pooled features joined -> FC."""
 
     def __init__(self, base: str, num_classes: int, shared_low: bool = True, freeze_low: bool = False,
                  init: str = "", num_high: int = 2):
@@ -126,8 +126,6 @@ class DoubleBranchResNet(nn.Module):
 class SingleInputOfTwo(nn.Module):
     """A standard (single-branch) ResNet fed one of the two inputs of a double-branch batch."""
 
-    task = "double"
-
     def __init__(self, base: str, num_classes: int, which: str, init: str = ""):
         super().__init__()
         if which not in ("content", "context"):
@@ -153,32 +151,27 @@ def _double(base: str) -> Callable[..., nn.Module]:
     default_classes = 1000 if base in ("resnet18", "resnet34", "resnet50") else 10
 
     def fn(num_classes: int = default_classes, shared_low: bool = True, freeze_low: bool = False,
-           init: str = "", **kw) -> DoubleBranchResNet:
-        return DoubleBranchResNet(base, num_classes, shared_low=shared_low, freeze_low=freeze_low,
-                                  init=init, **kw)
+           init_single: str = "") -> DoubleBranchResNet:
+        return DoubleBranchResNet(base, num_classes, shared_low=shared_low, freeze_low=freeze_low, init=init_single)
 
-    fn.__name__ = f"double_{base}"
-    fn.task = "double"
     fn.__doc__ = f"CIT double-branch {base} (Fig. 4b)."
     return fn
 
 
-def _single_of_two(base: str, which: str, prefix: str) -> Callable[..., nn.Module]:
+def _single_of_two(base: str, which: str) -> Callable[..., nn.Module]:
     default_classes = 1000 if base in ("resnet18", "resnet34", "resnet50") else 10
 
-    def fn(num_classes: int = default_classes, init: str = "", **kw) -> SingleInputOfTwo:
-        return SingleInputOfTwo(base, num_classes, which, init=init)
+    def fn(num_classes: int = default_classes, init_single: str = "") -> SingleInputOfTwo:
+        return SingleInputOfTwo(base, num_classes, which, init=init_single)
 
-    fn.__name__ = f"{prefix}_{base}"
-    fn.task = "double"
     fn.__doc__ = f"Table I ablation: a standard {base} trained on {which} images only."
     return fn
 
 
 for _b in _BASES:
-    register_model(_double(_b))
-    register_model(_single_of_two(_b, "content", "objonly"))
-    register_model(_single_of_two(_b, "context", "bgonly"))
+    register_model(_double(_b), task="double", name=f"double_{_b}")
+    register_model(_single_of_two(_b, "content"), task="double", name=f"objonly_{_b}")
+    register_model(_single_of_two(_b, "context"), task="double", name=f"bgonly_{_b}")
 
 
 def blank_like(x: torch.Tensor, mean, std) -> torch.Tensor:

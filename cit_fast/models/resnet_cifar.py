@@ -66,20 +66,20 @@ class CifarResNet(nn.Module):
 
 
 @register_model
-def resnet8(num_classes: int = 10, **kw) -> CifarResNet:
-    return CifarResNet(8, num_classes, **kw)
+def resnet8(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(8, num_classes)
 
 
 @register_model
-def resnet20(num_classes: int = 10, **kw) -> CifarResNet:
-    return CifarResNet(20, num_classes, **kw)
+def resnet20(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(20, num_classes)
 
 
 @register_model
-def resnet32(num_classes: int = 10, **kw) -> CifarResNet:
-    return CifarResNet(32, num_classes, **kw)
+def resnet32(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(32, num_classes)
 
 
 @register_model
-def resnet56(num_classes: int = 10, **kw) -> CifarResNet:
-    return CifarResNet(56, num_classes, **kw)
+def resnet56(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(56, num_classes)

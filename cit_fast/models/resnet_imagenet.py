@@ -33,15 +33,15 @@ class TorchvisionResNet(nn.Module):
 
 
 @register_model
-def resnet18(num_classes: int = 1000, **kw) -> TorchvisionResNet:
-    return TorchvisionResNet("resnet18", num_classes, **kw)
+def resnet18(num_classes: int = 1000) -> TorchvisionResNet:
+    return TorchvisionResNet("resnet18", num_classes)
 
 
 @register_model
-def resnet34(num_classes: int = 1000, **kw) -> TorchvisionResNet:
-    return TorchvisionResNet("resnet34", num_classes, **kw)
+def resnet34(num_classes: int = 1000) -> TorchvisionResNet:
+    return TorchvisionResNet("resnet34", num_classes)
 
 
 @register_model
-def resnet50(num_classes: int = 1000, **kw) -> TorchvisionResNet:
-    return TorchvisionResNet("resnet50", num_classes, **kw)
+def resnet50(num_classes: int = 1000) -> TorchvisionResNet:
+    return TorchvisionResNet("resnet50", num_classes)

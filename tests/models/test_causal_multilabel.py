@@ -154,7 +154,7 @@ def test_trunk_initialised_from_a_single_branch_checkpoint(tmp_path, name):
     torch.manual_seed(1)
     single = create_model("resnet8", num_classes=4)
     path = save_checkpoint({"model": single.state_dict(), "epoch": 1, "step_in_epoch": 0}, tmp_path, 1, 0)
-    m = small(name, init=str(path))
+    m = small(name, init_single=str(path))
     trunk = {k: v for k, v in single.state_dict().items() if not k.startswith("fc.")}
     got = {k: v for k, v in m.backbone.state_dict().items()}
     assert trunk.keys() == got.keys()
@@ -166,4 +166,4 @@ def test_trunk_initialised_from_a_single_branch_checkpoint(tmp_path, name):
         torch.manual_seed(2)
         other = create_model("resnet20", num_classes=4)
         bad = save_checkpoint({"model": other.state_dict(), "epoch": 1, "step_in_epoch": 0}, tmp_path / "b", 1, 0)
-        small(name, init=str(bad))
+        small(name, init_single=str(bad))

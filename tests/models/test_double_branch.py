@@ -59,7 +59,7 @@ def test_init_from_single_branch_checkpoint(tmp_path):
                 mod.running_var.uniform_(0.5, 1.5)
     path = save_checkpoint({"model": single.state_dict(), "epoch": 1, "step_in_epoch": 0}, tmp_path, 1, 0)
     for shared in (True, False):
-        m = create_model("double_resnet8", num_classes=6, init=str(path), shared_low=shared).eval()
+        m = create_model("double_resnet8", num_classes=6, init_single=str(path), shared_low=shared).eval()
         x = torch.randn(4, 3, 16, 16)
         # the same image on both branches gives exactly the single-branch logits (FC halves = W / 2)
         torch.testing.assert_close(m(x, x), single(x), atol=1e-5, rtol=1e-5)
@@ -69,11 +69,11 @@ def test_init_from_single_branch_checkpoint(tmp_path):
 
 def test_init_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="missing.pt: not found"):
-        create_model("double_resnet8", num_classes=3, init=str(tmp_path / "missing.pt"))
+        create_model("double_resnet8", num_classes=3, init_single=str(tmp_path / "missing.pt"))
     other = create_model("resnet18", num_classes=3)
     p = save_checkpoint({"model": other.state_dict(), "epoch": 0, "step_in_epoch": 0}, tmp_path, 0, 0)
     with pytest.raises(ValueError, match="does not fit a single-branch resnet8"):
-        create_model("double_resnet8", num_classes=3, init=str(p))
+        create_model("double_resnet8", num_classes=3, init_single=str(p))
 
 
 def test_table1_single_branch_ablations_use_one_input():
