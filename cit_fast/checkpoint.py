@@ -12,6 +12,11 @@ What is read here:
 
 Writes are atomic: a hidden temporary file beside the final name, fsynced, then renamed, so a file
 under a final name is always complete; ``list_checkpoints`` never considers the ``.*.tmp`` files.
+A write that fails (disk full, quota, I/O error) removes its temporary file and stops the run with
+one line naming the file and the last complete checkpoint, which ``resume=auto`` then continues from.
+
+What is written is tensors and plain Python values only (the RNG states included), so
+``torch.load(path)`` with PyTorch's safe default ``weights_only=True`` opens a checkpoint.
 
 Reads never run code from the file: every ``torch.load`` is ``weights_only=True`` (tensors and plain
 Python data), with an allow-list of the few harmless types cit_fast and DeepSpeed checkpoints hold
@@ -21,6 +26,7 @@ anything else (a function, a class with custom reconstruction) is refused with o
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import re
@@ -152,13 +158,35 @@ def weights_only_torch_load(deepspeed: bool = True) -> Iterator[None]:
 # cit_fast checkpoint files
 
 
+def write_failed(path: Path, error: BaseException, last: Optional[Path]) -> CheckpointError:
+    """The one line a failed checkpoint write stops the run with (disk full, quota, I/O error)."""
+    code = errno.errorcode.get(getattr(error, "errno", None) or 0, "")
+    text = str(error).strip()
+    why = getattr(error, "strerror", None) or (text.splitlines()[0][:160] if text else type(error).__name__)
+    why = f"{code}: {why}" if code else why
+    return CheckpointError(f"checkpoint {path}: could not be written ({why}); nothing half-written was kept; "
+                           f"the last complete checkpoint is {last or 'none'}: make room and rerun with "
+                           f"resume=auto to continue from it")
+
+
+def write_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` atomically, through a Python file object: a full disk or an I/O error surfaces
+    as the OSError it is (torch's own writer, given a path, reports it as an unrelated RuntimeError)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 def save_checkpoint(state: Dict[str, Any], directory: Path, epoch: int, step_in_epoch: int,
                     keep: int = 3) -> Path:
+    """Write ``ckpt_e*_s*.pt`` atomically, then drop all but the newest ``keep``. A write that fails
+    leaves the directory as it was and raises ``write_failed``'s CheckpointError."""
     directory = Path(directory)
     path = directory / checkpoint_name(epoch, step_in_epoch)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    # keep the newest `keep` checkpoints
+    try:
+        write_torch(state, path)
+    except OSError as e:
+        raise write_failed(path, e, find_latest(directory)) from None
+    # keep the newest `keep` checkpoints (only once the new one is complete)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path

@@ -99,12 +99,19 @@ class DDPEngine(Engine):
         return self.optimizer.param_groups[0]["lr"]
 
     def save(self, directory, epoch, step_in_epoch, client_state):
+        error = None
         if self.env.rank == 0:
             state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                      "epoch": epoch, "step_in_epoch": step_in_epoch, **client_state}
-            ckpt.save_checkpoint(state, Path(directory), epoch, step_in_epoch, keep=self.cfg.keep_checkpoints)
-        self.env.barrier()  # nobody moves on (or exits) before the checkpoint is complete
+            try:
+                ckpt.save_checkpoint(state, Path(directory), epoch, step_in_epoch, keep=self.cfg.keep_checkpoints)
+            except ckpt.CheckpointError as e:  # the write failed (disk full, I/O error): every rank stops
+                error = str(e)
+        # nobody moves on (or exits) before the checkpoint is complete, and all stop if it failed
+        error = _agree_on_error(self.env, error, src=0)
+        if error:
+            raise ckpt.CheckpointError(error)
 
     def load(self, path):
         state = ckpt.load_checkpoint(Path(path), map_location=self.env.device)
@@ -118,6 +125,20 @@ class DDPEngine(Engine):
     @staticmethod
     def list_checkpoints(directory):
         return ckpt.list_checkpoints(Path(directory))
+
+
+def _agree_on_error(env: DistEnv, error: Optional[str], src: Optional[int] = None) -> Optional[str]:
+    """Collective: the error of rank ``src`` (or the first rank's that has one) on every rank, so
+    that all ranks stop together instead of waiting at the next collective for the one that failed."""
+    if not (env.distributed and dist.is_initialized()):
+        return error
+    if src is not None:
+        box = [error]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    errors: List[Optional[str]] = [None] * env.world_size
+    dist.all_gather_object(errors, error)
+    return next((e for e in errors if e), None)
 
 
 def deepspeed_config(cfg, world_size: int) -> Dict[str, Any]:
@@ -195,14 +216,30 @@ class DeepSpeedEngine(Engine):
     def save(self, directory, epoch, step_in_epoch, client_state):
         directory = Path(directory)
         tag = ckpt.deepspeed_tag(epoch, step_in_epoch)
-        self.model.save_checkpoint(str(directory), tag=tag, save_latest=False,
-                                   client_state={"epoch": epoch, "step_in_epoch": step_in_epoch, **client_state})
-        consolidated = gather_consolidated(self)  # collective: every rank takes part
+        last = ckpt.find_latest(directory)
+        error = None
+        try:  # DeepSpeed writes with torch.save(path): a full disk shows as OSError or RuntimeError
+            self.model.save_checkpoint(str(directory), tag=tag, save_latest=False,
+                                       client_state={"epoch": epoch, "step_in_epoch": step_in_epoch, **client_state})
+        except (OSError, RuntimeError) as e:
+            error = str(ckpt.write_failed(directory / tag, e, last))
+        error = _agree_on_error(self.env, error)
+        if not error:
+            consolidated = gather_consolidated(self)  # collective: every rank takes part
+            if self.env.rank == 0:
+                try:
+                    ckpt.write_torch(consolidated, directory / tag / CONSOLIDATED)
+                    # only complete on every rank now (DeepSpeed's writes are done): mark it atomically
+                    atomic_write_text(directory / tag / ckpt.COMPLETE, f"{epoch} {step_in_epoch}\n")
+                except OSError as e:
+                    error = str(ckpt.write_failed(directory / tag, e, last))
+            error = _agree_on_error(self.env, error, src=0)
+        if error:
+            if self.env.rank == 0:  # never marked COMPLETE, so never loaded; remove what was written
+                shutil.rmtree(directory / tag, ignore_errors=True)
+            self.env.barrier()
+            raise ckpt.CheckpointError(error)
         if self.env.rank == 0:
-            torch.save(consolidated, directory / tag / CONSOLIDATED)
-        self.env.barrier()
-        if self.env.rank == 0:  # only now is the tag complete on every rank: mark it atomically
-            atomic_write_text(directory / tag / ckpt.COMPLETE, f"{epoch} {step_in_epoch}\n")
             for old in ckpt.list_deepspeed_checkpoints(directory)[:-self.cfg.keep_checkpoints]:
                 (old / ckpt.COMPLETE).unlink()  # unmark first: a crash mid-delete leaves no loadable half
                 shutil.rmtree(old, ignore_errors=True)

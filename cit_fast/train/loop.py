@@ -87,13 +87,23 @@ def compute_loss(model, batch: ModelBatch, criterion=None) -> torch.Tensor:
 
 
 def _rng_states() -> Dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """This process's RNG states as tensors and plain Python values only, so that a checkpoint opens
+    with ``torch.load``'s safe default (``weights_only=True``) and no allow-list."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"bit_generator": str(name), "key": [int(k) for k in key], "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_states(s: Dict[str, Any]) -> None:
     torch.set_rng_state(s["torch"].cpu())
-    np.random.set_state(s["numpy"])
+    state = s["numpy"]
+    if isinstance(state, dict):
+        state = (state["bit_generator"], np.asarray(state["key"], np.uint32), state["pos"], state["has_gauss"],
+                 state["cached_gaussian"])
+    np.random.set_state(state)  # (checkpoints written before kept numpy's own tuple with an array)
     random.setstate(s["python"])
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
