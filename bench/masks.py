@@ -64,7 +64,7 @@ def train_shape_classifier(steps: int, seed: int = 99):
     """resnet8 on make_shapes (24 px, seed != the benchmark's), the cam method's own classifier."""
     import torch
 
-    from cit_fast.cam_masks import Classifier
+    from cit_fast.eval.cam import Classifier
     from cit_fast.data.synthetic.benchmark import make_shapes
     from cit_fast.models.registry import create_model
 
@@ -157,20 +157,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  {name:<40} " + "  ".join(f"{k} {iou_cell(r)}" for k, r in rows[name].items()), flush=True)
     cam_note = ""
     if args.cam_steps:
-        from cit_fast.cam_masks import CamMasker
+        from cit_fast.eval.cam import cam_masker
 
         t0 = time.perf_counter()
         clf, acc = train_shape_classifier(args.cam_steps)
         cam_note = (f"cam: Grad-CAM of a resnet8 trained {args.cam_steps} steps (batch 64, "
                     f"{time.perf_counter() - t0:.0f} s) on other make_shapes images, test accuracy {100 * acc:.1f}%, "
                     f"refined with GrabCut")
-        masker = CamMasker(clf, device="cpu")
+        masker = cam_masker(clf, device="cpu")
         name = "cam (resnet8 trained on the shapes)"
         rows[name] = {k: (evaluate(masker, v) if k != "photos" else None) for k, v in sets.items()}
         print(f"  {name:<40} " + "  ".join(f"{k} {iou_cell(r)}" for k, r in rows[name].items()) + f"; {cam_note}",
               flush=True)
     if args.classifier:
-        from cit_fast.cam_masks import make_cam_masker
+        from cit_fast.eval.cam import make_cam_masker
 
         masker = make_cam_masker(args.classifier, device="cpu")
         name = f"cam ({Path(args.classifier).name})"

@@ -293,7 +293,7 @@ def _cmd_masks(args) -> int:
     if args.model and args.method:
         raise UsageError("--model and --method exclude each other: --model masks with that model")
     if method == "cam":
-        from .cam_masks import make_cam_masker
+        from .eval.cam import make_cam_masker
 
         masker = make_cam_masker(args.classifier, args.arch, args.device)
     else:

@@ -2,7 +2,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cit_fast.eval.explain import grad_cam, overlay
+from cit_fast.eval.explain import overlay
+from cit_fast.models.cam import grad_cam
 from cit_fast.models import create_model
 
 

@@ -20,8 +20,8 @@
     on photos they mark edges and small bright details (eyes, a rim, lamps), see bench/RESULTS.md.
 - ``TorchMasker``: a segmentation/saliency model from a local checkpoint, never downloaded: a
   TorchScript file, or a state dict for a torchvision segmentation architecture.
-- ``cit_fast.cam_masks.CamMasker`` (``--method cam``): the class activation map of the user's own
-  classifier, refined with the same ``grabcut_refine``.
+- ``cam.CamMasker`` (``--method cam``): the class activation map of the user's own classifier
+  (``eval.cam`` loads it), refined with the same ``grabcut_refine``.
 
 The run is resumable (existing masks are skipped), every mask is written atomically, unreadable
 images are named at the end; every run reports the coverage of its masks (``masks_quality``),
@@ -722,7 +722,7 @@ def generate_masks(src: str, out: Optional[str] = None, masker: Optional[Masker]
 def make_masker(method: str = DEFAULT_METHOD, model: str = "", arch: str = "", num_classes: int = 0,
                 input_size: int = 320, threshold: float = 0.5, device: str = "") -> Masker:
     """A saliency method (no weights) or, with ``model``, a local segmentation/saliency model.
-    (``--method cam`` is built by ``cit_fast.cam_masks``, which sits above the data layer.)"""
+    (``--method cam`` is built by ``eval.cam.make_cam_masker``: it loads the user's classifier.)"""
     if model:
         return TorchMasker(model, arch, num_classes, input_size, threshold, device=device)
     return SaliencyMasker(method)

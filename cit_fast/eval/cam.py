@@ -1,39 +1,30 @@
-"""``cit-fast masks --method cam``: object masks from the user's own classifier, the paper's
-"g = a pre-trained model" (Eq. 8) when no saliency network is at hand.
-
-For each image the classifier's Grad-CAM (``explain.grad_cam``) of one class -- the image's own
-class when the classifier knows the folder's class names, else its top-scoring class -- is the prior
-that ``data.saliency.grabcut_refine`` turns into a mask, exactly as the default method refines its
-saliency map: Otsu's split of the map seeds GrabCut's colour models, GrabCut snaps the cut to
-colour edges.
+"""``cit-fast masks --method cam``: the user's classifier as a class-activation map maker.
 
 The classifier comes from a local file (``load_classifier``): a torchvision ResNet-18/34/50 state
-dict (``torchvision.models.resnet18().state_dict()``, e.g. the ImageNet weights copied onto the
-machine; the architecture is read from the keys; the top-scoring class is explained) or a cit_fast
-checkpoint of a single-branch model (through ``eval.run.load_run``; the image's own class when the
-run's class folders name it). This module sits above the data layer (it uses ``eval``, the model
-registry and ``explain``), so ``data.saliency`` does not import it.
+dict (e.g. the ImageNet weights copied onto the machine; the architecture is read from the keys;
+the top-scoring class is explained) or a cit_fast checkpoint of a single-branch model (through
+``load_run``; the image's own class when the run's class folders name it). ``ClassifierCam`` turns
+it into the map that ``data.masks.cam.CamMasker`` refines into a mask.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from .checkpoint import is_deepspeed_checkpoint, read_weights, safe_load
-from .data.sources.layout import detect_layout
-from .data.masks.saliency import RBD_SIDE, clean_mask, grabcut_refine, grabcut_seeds, opencv, resize_long_side, upsample_mask
-from .errors import CheckpointError, UsageError, UserError
-from .eval.explain import grad_cam
-from .eval.run import load_run
-from .models.build import model_task
-from .models.registry import create_model
-from .models.weights import fit_state_dict, is_torchvision_resnet
+from ..checkpoint import is_deepspeed_checkpoint, read_weights, safe_load
+from ..data.masks.cam import CamMasker
+from ..data.sources.layout import detect_layout
+from ..errors import CheckpointError, UsageError, UserError
+from ..models.build import model_task
+from ..models.cam import grad_cam
+from ..models.registry import create_model
+from ..models.weights import fit_state_dict, is_torchvision_resnet
+from .run import load_run
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -135,23 +126,17 @@ def _from_run(p: Path, device: str) -> Classifier:
                       + ("the image's own class where the run knows it" if classes else "top class per image"))
 
 
-class CamMasker:
-    """uint8 (H, W, 3) image [+ its folder's class name] -> uint8 (H, W) mask in {0, 255}."""
+class ClassifierCam:
+    """A single-branch classifier as a map maker: uint8 (H, W, 3) image [+ its class name] ->
+    (float (H, W) Grad-CAM in [0, 1] at the image's size, the class explained: the image's own when
+    the classifier knows the name, else its top-scoring class)."""
 
-    uses_class = True  # generate_masks passes the image's class folder name
-
-    def __init__(self, classifier: Classifier, device: str = "", use_cv2: bool = True):
-
+    def __init__(self, classifier: Classifier, device: str = ""):
         self.clf = classifier
-        self.grabcut = use_cv2 and opencv() is not None  # without OpenCV: Otsu's split of the map
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = classifier.model.to(self.device).eval()
         self._mean = torch.tensor(classifier.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(classifier.std, device=self.device).view(1, 3, 1, 1)
-
-    def describe(self) -> str:
-        how = "refined with GrabCut" if self.grabcut else "Otsu's split (no OpenCV: no GrabCut)"
-        return f"masks by cam: Grad-CAM of {self.clf.what}, {how}"
 
     def _input(self, img: np.ndarray) -> torch.Tensor:
         """(1, 3, h, w) normalised, at the size the classifier expects."""
@@ -168,9 +153,7 @@ class CamMasker:
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         return (x - self._mean) / self._std
 
-    def cam(self, img: np.ndarray, class_name: Optional[str] = None) -> Tuple[np.ndarray, int]:
-        """(float (H, W) map in [0, 1] at the image's size, the class explained)."""
-
+    def __call__(self, img: np.ndarray, class_name: Optional[str] = None) -> Tuple[np.ndarray, int]:
         x = self._input(img)
         classes = self.clf.classes
         if classes and class_name in classes:
@@ -182,16 +165,10 @@ class CamMasker:
         cam = F.interpolate(cam[None], size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
         return cam.clamp(0, 1).cpu().numpy(), cls
 
-    def __call__(self, img: np.ndarray, class_name: Optional[str] = None) -> np.ndarray:
-        cam, _ = self.cam(img, class_name)
-        work = resize_long_side(img, *RBD_SIDE)
-        prior = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(work.shape[1::-1], Image.BILINEAR))
-        if self.grabcut:
-            binary = grabcut_refine(work, prior)
-        else:
-            seeds = grabcut_seeds(prior)
-            binary = (seeds == 1) | (seeds == 3)  # the map above Otsu's threshold
-        return upsample_mask(clean_mask(binary, use_cv2=self.grabcut), img.shape[:2])
+
+def cam_masker(classifier: Classifier, device: str = "", use_cv2: bool = True) -> CamMasker:
+    """The mask maker of ``--method cam`` over a loaded classifier."""
+    return CamMasker(ClassifierCam(classifier, device), f"Grad-CAM of {classifier.what}", use_cv2=use_cv2)
 
 
 def make_cam_masker(classifier: str, arch: str = "", device: str = "") -> CamMasker:
@@ -200,7 +177,4 @@ def make_cam_masker(classifier: str, arch: str = "", device: str = "") -> CamMas
     if not classifier:
         raise UsageError("--method cam needs --classifier FILE (a torchvision ResNet state dict, or a cit_fast "
                          "checkpoint of a single-branch model)")
-    return CamMasker(load_classifier(classifier, arch, device), device)
-
-
-__all__: Sequence[str] = ("Classifier", "CamMasker", "load_classifier", "make_cam_masker")
+    return cam_masker(load_classifier(classifier, arch, device), device)

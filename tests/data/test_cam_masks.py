@@ -7,7 +7,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from cit_fast.cam_masks import CamMasker, load_classifier
+from cit_fast.eval.cam import ClassifierCam, cam_masker, load_classifier
 from cit_fast.cli import main as cli_main
 from cit_fast.config import from_dict, to_dict
 from cit_fast.data.masks.quality import mask_iou
@@ -101,7 +101,7 @@ def test_cam_of_a_trained_classifier_finds_the_object(tmp_path, capsys):
     masks = tmp_path / "photos_masks"  # the ImageFolder's sibling tree
     ious = [mask_iou(np.asarray(Image.open(masks / f"{k}.png")) >= 128, m) for k, m in truth.items()]
     # the same architecture untrained: its map does not know where the object is
-    untrained = CamMasker(load_classifier(str(save_run_checkpoint(
+    untrained = cam_masker(load_classifier(str(save_run_checkpoint(
         tmp_path / "untrained.pt", create_model("resnet8", num_classes=2), "resnet8", train))), device="cpu")
     rng = np.random.default_rng(1)
     control = []
@@ -119,10 +119,10 @@ def test_cam_explains_the_images_own_class_when_the_run_names_it(tmp_path):
     clf = load_classifier(str(save_run_checkpoint(tmp_path / "c.pt", create_model("resnet8", num_classes=2),
                                                    "resnet8", train)))
     assert clf.classes == ["blue", "red"] and clf.input_size == INPUT and clf.mean == (0.5, 0.5, 0.5)
-    masker = CamMasker(clf, device="cpu")
+    cam = ClassifierCam(clf, device="cpu")
     img, _ = scene(np.random.default_rng(0), COLOURS["red"])
-    assert masker.cam(img, "red")[1] == 1 and masker.cam(img, "blue")[1] == 0
-    top = masker.cam(img, "not-a-class")[1]  # unknown folder name: the top-scoring class
+    assert cam(img, "red")[1] == 1 and cam(img, "blue")[1] == 0
+    top = cam(img, "not-a-class")[1]  # unknown folder name: the top-scoring class
     with torch.no_grad():
         x = torch.from_numpy(img.astype(np.float32) / 255).permute(2, 0, 1)[None]
         x = torch.nn.functional.interpolate(x, size=(INPUT, INPUT), mode="bilinear", antialias=True)
@@ -136,7 +136,7 @@ def test_torchvision_state_dict(tmp_path):
     clf = load_classifier(str(path))
     assert "resnet18 state dict" in clf.what and clf.classes is None and clf.short_side == 224
     assert clf.mean == (0.485, 0.456, 0.406)
-    masker = CamMasker(clf, device="cpu")
+    masker = cam_masker(clf, device="cpu")
     img, _ = scene(np.random.default_rng(0), COLOURS["blue"])
     img = np.asarray(Image.fromarray(img).resize((90, 60)))
     cam, cls = masker.cam(img)
@@ -150,7 +150,7 @@ def test_torchvision_state_dict(tmp_path):
 
 
 def test_torchvision_arch_is_read_from_the_keys():
-    from cit_fast.cam_masks import _torchvision_arch
+    from cit_fast.eval.cam import _torchvision_arch
 
     for arch in ("resnet18", "resnet34", "resnet50"):
         keys = dict.fromkeys(getattr(torchvision.models, arch)().state_dict())
