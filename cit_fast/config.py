@@ -36,6 +36,7 @@ TEST_BIAS = ("random", "misleading")
 VERIFY_MODES = ("header", "full")
 MISSING_MASKS = ("error", "full")
 TRAIN_CROPS = ("resize", "random_resized")
+BAD_SAMPLES = ("error", "skip")
 MIX_MODES = ("none", "mixup", "cutmix")
 TASKS = ("auto", "single", "double", "multilabel")
 CONFOUNDER_SOURCES = ("kmeans", "early", "label", "random")
@@ -112,6 +113,11 @@ class DataConfig:
     std: Tuple[float, float, float] = option((0.25, 0.25, 0.25), "per-channel std divided by (RGB)")
     pipeline: str = option("torch", "the input pipeline", choices=PIPELINES)
     num_workers: int = option(0, "DataLoader worker processes")
+    on_bad_sample: str = option("error", "an image that cannot be read mid-epoch: error = stop with one line naming "
+                                         "the file and the sample index; skip = leave out the samples whose object "
+                                         "or context it is (logged, counted in cit_fast_bad_samples_skipped_total), "
+                                         "every other sample's pairing unchanged (torch pipeline)",
+                                choices=BAD_SAMPLES)
     batch_size: int = option(128, "samples per rank per step")
     decode_reuse: bool = option(False, "training batches hold each sample's context partner: one decode per image")
     verify: str = option("header", "start-up check of image files: header = size and JPEG end marker, "

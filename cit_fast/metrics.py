@@ -65,8 +65,11 @@ class TrainingMetrics:
         self.memory = Gauge(f"{p}_memory_bytes", "Memory in use (kind=host_rss|gpu_allocated|gpu_reserved|gpu_peak)",
                             labels + ("kind",), registry=r)
         self.gpu_util = Gauge(f"{p}_gpu_utilization_ratio", "GPU utilisation in 0..1 (NVML)", labels, registry=r)
+        self.bad_samples = Counter(f"{p}_bad_samples_skipped", "Training samples left out because their image or "
+                                   "their context's cannot be read (data.on_bad_sample=skip)", labels, registry=r)
+        self._bad_total = 0
         for m in (self.samples, self.steps, self.step_duration, self.data_wait, self.loss, self.lr, self.epoch,
-                  self.throughput, self.ckpt, self.gpu_util):
+                  self.throughput, self.ckpt, self.gpu_util, self.bad_samples):
             m.labels(**self._lv)  # series exist from the start: dashboards show zeros, not "no data"
         self._nvml = None
         self._interval_t = time.perf_counter()
@@ -137,6 +140,12 @@ class TrainingMetrics:
             self.throughput.labels(**lv).set(self._interval_samples / (now - self._interval_t))
         self._interval_t, self._interval_samples = now, 0
         self._memory()
+
+    def bad_samples_total(self, total: int) -> None:
+        """The pipeline's running count of samples left out (data.on_bad_sample=skip)."""
+        if self.enabled and total > self._bad_total:
+            self.bad_samples.labels(**self._lv).inc(total - self._bad_total)
+            self._bad_total = total
 
     def set_epoch(self, epoch: int) -> None:
         if self.enabled:

@@ -110,6 +110,7 @@ def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world
         eval_resize=d.eval_resize,
         mean=tuple(d.mean), std=tuple(d.std), seed=cfg.seed, rank=rank, world_size=world_size,
         num_workers=d.num_workers, device=device, decode_reuse=d.decode_reuse, out_dtype=out_dtype,
+        on_bad_sample=d.on_bad_sample if train else "error",  # evaluation keeps every sample
         batch_ops=ops)
     if d.pipeline == "dali":
         from .pipelines.dali_pipeline import DaliPipeline  # optional dependency: nvidia-dali

@@ -72,6 +72,7 @@ class PrometheusSteps(Callback):
     def on_step_end(self, trainer, info):
         m = trainer.metrics
         m.step(info.samples, info.step_s, info.wait_s)
+        m.bad_samples_total(getattr(trainer.train_pipe, "bad_samples", 0))
         if info.log_point:
             m.log_interval(info.loss_value(), trainer.engine.lr)
 

@@ -65,6 +65,7 @@ class PipelineSpec:
     out_dtype: torch.dtype = torch.float32
     channels_last: bool = False
     decode_reuse: bool = False  # partners in the same batch, each image decoded once (plans/balanced.py)
+    on_bad_sample: str = "error"  # an unreadable image: "error" (one line naming it) or "skip" (torch pipeline)
     # ops on each composed batch, in order: op(batch, epoch, step) -> batch (pipelines/mix.py: MixOp)
     batch_ops: Tuple[Callable, ...] = ()
 

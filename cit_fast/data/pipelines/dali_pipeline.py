@@ -147,6 +147,11 @@ class DaliPipeline(Pipeline):
     """
 
     def __init__(self, samples: SampleSet, spec: PipelineSpec):
+        if spec.on_bad_sample == "skip":
+            from ...errors import ConfigError
+
+            raise ConfigError("data.on_bad_sample=skip works with data.pipeline=torch (DALI decodes a batch as a "
+                              "whole); set data.pipeline=torch, or data.on_bad_sample=error")
         _import_dali()
         super().__init__(samples, spec)
         self._pipe = None  # built on first use; dropped after an error or an abandoned epoch
@@ -367,10 +372,13 @@ class DaliPipeline(Pipeline):
             for k in feed.ids:
                 k = int(k)
                 files.append(s.images[k])
-                s.image(k)  # raises a DataError naming the file if it cannot be decoded
-                if s.masks is not None:
-                    files.append(s.masks[k])
-                    s.mask(k)
+                try:
+                    s.image(k)  # raises a DataError naming the file if it cannot be decoded
+                    if s.masks is not None:
+                        files.append(s.masks[k])
+                        s.mask(k)
+                except DataError as e:
+                    raise DataError(f"{e} (sample {k})") from err
         first = next((ln.strip() for ln in str(err).splitlines() if "decode" in ln.lower()),
                      str(err).splitlines()[0] if str(err) else type(err).__name__)
         raise DataError(f"{s.name}: DALI could not decode one of {len(files)} files ({', '.join(files[:4])}"

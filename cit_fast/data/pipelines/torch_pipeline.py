@@ -14,7 +14,7 @@ in both processes every batch) cost more than the composite itself.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -123,6 +123,33 @@ class CompositeDataset(Dataset):
         return self._fetch(key)
 
     def _fetch(self, key: Tuple[np.ndarray, np.ndarray]) -> Dict[str, np.ndarray]:
+        """``_fetch_samples`` of the batch; a sample that cannot be read stops the run with one
+        DataError naming its file and index (on_bad_sample=error), or (skip) is left out with the
+        samples paired with it ("bad": the unreadable ones, "bad_dropped": how many samples left),
+        every other sample keeping its partner, flip and crop."""
+        index, partner = key
+        bad: List[int] = []
+        n = len(index)
+        while True:
+            try:
+                out = self._fetch_samples((index, partner))
+                break
+            except DataError as e:
+                k = _culprit(self.samples, str(e), np.concatenate([index, partner]))
+                if k is None:
+                    raise
+                if self.spec.on_bad_sample != "skip":
+                    raise DataError(f"{e} (sample {k}); data.on_bad_sample=skip trains on without it") from None
+                keep = (index != k) & (partner != k)
+                if not keep.any():
+                    raise DataError(f"{e} (sample {k}): no sample of its batch is left to train on") from None
+                bad.append(k)
+                index, partner = index[keep], partner[keep]
+        if bad:
+            out.update(bad=np.array(bad, np.int64), bad_dropped=np.int64(n - len(index)))
+        return out
+
+    def _fetch_samples(self, key: Tuple[np.ndarray, np.ndarray]) -> Dict[str, np.ndarray]:
         """key = (indices, partners) of one whole batch.
 
         In-memory data without resizing or cropping: the raw batch itself. Otherwise the batch's
@@ -239,6 +266,19 @@ def _assemble(b: RawBatch, spec: PipelineSpec, epoch: int) -> RawBatch:
     return dict(b, obj=obj, mask=mask, ctx=ctx, ctx_mask=ctx_mask)
 
 
+def _culprit(samples: SampleSet, message: str, ids: np.ndarray) -> Optional[int]:
+    """The sample among ``ids`` whose image or mask file ``message`` names (the longest name that
+    matches), or which it names as ``<set>, sample k``; None if none."""
+    found, longest = None, 0
+    for k in np.unique(ids).tolist():
+        names = [str(files[k]) for files in (samples.images, samples.masks) if isinstance(files, (list, tuple))]
+        names.append(f"{samples.name}, sample {k})")
+        for name in names:
+            if len(name) > longest and name in message + ")":
+                found, longest = k, len(name)
+    return found
+
+
 def _to_tensors(batch):
     """A raw batch's arrays as tensors."""
     return {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
@@ -246,6 +286,22 @@ def _to_tensors(batch):
 
 
 class TorchPipeline(Pipeline):
+    bad_samples = 0  # samples left out of training batches (data.on_bad_sample=skip)
+
+    def _left_out(self, bad: List[int], dropped: int) -> None:
+        """Count the samples a batch left out; log each unreadable file once."""
+        import sys
+
+        self.bad_samples += dropped
+        seen = self.__dict__.setdefault("_bad_logged", set())
+        for k in bad:
+            if k not in seen:
+                seen.add(k)
+                files = self.samples.images
+                name = f" ({files[k]})" if isinstance(files, (list, tuple)) else ""
+                print(f"warning: data.on_bad_sample=skip: sample {k}{name} cannot be read; the samples whose "
+                      f"object or context it is are left out ({self.bad_samples} so far)", file=sys.stderr)
+
     def _loader(self, keys) -> DataLoader:
         ds = CompositeDataset(self.samples, self.spec, self.epoch)
         return DataLoader(ds, batch_size=None, sampler=keys, collate_fn=_to_tensors,
@@ -263,6 +319,8 @@ class TorchPipeline(Pipeline):
         loader = self._loader(keys)
         gpu = self.spec.device.type == "cuda"
         for b in loader:
+            if "bad" in b:
+                self._left_out(b.pop("bad").tolist(), int(b.pop("bad_dropped")))
             if gpu and "images" in b:
                 b["images"] = b["images"].to(self.spec.device, non_blocking=True)
                 b["masks"] = b["masks"].to(self.spec.device, non_blocking=True)
