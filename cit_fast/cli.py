@@ -1,4 +1,4 @@
-"""``cit-fast``: train | eval | cross-eval | synth | table4 | explain | report | masks.
+"""``cit-fast``: train | eval | cross-eval | synth | table4 | explain | report | masks | shard.
 
     cit-fast train --config FILE.yaml [key=value ...]
     cit-fast eval  --checkpoint runs/x/checkpoints/ckpt_e0030_s000000.pt [key=value ...]
@@ -6,6 +6,7 @@
     cit-fast synth --version V2 --out data/v2  (writes train.npz and test.npz; --images cifar10:DIR from CIFAR)
     cit-fast table4 --out bench/RESULTS.md    (the CIT paper's Table IV on the embedded data)
     cit-fast table4 --images cifar10:DIR --images cifar100:DIR  (Table IV from CIFAR, the paper's recipe)
+    cit-fast shard data/train out/shards      (tar shards + index; train with data.train=out/shards)
     cit-fast masks data/birds                 (object masks for images/<class>/* or <class>/* that lack one;
                                                a CIFAR directory or an .npz: a masks sidecar beside it)
 """
@@ -21,6 +22,7 @@ from typing import List, Optional
 from . import __version__
 from .config import SYNTHETIC_VERSIONS, TEST_BIAS
 from .errors import UserError
+from .shard import add_parser as add_shard_parser
 from .utils import dist_info, is_main_process
 
 
@@ -177,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     m.__class__ = _IntermixedParser  # SRC [OUT] before or after the options
     m.add_argument("--no-progress", action="store_true")
+    add_shard_parser(sub)
     return p
 
 
@@ -314,6 +317,16 @@ def _cmd_masks(args) -> int:
     return 0
 
 
+def _cmd_shard(args) -> int:
+    from .shard import run_shard
+
+    lines = run_shard(args.src, args.out, shard_size=args.shard_size, samples_per_shard=args.samples_per_shard,
+                      split=args.split, verify=args.verify, overwrite=args.overwrite,
+                      progress=False if args.no_progress else None, overrides=args.overrides)
+    print("\n".join(lines))
+    return 0
+
+
 def _cmd_explain(args) -> int:
     from PIL import Image
 
@@ -374,7 +387,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"explain": _cmd_explain, "report": _cmd_report, "train": _cmd_train, "eval": _cmd_eval,
                 "cross-eval": _cmd_cross_eval, "synth": _cmd_synth, "table4": _cmd_table4, "masks": _cmd_masks,
-                "config": _cmd_config, "export": _cmd_export}
+                "config": _cmd_config, "export": _cmd_export, "shard": _cmd_shard}
     try:
         return handlers[args.command](args)
     except UserError as e:  # the user's input: one line (our own bugs keep their traceback)

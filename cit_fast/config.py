@@ -27,7 +27,7 @@ from .utils import atomic_write_text, read_mapping_file
 # The allowed values of every choice key, stated once: a field names its tuple (option(choices=...)),
 # validate() and `cit-fast config` read it from there, and the modules that act on the key (plans,
 # models, losses, mix, the CLI) import the same tuple from here.
-SOURCES = ("auto", "synthetic", "arrays", "folder", "manifest", "coco", "nuswide", "cifar")
+SOURCES = ("auto", "synthetic", "arrays", "folder", "manifest", "coco", "nuswide", "cifar", "shards")
 STRATA = ("class", "coarse")
 SYNTHETIC_VERSIONS = ("original", "V1", "V2", "V3", "V4")
 PLANS = ("none", "stratify_c", "stratify_b", "random")
@@ -78,7 +78,8 @@ def option(default: Any, help: str, *, choices: Sequence[Any] = (), path: bool =
 class DataConfig:
     source: str = option("auto", "auto = inferred from data.train (no data.train: synthetic)", choices=SOURCES)
     train: str = option("", "training data: .npz (arrays), a directory (folder; nuswide with ImageList.txt; "
-                            "cifar: a CIFAR-10/100 directory as downloaded, its training split), "
+                            "cifar: a CIFAR-10/100 directory as downloaded, its training split; shards: a "
+                            "`cit-fast shard` output directory), "
                             ".csv/.jsonl (manifest), .json (coco)", path=True)
     test: str = option("", "path to the test data, same kind as `train`", path=True)
     test_labels: str = option("", "labels of a flat folder data.test of ImageNet validation images: "
@@ -415,13 +416,15 @@ def resolve_paths(tree: Dict[str, Any], base: Path, keys: Sequence[str] = PATH_K
 def infer_source(path: str, key: str = "data.train") -> str:
     """The data.source a path is written in: .npz -> arrays, .csv/.jsonl -> manifest, .json -> coco, a
     directory with ImageList.txt (or that file) -> nuswide, a CIFAR directory as downloaded -> cifar,
-    another directory -> folder."""
+    a directory of tar shards with index.npz (`cit-fast shard`) -> shards, another directory -> folder."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{key} {path}: not found")
     if p.is_dir():
         if (p / "ImageList.txt").is_file():
             return "nuswide"
+        if (p / "index.npz").is_file() or (p / ".parts").is_dir():  # written by `cit-fast shard`
+            return "shards"
         if _is_cifar_dir(p):
             return "cifar"
         inside = sorted(str(c) for c in p.iterdir() if c.is_dir() and _is_cifar_dir(c))

@@ -11,6 +11,7 @@ from .pipelines.mix import MixOp
 from .sources.nuswide import load_nuswide
 from .sources import apply_strata_file, load_arrays, load_folder, load_manifest
 from .sources.cifar import load_cifar
+from .sources.shards import load_shards
 from .pipelines.torch_pipeline import TorchPipeline
 from .synthetic.benchmark import make_cit_benchmark
 
@@ -54,6 +55,7 @@ def load_split(d, path: str, classes=None, split: str = "") -> SampleSet:
             "manifest": lambda p, classes=None: load_manifest(p, d.root, classes, verify=v),
             "coco": lambda p, classes=None: _load_coco(p, d.root, classes, verify=v),
             "nuswide": lambda p, classes=None: load_nuswide(p, d.root, classes, verify=v),
+            "shards": lambda p, classes=None: load_shards(p, classes),
             "cifar": lambda p, classes=None: load_cifar(p, split, classes, strata=d.strata)}
     if source not in load:
         raise DataError(f"data.source={source}: not a file-based source ({', '.join(load)})")

@@ -27,6 +27,7 @@ import torch
 from .batch import ModelBatch, RawBatch
 from .contract import (Pipeline, PipelineSpec, compose, crop_pairs, crop_window, decode_set, eval_geometry,
                        flip_flags, uses_windows, window_uses)
+from ..sources.members import read_bytes
 from ..sources.records import DataError, SampleSet
 
 PREFETCH = 2  # batches DALI prepares ahead of the one being consumed
@@ -127,16 +128,8 @@ class _Source:
 
 
 def _read(path: str, kind: str) -> np.ndarray:
-    """Encoded file bytes as uint8, or a DataError naming the file."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"{kind} {path}: file not found") from None
-    except OSError as e:
-        raise DataError(f"{kind} {path}: cannot read ({e})") from None
-    if data.size == 0:
-        raise DataError(f"{kind} {path}: empty file")
-    return data
+    """Encoded bytes of a file or shard member as uint8, or a DataError naming it."""
+    return read_bytes(path, kind)
 
 
 class DaliPipeline(Pipeline):

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from .batch import RawBatch
 from .contract import (Pipeline, PipelineSpec, crop_pairs, crop_window, decode_set, eval_geometry, flip_flags,
                        uses_windows, window_uses)
+from ..sources.members import image_file
 from ..sources.records import DataError, SampleSet
 
 DRAFT_FACTORS = (8, 4, 2)  # the JPEG decoder's DCT scalings (PIL's Image.draft)
@@ -59,9 +60,11 @@ def _open(path: str, kind: str):
     from PIL import Image
 
     try:
-        return Image.open(path)
+        return Image.open(image_file(path, kind))
     except FileNotFoundError:
         raise DataError(f"{kind} {path}: file not found") from None
+    except DataError:  # a shard member that is truncated, corrupt or refused: already names it
+        raise
     except Exception as e:
         raise DataError(f"{kind} {path}: cannot decode ({type(e).__name__}: {e})") from None
 

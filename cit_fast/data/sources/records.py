@@ -15,30 +15,35 @@ import numpy as np
 from PIL import Image
 
 from ...errors import DataError
+from .members import image_file
 
 ImageColumn = Union[np.ndarray, List[str]]
 
 
 def decode_image(path: str) -> np.ndarray:
-    """File -> uint8 (H, W, 3) RGB; a clear DataError naming the file if it cannot be decoded."""
+    """File (or shard member) -> uint8 (H, W, 3) RGB; a clear DataError naming it if it cannot be decoded."""
     try:
-        with Image.open(path) as im:
+        with Image.open(image_file(path)) as im:
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise DataError(f"image {path}: file not found") from None
+    except DataError:  # a shard member that is truncated, corrupt or refused: already names it
+        raise
     except Exception as e:  # PIL raises many kinds for a corrupt file
         raise DataError(f"image {path}: cannot decode ({type(e).__name__}: {e})") from None
 
 
 def decode_mask(path: str) -> np.ndarray:
-    """File -> uint8 (H, W) in 0..255 (grey; 1-bit and palette PNGs are converted)."""
+    """File (or shard member) -> uint8 (H, W) in 0..255 (grey; 1-bit and palette PNGs are converted)."""
     try:
-        with Image.open(path) as im:
+        with Image.open(image_file(path, "mask")) as im:
             if im.mode == "1":
                 return np.asarray(im, dtype=np.uint8) * 255
             return np.asarray(im.convert("L"))
     except FileNotFoundError:
         raise DataError(f"mask {path}: file not found") from None
+    except DataError:  # a shard member that is truncated, corrupt or refused: already names it
+        raise
     except Exception as e:
         raise DataError(f"mask {path}: cannot decode ({type(e).__name__}: {e})") from None
 
@@ -107,6 +112,8 @@ class SampleSet:
                 return None
             if isinstance(col, np.ndarray):
                 return col[idx]
+            if hasattr(col, "take"):  # a shard column (sources/shards.py)
+                return col.take(idx)
             return [col[i] for i in idx]
 
         return SampleSet(take(self.images), take(self.masks), self.labels[idx], list(self.classes),
