@@ -217,7 +217,8 @@ def seconds_per_step(cfg, num_classes: int, side: int, steps: int = 4) -> Tuple[
     return sorted(times)[len(times) // 2], name
 
 
-def estimate_line(step_s: float, device: str, n_train: int, n_test: int, cfg, runs: int, jobs: int) -> Tuple[str, float]:
+def estimate_line(step_s: float, device: str, n_train: int, n_test: int, cfg, runs: int, jobs: int
+                  ) -> Tuple[str, float]:
     """What one model and the whole table will take, from the measured step time; (text, total seconds)."""
     steps = -(-n_train // cfg.data.batch_size)
     evals = -(-cfg.optim.epochs // cfg.eval_every)

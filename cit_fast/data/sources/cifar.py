@@ -147,7 +147,8 @@ def _read_python_batch(path: Path, label_keys: Sequence[bytes]) -> Tuple[np.ndar
     for key in label_keys:
         lab = np.asarray(d[key])
         if lab.ndim != 1 or len(lab) != len(data) or not np.issubdtype(lab.dtype, np.integer):
-            raise DataError(f"{where}: {key.decode()!r} must be {len(data)} integers, got {lab.dtype} {list(lab.shape)}")
+            raise DataError(f"{where}: {key.decode()!r} must be {len(data)} integers, "
+                            f"got {lab.dtype} {list(lab.shape)}")
         labels.append(lab.astype(np.int64))
     return data, labels
 
