@@ -263,3 +263,42 @@ def test_cli_shard_as_a_user(folder, tmp_path, capsys, monkeypatch):
     assert "15 samples in 3 shards" in capsys.readouterr().out
     meta = json.loads(bytes(np.load(tmp_path / "out" / INDEX)["meta"]).decode())
     assert meta["source"] == str(folder.resolve()) and meta["has_masks"]
+
+
+# spawn: what a GPU run uses (CUDA is up by then); ~16 s of worker start-up on this machine
+@pytest.mark.parametrize("start", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_dali_reads_in_worker_processes_across_epochs(folder, shards, start, monkeypatch):
+    """The parallel external source: each epoch's batches (the plan written to the shared feed before the
+    epoch starts) are those of the torch pipeline, and the main process never maps a shard."""
+    pytest.importorskip("nvidia.dali")
+    from cit_fast.data.pipelines.dali_pipeline import DaliPipeline
+    from cit_fast.data.sources import members
+
+    spec = _spec(batch_size=3, num_workers=2)
+    monkeypatch.setattr(DaliPipeline, "start_method", start)
+    members._MAPS.clear()
+    d, t = DaliPipeline(load_shards(shards), spec), TorchPipeline(load_folder(str(folder)), spec)
+    for epoch in (0, 1, 3):
+        d.set_epoch(epoch)
+        t.set_epoch(epoch)
+        rd, rt = list(d.raw_batches()), list(t.raw_batches())
+        assert len(rd) == len(rt) >= 3
+        for x, y in zip(rd, rt):
+            for k in ("index", "partner", "window_i", "window_j"):
+                assert torch.equal(x[k], y[k]), (epoch, k)
+            assert (x["obj"].float() - y["obj"].float()).abs().mean() < 3  # DALI's decoder, PIL's resize
+    assert d._pipe.py_num_workers == 2 and not members._MAPS  # read in DALI's workers only
+
+
+def test_dali_names_a_truncated_shard(shards, tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from cit_fast.data.pipelines.dali_pipeline import DaliPipeline
+    from cit_fast.data.sources import members
+
+    out = _copy(shards, tmp_path)
+    s = load_shards(out)
+    f = out / "shard-000003.tar"
+    f.write_bytes(f.read_bytes()[:2000])
+    members._MAPS.clear()
+    with pytest.raises(DataError, match=r"shard-000003\.tar: image 0000000\d\d\.jpg .*truncated"):
+        list(DaliPipeline(s, _spec(batch_size=4, plan="none", decode_reuse=False)).raw_batches())

@@ -13,6 +13,13 @@ not keep a shuffled image paired with its mask, and the plan, not a reader, deci
 the partners and each rank's shard. The batch callback gets DALI's iteration number, so batch k of
 the epoch is always ``batch_keys()[k]`` however far DALI prefetches, and resuming mid-epoch is only
 ``start_batch`` (the keys start there).
+
+Files and shard members are read by a *parallel* external source: the batch callback runs in DALI's
+worker processes (``data.num_workers`` of them, at least one), several batches at once, never in the
+main thread; each epoch's plan reaches them through a shared file (``dali_feed.py``). Whole batches
+rather than DALI's per-sample mode: a batch decodes a varying number of distinct samples (each once,
+object and context alike), and the per-sample mode has a fixed batch size. In-memory arrays are
+sliced in the main thread (no reads to spread).
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from .batch import ModelBatch, RawBatch
 from .contract import (Pipeline, PipelineSpec, compose, crop_pairs, crop_window, decode_set, eval_geometry,
                        flip_flags, uses_windows, window_uses)
 from ..sources.members import read_bytes
+from .dali_feed import SharedFeed
 from ..sources.records import DataError, SampleSet
 
 PREFETCH = 2  # batches DALI prepares ahead of the one being consumed
@@ -69,11 +77,13 @@ class _Source:
     a DaliPipeline frees its DALI threads at once, without waiting for the cyclic garbage collector.
     """
 
-    def __init__(self, samples: SampleSet, files: bool, spec: Optional[PipelineSpec] = None):
+    def __init__(self, samples: SampleSet, files: bool, spec: Optional[PipelineSpec] = None,
+                 shared: Optional[SharedFeed] = None):
         self.samples, self.files = samples, files
         self.spec = spec  # set when each cut has its own window (``uses_windows``)
         self.epoch = 0
         self.feed: List[_BatchFeed] = []
+        self.shared = shared  # parallel reads: the feed comes from the main process through this file
         self._sizes: dict = {}  # sample -> (height, width), from the file header, read once
 
     def _size(self, k: int):
@@ -105,6 +115,9 @@ class _Source:
         return anchors, shapes, resized
 
     def __call__(self, info):
+        if self.shared is not None:  # in a DALI worker process
+            self.epoch = self.shared.wait(info.epoch_idx)
+            self.feed = self.shared
         if info.iteration >= len(self.feed):
             raise StopIteration
         feed = self.feed[info.iteration]
@@ -139,6 +152,8 @@ class DaliPipeline(Pipeline):
     DALI cannot decode is decoded again with PIL to find it (see ``_diagnose``).
     """
 
+    start_method = ""  # DALI's worker processes: "" = fork on the CPU, spawn on a GPU
+
     def __init__(self, samples: SampleSet, spec: PipelineSpec):
         if spec.on_bad_sample == "skip":
             from ...errors import ConfigError
@@ -150,7 +165,16 @@ class DaliPipeline(Pipeline):
         self._pipe = None  # built on first use; dropped after an error or an abandoned epoch
         self._files = not samples.in_memory
         self._windows = uses_windows(spec)
-        self._source = _Source(samples, self._files, spec if self._windows else None)
+        # files and shard members are read in DALI's worker processes (parallel external source), whole
+        # batches at a time: a batch holds a varying number of distinct samples (decode reuse), which
+        # DALI's per-sample mode (a fixed batch size) cannot express
+        self._parallel = self._files
+        self._shared = None
+        if self._parallel:
+            n_batches = -(-len(samples) // max(1, spec.batch_size)) + 1
+            self._shared = SharedFeed(n_batches, 2 * spec.batch_size * n_batches)
+        self._dali_epoch = 0  # epochs the current DALI pipeline has finished (its BatchInfo.epoch_idx)
+        self._source = _Source(samples, self._files, spec if self._windows else None, shared=self._shared)
         if self._files and (isinstance(samples.images, np.ndarray) or isinstance(samples.masks, np.ndarray)):
             raise DataError(f"{samples.name}: images and masks must both be files or both arrays")
 
@@ -169,14 +193,19 @@ class DaliPipeline(Pipeline):
         device_id = (spec.device.index if spec.device.index is not None else torch.cuda.current_device()) \
             if self._gpu else None
 
+        workers = dict(py_num_workers=max(1, spec.num_workers),
+                       # CUDA is initialised by now on a GPU: its workers cannot be forked
+                       py_start_method=self.start_method or ("spawn" if self._gpu else "fork")) \
+            if self._parallel else {}
+
         @pipeline_def(batch_size=2 * spec.batch_size, num_threads=max(1, spec.num_workers),
-                      device_id=device_id, prefetch_queue_depth=PREFETCH)
+                      device_id=device_id, prefetch_queue_depth=PREFETCH, **workers)
         def graph():
             if self._windows:
                 return self._window_graph(fn, types, n_in)
             if self._files:
                 enc = fn.external_source(source=self._source, num_outputs=n_in, batch=True, batch_info=True,
-                                         dtype=types.UINT8)
+                                         dtype=types.UINT8, parallel=self._parallel)
                 dec = "mixed" if self._gpu else "cpu"
                 # EXIF orientation is ignored, as PIL does in the torch pipeline: a mask is drawn on
                 # the stored pixels, and rotating only the image would misalign them
@@ -213,7 +242,8 @@ class DaliPipeline(Pipeline):
         size = spec.image_size
         n_geo = 2 if spec.train else 3
         dtypes = [types.UINT8] * n_in + [types.FLOAT] * n_geo
-        ext = dict(source=self._source, num_outputs=n_in + n_geo, batch=True, batch_info=True, dtype=dtypes)
+        ext = dict(source=self._source, num_outputs=n_in + n_geo, batch=True, batch_info=True, dtype=dtypes,
+                   parallel=self._parallel)
         if not self._files:
             ext["layout"] = ["HWC"] * n_in + [""] * n_geo
         inp = fn.external_source(**ext)
@@ -279,6 +309,10 @@ class DaliPipeline(Pipeline):
         self._source.feed = feeds
         self._source.epoch = self.epoch
         if self._pipe is None:
+            self._dali_epoch = 0
+        if self._shared is not None:  # before DALI asks its workers for the epoch's first batch
+            self._shared.write(feeds, self.epoch, self._dali_epoch)
+        if self._pipe is None:
             self._pipe = self._build()
         pipe = self._pipe
         done = False
@@ -298,6 +332,7 @@ class DaliPipeline(Pipeline):
                 raise RuntimeError("DALI pipeline produced more batches than the plan has")
             except StopIteration:
                 pipe.reset()
+                self._dali_epoch += 1
             done = True
         finally:
             if not done:  # an abandoned epoch leaves prefetched batches behind: rebuild next time
@@ -331,6 +366,10 @@ class DaliPipeline(Pipeline):
         has_masks = s.masks is not None
         if self._files and has_masks:
             self._check_sizes(feed, outs[2], outs[3])
+        if self._windows and self._parallel:  # the cuts' windows, again, from the headers DALI peeked
+            hw = np.array(outs[2 if has_masks else 1].as_array())[:, :2]
+            feed.windows = np.asarray([crop_window(spec, self.epoch, int(k), int(r), int(h), int(w))
+                                       for k, r, (h, w) in zip(feed.ids, feed.roles, hw)], np.int64)
         imgs = self._to_torch(outs[0], "image", feed)  # (U, H, W, 3)
         if has_masks:
             msks = self._to_torch(outs[1], "mask", feed)[..., 0]  # (U, H, W)
