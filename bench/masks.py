@@ -12,7 +12,7 @@ Data, nothing downloaded:
   shapes 96 px   the same generator at 96 x 96
   photos         the sample photos shipped in scikit-image (and scikit-learn / matplotlib when installed),
                  against rough hand-drawn outlines (cit_fast.data.synthetic.sample_photos; IoU good to ~+-0.05)
-Methods: every built-in saliency method (with OpenCV, and the numpy paths used without it), and
+Methods: every built-in saliency method (OpenCV's primitives: the masks extra), and
 ``cam``: Grad-CAM of a resnet8 trained here for --cam-steps steps on other make_shapes images
 (shapes only: it knows no photo classes), refined with GrabCut like the default. Time: wall
 seconds per image of the whole mask maker on one thread (the load average is printed: the machine
@@ -42,13 +42,11 @@ from cit_fast.data.masks.saliency import SaliencyMasker  # noqa: E402
 Scene = Tuple[np.ndarray, np.ndarray]  # uint8 (H, W, 3) image, bool (H, W) object
 Masker = Callable[[np.ndarray], np.ndarray]
 
-METHODS: Dict[str, Tuple[str, bool]] = {  # row name -> (SaliencyMasker method, use OpenCV)
-    "grabcut (default)": ("grabcut", True),
-    "rbd": ("rbd", True),
-    "grabcut without OpenCV (= rbd, numpy)": ("grabcut", False),
-    "spectral (the old default)": ("spectral", True),
-    "spectral, numpy": ("spectral", False),
-    "fine_grained": ("fine_grained", True),
+METHODS: Dict[str, str] = {  # row name -> SaliencyMasker method
+    "grabcut (default)": "grabcut",
+    "rbd": "rbd",
+    "spectral (the old default)": "spectral",
+    "fine_grained": "fine_grained",
 }
 MONTAGE_METHODS = ("spectral (the old default)", "fine_grained", "grabcut (default)")
 
@@ -151,8 +149,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"  {len(sets['shapes 24 px'])} + {len(sets['shapes 96 px'])} shapes, photos: {', '.join(photos)}",
           flush=True)
     rows: Dict[str, Dict[str, Optional[Dict[str, object]]]] = {}
-    for name, (method, use_cv2) in METHODS.items():
-        masker = SaliencyMasker(method, use_cv2=use_cv2)
+    for name, method in METHODS.items():
+        masker = SaliencyMasker(method)
         rows[name] = {k: evaluate(masker, v) for k, v in sets.items()}
         print(f"  {name:<40} " + "  ".join(f"{k} {iou_cell(r)}" for k, r in rows[name].items()), flush=True)
     cam_note = ""

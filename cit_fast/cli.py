@@ -162,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("out", nargs="?", default=None,
                    help="where masks go (see above; default: the layout's own masks tree)")
     m.add_argument("--method", default=None, metavar="METHOD",
-                   help="grabcut (default: robust-background saliency refined with GrabCut; without OpenCV its "
-                        "numpy fallback rbd), rbd, spectral, fine_grained (classical saliency, no weights), or cam "
+                   help="grabcut (default: robust-background saliency refined with GrabCut), rbd, spectral, "
+                        "fine_grained (classical saliency, no weights), or cam "
                         "(Grad-CAM of --classifier refined with GrabCut)")
     m.add_argument("--classifier", default="", metavar="FILE",
                    help="--method cam: a torchvision ResNet-18/34/50 state dict or a cit_fast checkpoint of a "

@@ -166,9 +166,9 @@ class ClassifierCam:
         return cam.clamp(0, 1).cpu().numpy(), cls
 
 
-def cam_masker(classifier: Classifier, device: str = "", use_cv2: bool = True) -> CamMasker:
+def cam_masker(classifier: Classifier, device: str = "") -> CamMasker:
     """The mask maker of ``--method cam`` over a loaded classifier."""
-    return CamMasker(ClassifierCam(classifier, device), f"Grad-CAM of {classifier.what}", use_cv2=use_cv2)
+    return CamMasker(ClassifierCam(classifier, device), f"Grad-CAM of {classifier.what}")
 
 
 def make_cam_masker(classifier: str, arch: str = "", device: str = "") -> CamMasker:

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from .saliency import RBD_SIDE, clean_mask, grabcut_refine, grabcut_seeds, opencv, resize_long_side, upsample_mask
+from .saliency import RBD_SIDE, clean_mask, grabcut_refine, opencv, resize_long_side, upsample_mask
 
 # uint8 (H, W, 3) image, its class name or None -> (float (H, W) map in [0, 1], the class it shows)
 ClassMap = Callable[[np.ndarray, Optional[str]], Tuple[np.ndarray, int]]
@@ -24,22 +24,16 @@ class CamMasker:
 
     uses_class = True  # generate_masks passes the image's class folder name
 
-    def __init__(self, cam: ClassMap, what: str, use_cv2: bool = True):
+    def __init__(self, cam: ClassMap, what: str):
+        opencv()  # GrabCut and the clean-up: one error line without OpenCV, before any image
         self.cam = cam
         self.what = what  # the map, for the log (e.g. "Grad-CAM of a resnet18 state dict ...")
-        self.grabcut = use_cv2 and opencv() is not None  # without OpenCV: Otsu's split of the map
 
     def describe(self) -> str:
-        how = "refined with GrabCut" if self.grabcut else "Otsu's split (no OpenCV: no GrabCut)"
-        return f"masks by cam: {self.what}, {how}"
+        return f"masks by cam: {self.what}, refined with GrabCut"
 
     def __call__(self, img: np.ndarray, class_name: Optional[str] = None) -> np.ndarray:
         cam, _ = self.cam(img, class_name)
         work = resize_long_side(img, *RBD_SIDE)
         prior = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(work.shape[1::-1], Image.BILINEAR))
-        if self.grabcut:
-            binary = grabcut_refine(work, prior)
-        else:
-            seeds = grabcut_seeds(prior)
-            binary = (seeds == 1) | (seeds == 3)  # the map above Otsu's threshold
-        return upsample_mask(clean_mask(binary, use_cv2=self.grabcut), img.shape[:2])
+        return upsample_mask(clean_mask(grabcut_refine(work, prior)), img.shape[:2])

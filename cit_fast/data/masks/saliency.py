@@ -9,20 +9,20 @@
     al. 2004) under a border-is-background prior: the saliency map seeds GrabCut's colour models
     (very salient = object, salient = probably object, the rest = probably context, a thin image
     border outside the salient region = context) and GrabCut snaps the mask to colour edges.
-    Needs OpenCV (``opencv-contrib-python-headless``); without it ``grabcut`` runs ``rbd`` in numpy.
   - ``rbd``: saliency optimisation from robust background detection (Zhu, Liang, Wei & Sun, CVPR
     2014) over SLIC superpixels (Achanta et al. 2012): a region is background in proportion to how
     much of it, measured along geodesic colour paths, touches the image border; contrast against
-    the background and a smoothness term give the map; thresholded with Otsu. Pure numpy (OpenCV's
-    SLIC when present); the fallback of ``grabcut``.
+    the background and a smoothness term give the map; thresholded with Otsu.
   - ``spectral`` (Hou & Zhang, CVPR 2007) and ``fine_grained`` (Montabone & Soto, 2010): OpenCV's
-    static saliency (spectral residual also in numpy), Otsu and clean-up. Kept for comparison:
+    static saliency, Otsu and clean-up. Kept for comparison:
     on photos they mark edges and small bright details (eyes, a rim, lamps), see bench/RESULTS.md.
 - ``TorchMasker``: a segmentation/saliency model from a local checkpoint, never downloaded: a
   TorchScript file, or a state dict for a torchvision segmentation architecture.
 - ``cam.CamMasker`` (``--method cam``): the class activation map of the user's own classifier
   (``eval.cam`` loads it), refined with the same ``grabcut_refine``.
 
+The image primitives (SLIC, GrabCut, blur, Otsu, morphology, connected components) are OpenCV's
+with its contrib modules, the ``masks`` extra; without it a mask maker is one error line.
 The run is resumable (existing masks are skipped), every mask is written atomically, unreadable
 images are named at the end; every run reports the coverage of its masks (``masks_quality``),
 warns when it is degenerate and writes a montage of images with their mask outlines.
@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from ...errors import UsageError
 from ...utils import atomic_path
@@ -59,88 +58,35 @@ Masker = Callable[[np.ndarray], np.ndarray]  # uint8 (H, W, 3) RGB -> uint8 (H, 
 
 
 def opencv():
+    """cv2 with its contrib modules (saliency, ximgproc); a UsageError line naming the extra without it."""
     try:
         import cv2
 
-        cv2.saliency  # noqa: B018 -- the contrib module
+        cv2.saliency, cv2.ximgproc  # noqa: B018 -- the contrib modules
         return cv2
     except (ImportError, AttributeError):
-        return None
+        raise UsageError("object masks need OpenCV with its contrib modules: pip install 'cit_fast[masks]' "
+                         "(opencv-contrib-python-headless)") from None
 
 
 # ---------------------------------------------------------------------------------------------
-# numpy building blocks (the fallback when OpenCV is absent)
-
-
-def _box3(x: np.ndarray) -> np.ndarray:
-    """3x3 mean filter with edge replication."""
-    p = np.pad(x, 1, mode="edge")
-    h, w = x.shape
-    return sum(p[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)) / 9.0
-
-
-def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of a float (h, w) array, edges replicated."""
-    r = max(1, int(3 * sigma + 0.5))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / max(sigma, 1e-6)) ** 2)
-    k /= k.sum()
-    p = np.pad(x, r, mode="edge")
-    p = sum(k[i] * p[i:i + x.shape[0]] for i in range(2 * r + 1))  # rows
-    return sum(k[i] * p[:, i:i + x.shape[1]] for i in range(2 * r + 1))  # columns
-
-
-def spectral_residual(gray: np.ndarray) -> np.ndarray:
-    """Spectral-residual saliency (Hou & Zhang 2007) of a float (h, w) image, as float (h, w) in [0, 1].
-
-    The log amplitude spectrum minus its local mean is the 'unexpected' part of the image; back in
-    the spatial domain (with the original phase) it lights up the salient regions.
-    """
-    f = np.fft.fft2(gray)
-    log_amp = np.log(np.abs(f) + 1e-8)
-    phase = np.angle(f)
-    sal = np.abs(np.fft.ifft2(np.exp(log_amp - _box3(log_amp) + 1j * phase))) ** 2
-    sal = gaussian_blur(sal, 2.5)
-    lo, hi = float(sal.min()), float(sal.max())
-    return (sal - lo) / (hi - lo) if hi > lo else np.zeros_like(sal)
+# image primitives
 
 
 def otsu_threshold(x: np.ndarray) -> int:
-    """Otsu's threshold of a uint8 array: the level that maximises the between-class variance."""
-    hist = np.bincount(x.reshape(-1), minlength=256).astype(np.float64)
-    p = hist / max(hist.sum(), 1)
-    w0 = np.cumsum(p)
-    mu = np.cumsum(p * np.arange(256))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mu[-1] * w0 - mu) ** 2 / (w0 * (1 - w0))
-    between[~np.isfinite(between)] = -1
-    return int(np.argmax(between))
-
-
-def _label(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """8-connected components of a bool (h, w) mask: labels (h, w) (0 = background), areas per label."""
-    h, w = mask.shape
-    labels = np.zeros((h, w), np.int32)
-    areas = [0]
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if labels[y0, x0]:
-            continue
-        lab = len(areas)
-        labels[y0, x0] = lab
-        q, n = deque([(y0, x0)]), 0
-        while q:
-            y, x = q.popleft()
-            n += 1
-            for yy in (y - 1, y, y + 1):
-                for xx in (x - 1, x, x + 1):
-                    if 0 <= yy < h and 0 <= xx < w and mask[yy, xx] and not labels[yy, xx]:
-                        labels[yy, xx] = lab
-                        q.append((yy, xx))
-        areas.append(n)
-    return labels, np.asarray(areas)
+    """Otsu's threshold of a uint8 array: the level that maximises the between-class variance
+    (values above it are the upper class)."""
+    cv2 = opencv()
+    t, _ = cv2.threshold(np.ascontiguousarray(x if x.ndim == 2 else x.reshape(1, -1)), 0, 255,
+                         cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    return int(t)
 
 
 def rgb_to_lab(img: np.ndarray) -> np.ndarray:
-    """uint8 (h, w, 3) sRGB -> float64 (h, w, 3) CIE L*a*b* (D65), L in [0, 100]."""
+    """uint8 (h, w, 3) sRGB -> float64 (h, w, 3) CIE L*a*b* (D65), L in [0, 100].
+
+    In float64: OpenCV's float32 conversion differs by up to ~0.3 units, which moves superpixel
+    colours and so the masks."""
     c = img.astype(np.float64) / 255.0
     c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
     rgb_to_xyz = np.array([[0.412453, 0.357580, 0.180423],
@@ -152,46 +98,9 @@ def rgb_to_lab(img: np.ndarray) -> np.ndarray:
     return np.stack([L, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
-def slic_numpy(lab: np.ndarray, n_segments: int = 200, compactness: float = 10.0, iters: int = 5) -> np.ndarray:
-    """SLIC superpixels (Achanta et al. 2012) of a Lab (h, w, 3) image -> int labels (h, w), 0..n-1.
-
-    Local k-means on (L, a, b, y, x): every pixel is compared with the centres of its own grid cell
-    and the 8 around it (the 2S x 2S search window of the paper), spatial distance weighted by
-    compactness / S. Connectivity is not enforced: a label may be split, which the region graph
-    below tolerates.
-    """
-    h, w = lab.shape[:2]
-    step = max(2, int(np.sqrt(h * w / n_segments)))
-    gy, gx = -(-h // step), -(-w // step)
-    yy, xx = np.mgrid[0:h, 0:w]
-    feat = np.concatenate([lab, yy[..., None], xx[..., None]], -1).astype(np.float64)  # (h, w, 5)
-    cy = np.minimum(np.arange(gy) * step + step // 2, h - 1)
-    cx = np.minimum(np.arange(gx) * step + step // 2, w - 1)
-    centres = feat[cy[:, None], cx[None, :]].reshape(-1, 5)  # (gy * gx, 5)
-    cell_y, cell_x = np.minimum(yy // step, gy - 1), np.minimum(xx // step, gx - 1)
-    spatial = (compactness / step) ** 2
-    labels = np.zeros((h, w), np.int64)
-    for _ in range(iters):
-        best = np.full((h, w), np.inf)
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                k = np.clip(cell_y + dy, 0, gy - 1) * gx + np.clip(cell_x + dx, 0, gx - 1)  # (h, w)
-                c = centres[k]  # (h, w, 5)
-                d = ((feat[..., :3] - c[..., :3]) ** 2).sum(-1) + spatial * ((feat[..., 3:] - c[..., 3:]) ** 2).sum(-1)
-                closer = d < best
-                best[closer], labels[closer] = d[closer], k[closer]
-        count = np.bincount(labels.ravel(), minlength=len(centres))
-        used = count > 0
-        for j in range(5):
-            centres[used, j] = np.bincount(labels.ravel(), feat[..., j].ravel(), len(centres))[used] / count[used]
-    return np.unique(labels, return_inverse=True)[1].reshape(h, w)
-
-
-def superpixels(img: np.ndarray, lab: np.ndarray, n_segments: int = 200, use_cv2: bool = True) -> np.ndarray:
-    """int (h, w) SLIC labels 0..n-1: OpenCV's SLICO when available, else ``slic_numpy``."""
-    cv2 = opencv() if use_cv2 else None
-    if cv2 is None or not hasattr(cv2, "ximgproc"):
-        return slic_numpy(lab, n_segments)
+def superpixels(img: np.ndarray, n_segments: int = 200) -> np.ndarray:
+    """int (h, w) labels 0..n-1 of OpenCV's SLICO superpixels (Achanta et al. 2012), connected."""
+    cv2 = opencv()
     h, w = img.shape[:2]
     step = max(2, int(np.sqrt(h * w / n_segments)))
     sp = cv2.ximgproc.createSuperpixelSLIC(cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2LAB),
@@ -201,8 +110,7 @@ def superpixels(img: np.ndarray, lab: np.ndarray, n_segments: int = 200, use_cv2
     return np.unique(sp.getLabels(), return_inverse=True)[1].reshape(h, w)
 
 
-def robust_background_saliency(img: np.ndarray, n_segments: int = 200, use_cv2: bool = True,
-                               clip: float = 0.5, sigma_clr: float = 10.0, sigma_bnd: float = 1.0,
+def robust_background_saliency(img: np.ndarray, n_segments: int = 200, clip: float = 0.5, sigma_clr: float = 10.0, sigma_bnd: float = 1.0,
                                sigma_spa: float = 0.25, mu: float = 0.1) -> np.ndarray:
     """Saliency optimisation from robust background detection (Zhu et al., CVPR 2014).
 
@@ -220,7 +128,7 @@ def robust_background_saliency(img: np.ndarray, n_segments: int = 200, use_cv2: 
     """
     lab = rgb_to_lab(img)
     h, w = lab.shape[:2]
-    labels = superpixels(img, lab, n_segments, use_cv2)
+    labels = superpixels(img, n_segments)
     n = int(labels.max()) + 1
     flat = labels.ravel()
     count = np.bincount(flat, minlength=n).astype(np.float64)
@@ -295,8 +203,7 @@ def grabcut_refine(img: np.ndarray, prior: np.ndarray, iters: int = 4, border: f
     and cuts along colour edges. When the seeds hold only one side (a flat prior) the prior's own
     Otsu split is returned.
     """
-    import cv2
-
+    cv2 = opencv()
     seeds = grabcut_seeds(prior, border)
     fg = (seeds == 1) | (seeds == 3)
     if fg.all() or not fg.any():
@@ -331,26 +238,19 @@ def _odd(x: float) -> int:
     return k if k % 2 else k + 1
 
 
-def clean_mask(binary: np.ndarray, keep_ratio: float = 0.3, use_cv2: bool = True, morph: float = 0.03) -> np.ndarray:
+def clean_mask(binary: np.ndarray, keep_ratio: float = 0.3, morph: float = 0.03) -> np.ndarray:
     """bool (h, w) -> bool: opening and closing, components of >= keep_ratio x the largest, holes filled.
 
     morph: the structuring element's side as a fraction of the longer image side.
     """
-    cv2 = opencv() if use_cv2 else None
+    cv2 = opencv()
     h, w = binary.shape
     k = _odd(morph * max(h, w))
     m = binary.astype(np.uint8) * 255
-    if cv2 is not None:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-        m = cv2.morphologyEx(cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel), cv2.MORPH_CLOSE, kernel)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats((m > 0).astype(np.uint8), connectivity=8)
-        areas = stats[:, cv2.CC_STAT_AREA].copy()
-    else:
-        im = Image.fromarray(m)
-        im = im.filter(ImageFilter.MinFilter(k)).filter(ImageFilter.MaxFilter(k))  # opening
-        im = im.filter(ImageFilter.MaxFilter(k)).filter(ImageFilter.MinFilter(k))  # closing
-        m = np.asarray(im)
-        labels, areas = _label(m > 0)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    m = cv2.morphologyEx(cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel), cv2.MORPH_CLOSE, kernel)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((m > 0).astype(np.uint8), connectivity=8)
+    areas = stats[:, cv2.CC_STAT_AREA].copy()
     areas[0] = 0
     if areas.max(initial=0) == 0:
         return np.zeros((h, w), bool)
@@ -358,11 +258,7 @@ def clean_mask(binary: np.ndarray, keep_ratio: float = 0.3, use_cv2: bool = True
     keep[0] = False
     obj = keep[labels]
     # holes: background not connected to the border
-    if cv2 is not None:
-        bg = (~obj).astype(np.uint8)
-        n, lab, _, _ = cv2.connectedComponentsWithStats(bg, connectivity=4)
-    else:
-        lab, _ = _label(~obj)  # 8-connectivity for the background is close enough for the fallback
+    n, lab, _, _ = cv2.connectedComponentsWithStats((~obj).astype(np.uint8), connectivity=4)
     border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
     holes = (~obj) & ~np.isin(lab, border)
     return obj | holes
@@ -370,14 +266,10 @@ def clean_mask(binary: np.ndarray, keep_ratio: float = 0.3, use_cv2: bool = True
 
 @dataclass
 class SaliencyMasker:
-    """A mask from a saliency map, needing no weights (see the module doc).
-
-    method: one of SALIENCY_METHODS. Without OpenCV (or with use_cv2=False) ``grabcut`` runs ``rbd``
-    in numpy, ``spectral`` its numpy version, and ``fine_grained`` is an error.
-    """
+    """A mask from a saliency map, needing no weights (see the module doc). method: one of
+    SALIENCY_METHODS."""
 
     method: str = DEFAULT_METHOD
-    use_cv2: bool = True  # False: the numpy implementation even when OpenCV is installed
     keep_ratio: float = 0.3  # keep components at least this fraction of the largest
     blur: float = 0.01  # Gaussian smoothing of the saliency map, sigma as a fraction of the longer side
     morph: float = 0.02  # opening/closing element, as a fraction of the longer side
@@ -386,72 +278,54 @@ class SaliencyMasker:
     def __post_init__(self) -> None:
         if self.method not in SALIENCY_METHODS:
             raise UsageError(f"--method: expected one of {', '.join(SALIENCY_METHODS)} (or cam), got {self.method!r}")
-        self._cv2 = opencv() if self.use_cv2 else None
-        if self.method == "fine_grained" and self._cv2 is None:
-            raise UsageError("--method fine_grained needs OpenCV's contrib modules: "
-                             "pip install opencv-contrib-python-headless (or use --method rbd)")
-        # what actually runs: grabcut needs OpenCV, its numpy fallback is rbd
-        self.runs = "rbd" if (self.method == "grabcut" and self._cv2 is None) else self.method
-
-    @property
-    def backend(self) -> str:
-        return "opencv" if self._cv2 is not None else "numpy"
+        self._cv2 = opencv()
 
     def describe(self) -> str:
         """One line for the run's log: what computes the masks."""
         what = {"grabcut": "robust-background saliency refined with GrabCut",
                 "rbd": "robust-background saliency (superpixels) + Otsu",
                 "spectral": "spectral-residual saliency + Otsu",
-                "fine_grained": "fine-grained saliency + Otsu"}[self.runs]
-        note = " (no OpenCV: the numpy fallback of grabcut)" if self.runs != self.method else ""
-        return f"masks by {self.runs}: {what}, {self.backend}{note}"
+                "fine_grained": "fine-grained saliency + Otsu"}[self.method]
+        return f"masks by {self.method}: {what}"
 
     def _rbd(self, work: np.ndarray) -> np.ndarray:
-        return robust_background_saliency(work, self.n_segments, use_cv2=self._cv2 is not None)
+        return robust_background_saliency(work, self.n_segments)
 
     def _object(self, img: np.ndarray) -> np.ndarray:
         """rbd / grabcut: uint8 (H, W, 3) -> bool (h, w) at the working size."""
         work = resize_long_side(img, *RBD_SIDE)
         sal = self._rbd(work)
-        if self.runs == "grabcut":
+        if self.method == "grabcut":
             binary = grabcut_refine(work, sal)
         else:
             s8 = np.round(sal * 255).astype(np.uint8)
             binary = s8 > otsu_threshold(s8) if s8.max() > s8.min() else np.zeros(s8.shape, bool)
-        return clean_mask(binary, self.keep_ratio, use_cv2=self._cv2 is not None, morph=self.morph)
+        return clean_mask(binary, self.keep_ratio, morph=self.morph)
 
     def saliency(self, img: np.ndarray) -> np.ndarray:
         """spectral / fine_grained: uint8 (H, W, 3) -> float32 (h, w) in [0, 1] at the working size
         (longer side <= WORK_SIDE); rbd / grabcut: the robust-background map at their working size."""
-        if self.runs in ("rbd", "grabcut"):
+        if self.method in ("rbd", "grabcut"):
             return self._rbd(resize_long_side(img, *RBD_SIDE)).astype(np.float32)
         h, w = img.shape[:2]
         scale = min(1.0, WORK_SIDE / max(h, w))
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         work = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR)) if scale < 1 else img
         cv2 = self._cv2
-        if cv2 is not None:
-            bgr = np.ascontiguousarray(work[..., ::-1])
-            det = (cv2.saliency.StaticSaliencySpectralResidual_create() if self.runs == "spectral"
-                   else cv2.saliency.StaticSaliencyFineGrained_create())
-            ok, sal = det.computeSaliency(bgr)
-            if not ok:
-                return np.zeros(work.shape[:2], np.float32)
-            sal = sal.astype(np.float32)
-            sigma = self.blur * max(sal.shape)
-            sal = cv2.GaussianBlur(sal, (_odd(6 * sigma),) * 2, sigma)
-        else:  # spectral residual at 64 px on the longer side, as OpenCV does
-            grey = Image.fromarray(work).convert("L")
-            s = 64 / max(grey.size)
-            small = grey.resize((max(1, round(grey.size[0] * s)), max(1, round(grey.size[1] * s))), Image.BILINEAR)
-            sal = spectral_residual(np.asarray(small, np.float64) / 255.0)
-            sal = np.asarray(Image.fromarray(sal.astype(np.float32)).resize(work.shape[1::-1], Image.BILINEAR))
-            sal = gaussian_blur(sal, self.blur * max(sal.shape))
+        bgr = np.ascontiguousarray(work[..., ::-1])
+        det = (cv2.saliency.StaticSaliencySpectralResidual_create() if self.method == "spectral"
+               else cv2.saliency.StaticSaliencyFineGrained_create())
+        ok, sal = det.computeSaliency(bgr)
+        if not ok:
+            return np.zeros(work.shape[:2], np.float32)
+        sal = sal.astype(np.float32)
+        sigma = self.blur * max(sal.shape)
+        sal = cv2.GaussianBlur(sal, (_odd(6 * sigma),) * 2, sigma)
         lo, hi = float(sal.min()), float(sal.max())
         return ((sal - lo) / (hi - lo) if hi > lo else np.zeros_like(sal)).astype(np.float32)
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
-        if self.runs in ("rbd", "grabcut"):
+        if self.method in ("rbd", "grabcut"):
             return upsample_mask(self._object(img), img.shape[:2])
         sal = self.saliency(img)
         s8 = np.round(sal * 255).astype(np.uint8)
@@ -459,7 +333,7 @@ class SaliencyMasker:
             binary = np.zeros(s8.shape, bool)
         else:
             binary = s8 > otsu_threshold(s8)
-        m = clean_mask(binary, self.keep_ratio, use_cv2=self._cv2 is not None, morph=self.morph)
+        m = clean_mask(binary, self.keep_ratio, morph=self.morph)
         return upsample_mask(m, img.shape[:2])
 
 
@@ -494,6 +368,8 @@ class TorchMasker:
             raise DataError(f"mask model {checkpoint}: file not found (models are only loaded from local files)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.input_size, self.threshold, self.background, self.clean = input_size, threshold, background, clean
+        if clean:
+            opencv()  # clean_mask's primitives: one error line now, not at the first image
         self.model = self._load(p, arch, num_classes).to(self.device).eval()
         self.what = f"{arch or 'TorchScript'} model {p.name}"
 
