@@ -79,11 +79,27 @@ class DDPEngine(Engine):
         self.optimizer, self.scheduler = optimizer, scheduler
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.dist.precision == "fp16")
         self._micro = 0
+        # False: DDP all-reduces the gradients only at the last micro-step of an accumulation (its
+        # no_sync), as exact as reducing every micro-step (a sum of sums) with 1/grad_accum of the
+        # traffic; True reduces every micro-step (the bench compares the two)
+        self.sync_every_micro_step = False
+        self._set_grad_sync()
+
+    def reduce_every_micro_step(self, on: bool = True) -> None:
+        """All-reduce at every micro-step instead (what the bench and the tests compare with)."""
+        self.sync_every_micro_step = on
+        self._set_grad_sync()
+
+    def _set_grad_sync(self) -> None:
+        """Before the next micro-step's forward (where DDP reads it): reduce in its backward?"""
+        if hasattr(self.model, "require_backward_grad_sync"):
+            last = (self._micro + 1) % self.accum == 0
+            self.model.require_backward_grad_sync = last or self.sync_every_micro_step
 
     def backward_step(self, loss: torch.Tensor) -> None:
-        # gradients are all-reduced at every micro-step (no no_sync): simpler, and exact
         self.scaler.scale(loss / self.accum).backward()
         self._micro += 1
+        self._set_grad_sync()
         if self._micro % self.accum:
             return
         if self.cfg.dist.grad_clip > 0:
