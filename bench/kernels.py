@@ -17,7 +17,7 @@ On a CPU: median wall clock of single calls, Triton not timed (it only runs inte
 Attention FLOPs: fwd 4*M*Kc*D, fwd+bwd 14*M*Kc*D (M = B*C rows; the backward recomputes S and
 does four more products); composite bytes: inputs read once, outputs written once. Peaks: vendor
 datasheet figures (dense tensor-core TFLOP/s, DRAM GB/s) from a small table of known parts.
-Targets for the first GPU run (issue 13): composite >= 80 % of HBM bandwidth; attention fwd+bwd
+Targets for the first GPU run: composite >= 80 % of HBM bandwidth; attention fwd+bwd
 >= 1.0x SDPA (prior folded into V) and >= 3x the eager reference at Kc 100 and 1024.
 """
 from __future__ import annotations

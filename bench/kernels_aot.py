@@ -403,10 +403,10 @@ def _launch_case(case: Case) -> None:
     prior = torch.empty((kc,), dtype=torch.float32, device=meta)
     scale = dh ** -0.5
     prec = p.get("precision")
-    kw = {"precision": prec} if prec else {}  # (the kernels before issue 13 had no precision)
+    kw = {"precision": prec} if prec else {}  # (older kernels, measured for comparison, had no precision)
     out, attn, lse = ca.causal_attention_forward(q, k, v, prior, heads, scale, p["return_attn"], **kw)
     dattn = torch.empty_like(attn) if p["return_attn"] else None
-    # the model's prior is a buffer (no dprior); the kernels before issue 13 always computed it
+    # the model's prior is a buffer (no dprior); older kernels always computed it
     bkw = dict(kw, need_dprior=bool(p.get("dprior"))) \
         if "need_dprior" in ca.causal_attention_backward.__code__.co_varnames else {}
     ca.causal_attention_backward(q, k, v, prior, out, lse, torch.empty_like(out), dattn, heads, scale, **bkw)

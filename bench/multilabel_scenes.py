@@ -1,5 +1,5 @@
-"""Causal multi-label model vs the decoder-only baseline on the scene-confounded benchmark (issue 15),
-with paired seeds and 95% confidence intervals.
+"""Causal multi-label model vs the decoder-only baseline on the scene-confounded benchmark, with
+paired seeds and 95% confidence intervals.
 
     .venv/bin/python bench/multilabel_scenes.py                 # the small default run (~7 min on 2 cores)
     .venv/bin/python bench/multilabel_scenes.py --full          # the sweep: 5 arms x 5 seeds, 85 runs (2.9 CPU-h, 101 min on 2 cores; resumable)
@@ -19,7 +19,7 @@ trunk, the same initial decoder and heads: paired):
   sigmoid(logits1)) with branch 1 supervised on its own as well (``model.branch1_loss=1``);
 - ``random``:   ``raising`` with random confounders instead of the k-means ones (the paper's ablation).
 
-Recipe (issue 15's "converge before comparing"): every model starts from the same pre-trained trunk, a
+Recipe (converge before comparing): every model starts from the same pre-trained trunk, a
 CIFAR ResNet-8 trained as a single-label classifier on single-object scenes over the same palettes
 (``make_scene_singles``, other object instances), and keeps it frozen (``model.freeze_trunk``); the
 confounders are k-means prototypes of that same frozen network's spatial features
@@ -30,7 +30,7 @@ finished run with the same config is reused, so the sweep resumes where it stopp
 Printed and written (``--results-md``): per arm, each model's Exclusive / Co-occur AP (of b, averaged
 over the pairs) and All (mAP over the 10 classes), and causal - baseline as a mean paired difference with
 its 95% confidence interval (Student t over seeds); the baseline's mAP spread over seeds; the NMI check;
-and whether the issue's criteria for the paper's qualitative claim hold.
+and whether the criteria for the paper's qualitative claim (``criteria``) hold.
 """
 from __future__ import annotations
 
@@ -309,7 +309,7 @@ def summarise(arms: Sequence[str], models: Sequence[str], seeds: Sequence[int], 
 
 
 def criteria(verdict: Dict[str, Dict], models: Sequence[str]) -> List[str]:
-    """The issue's reading of the paper's qualitative claim, per causal reading: on the 3% and 15% arms
+    """The paper's qualitative claim as testable criteria, per causal reading: on the 3% and 15% arms
     Exclusive AP rises with a CI above 0, Co-occur stays within +-1, All drops by at most 0.5, k-means
     confounders beat random ones; the 0% and placebo arms show no gain (Exclusive CI not above 0)."""
     out = []
@@ -336,7 +336,7 @@ def criteria(verdict: Dict[str, Dict], models: Sequence[str]) -> List[str]:
             else:
                 checks.append((f"arm {arm}: not run", False))
         ok = all(passed for _, passed in checks)
-        out.append(f"- **{LABELS[m]}**: the claim is {'REPRODUCED' if ok else 'not reproduced'} by the issue's "
+        out.append(f"- **{LABELS[m]}**: the claim is {'REPRODUCED' if ok else 'not reproduced'} by these "
                    f"criteria ({sum(p for _, p in checks)} of {len(checks)} hold)\n"
                    + "\n".join(f"  - [{'x' if passed else ' '}] {text}" for text, passed in checks))
     return out
@@ -426,7 +426,7 @@ def main() -> None:
     minutes = (time.perf_counter() - t0) / 60
     used = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     call_cpu = sum(u.ru_utime + u.ru_stime for u in used)  # this call and its (finished) workers
-    text = (f"{table}\n\nThe issue's criteria for the paper's qualitative claim:\n\n" + "\n".join(verdict_lines)
+    text = (f"{table}\n\nThe criteria for the paper's qualitative claim:\n\n" + "\n".join(verdict_lines)
             + f"\n\n{len(jobs)} runs, {train_cpu / 3600:.2f} CPU-hours of training and confounder fitting (process "
               f"CPU time, one thread per run; reused runs counted with their own time); this call used "
               f"{call_cpu / 3600:.2f} CPU-hours in all (data, checks, training, evaluation) and {minutes:.1f} min wall.")
@@ -434,8 +434,8 @@ def main() -> None:
     if args.results_md:
         from cit_fast.table4 import append_results
 
-        append_results(args.results_md, f"Causal multi-label vs decoder-only on the scene-confounded benchmark "
-                       f"(issue 15), {len(seeds)} paired seeds", cmd, text)
+        append_results(args.results_md, f"Causal multi-label vs decoder-only on the scene-confounded benchmark, "
+                       f"{len(seeds)} paired seeds", cmd, text)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""bench/multilabel_scenes.py's statistics: paired 95% intervals and the issue's criteria."""
+"""bench/multilabel_scenes.py's statistics: paired 95% intervals and the criteria for the paper's claim."""
 import sys
 from pathlib import Path
 

@@ -1,7 +1,7 @@
 """The mistakes a user makes, each one clear line from the CLI (exit 2); our own bugs keep their traceback.
 
-One test per failure seen on a real user's first day (the issue "A real user's first day"): the
-message is asserted, not only the exit code.
+One test per failure seen on a real user's first day: the message is asserted, not only the exit
+code.
 """
 from __future__ import annotations
 

@@ -13,56 +13,30 @@
                            categories branch 1 sees in the image (sigmoid, normalised) weigh their effect
                linear   -> u_j logits1 + v_j logits2 + e_j, a = 1/C (learned per-class mix)
 
-**Two readings of the causal label correlations** (``correlation``), each against the paper's text.
-The paper (Sec. 3, Fig. 2 and its caption) says the causal branch "quantifies the causal influence of
-each category on every other" and illustrates it by comparing P(Y) with P(Y | do(person)): "categories
-where the probability increases significantly due to the presence of a person show causal
-correlation, while categories where the probability remains similar or decreases show spurious
-correlations"; the final prediction "combines predictions from both the decoupled features and the
-causal correlations" (Eq. 7).
+Two readings of the causal label correlations (``correlation``); the paper (Sec. 3, Fig. 2) says
+the causal branch "quantifies the causal influence of each category on every other", illustrated by
+P(Y) against P(Y | do(person)):
 
-- ``residual`` (our first reading, the default): R[b, i, j] = s_j(H_i) with s_j(h) = w2_j . h + c2_j
-  and H_i = LN(X_i + o(E_i)) as above. The effect of i on j is j's classifier applied to i's intervened
-  feature; nothing compares it with j's own level, and because the residual keeps X_i whole (E_i is a
-  function of X_i) R[c, b] can learn "predict b from c's feature", the co-occurrence itself.
-- ``raising`` (the figure's probability-raising read literally): the effect of i on j is measured
-  against j's baseline P(y_j) under the prior, the score of j with no category acted upon, only the
-  confounders at their prior: H_0 = LN(o(E_0)), E_0 = sum_z (1/K) P(z) v(z) (the same attention with a
-  zero query), base_j = s_j(H_0):
-
+- ``residual`` (the default): R[b, i, j] = s_j(H_i), s_j(h) = w2_j . h + c2_j, H_i = LN(X_i + o(E_i)):
+  j's classifier on i's intervened feature. Nothing compares it with j's own level, and since the
+  residual keeps X_i whole, R can learn the co-occurrence itself.
+- ``raising`` (the figure read literally): the effect is measured against j's baseline under the
+  prior, H_0 = LN(o(E_0)) with E_0 the same attention for a zero query:
       R[b, i, j] = s_j(H_i) - s_j(H_0)              (log-odds raising of j by do(i); c2_j cancels)
-      logits2[b, j] = base_j + sum_i p[b, i] R[b, i, j],   p = sigmoid(logits1) (merge proposed)
+      logits2[b, j] = s_j(H_0) + sum_i p[b, i] R[b, i, j],   p = sigmoid(logits1) (merge proposed)
+  p is not normalised (normalised, the baseline would cancel and this would equal ``residual``).
 
-  The presence weights p are not normalised: an absent category raises nothing, a present one adds
-  its full raising (with ``sum`` / ``linear`` merges p = 1/C, as in the residual reading). With
-  normalised weights the baseline would cancel and the reading would equal ``residual``.
-
-``branch1_loss=w > 0`` supervises branch 1 on its own as well: a training-mode forward returns a
-``MultiLabelOutput`` (merged logits, ``aux={'branch1': logits1}``, ``weights={'branch1': w}``) and the
-loss is criterion(logits) + w criterion(logits1) (``train.loop.compute_loss``); evaluation forwards
-return the merged logits as a tensor.
-
-**Confounders from a separate pre-trained network** (``confounder_net=PATH``, kmeans source): the
-paper (and its authors' reply to the reviewers: "K-means clustering on the spatial features extracted
-from a pre-trained classification network") clusters spatial features of a pre-trained, frozen network,
-not the model being trained. PATH is a single-branch checkpoint of the trunk's architecture; k-means
-runs over its last spatial map (F channels), so Z is (K, F). It is read when the confounders are
-fitted (not when a run is rebuilt from its checkpoint, which holds Z). ``freeze_trunk=True`` keeps the
-(pre-trained) trunk fixed: no gradient, batch norm in evaluation mode; ``trunk_cache_mb`` then caches its
-maps per distinct training input (a speed-up for data without augmentation).
-
-``observed_confounders=True`` adds the backdoor adjustment with the confounder observed in training
-(P(Y | do(X)) = sum_z P(Y | X, z) P(z), Pearl's formula read literally rather than through the
-prior-weighted attention alone): in training, the logits also see the image's own confounder mix
-pi[b, z] (the fraction of its spatial tokens whose nearest prototype is z, no gradient), through a
-context term g_j(pi) = sum_z pi[b, z] u_j(z); in evaluation pi is replaced by the prior P(z), so the
-context term is the same for every image. The intent: what the image's context explains in training
-(a companion object's tokens, a scene style) is taken up by that term rather than by the label
-features, and averaged out at test (measured on the biased benchmark: bench/RESULTS.md).
-
-``causal=False`` gives the decoder-only baseline (branch 1 alone) with the same backbone, decoder and
-heads, for comparisons. The confounders are buffers (``confounders.z``, ``confounders.prior``) filled
-by ``confounders.fit_confounders`` before training; see that module for the sources.
+Options: ``branch1_loss=w`` also supervises branch 1 (a training forward returns a
+``MultiLabelOutput``; loss = criterion(logits) + w criterion(logits1)). ``confounder_net=PATH``
+fits the k-means confounders over a separate frozen single-branch network's last spatial map (the
+authors' "K-means clustering on the spatial features extracted from a pre-trained classification
+network"), so Z is (K, F); read only when the confounders are fitted. ``freeze_trunk`` keeps the
+trunk fixed (no gradient, batch norm in eval mode); ``trunk_cache_mb`` then caches its maps per
+distinct training input. ``observed_confounders`` adds the backdoor adjustment with z observed in
+training: the logits also see the image's own confounder mix pi[b, z] (fraction of its tokens whose
+nearest prototype is z) through g_j(pi) = sum_z pi[b, z] u_j(z); in evaluation pi is the prior P(z).
+``causal=False`` is the decoder-only baseline (branch 1 alone). The confounders are buffers filled
+by ``confounders.fit_confounders`` before training.
 """
 from __future__ import annotations
 

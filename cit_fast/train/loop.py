@@ -76,7 +76,7 @@ def compute_loss(model, batch: ModelBatch, criterion=None) -> torch.Tensor:
         def loss_of(logits):
             return F.cross_entropy(logits.float(), y)
 
-    def ce(out):  # a multi-label training forward may add auxiliary logits (MultiLabelOutput, issue 15)
+    def ce(out):  # a multi-label training forward may add auxiliary logits (MultiLabelOutput: branch1_loss)
         return out.loss(loss_of) if isinstance(out, MultiLabelOutput) else loss_of(out)
 
     views = batch.views()

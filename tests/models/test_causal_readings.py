@@ -1,4 +1,4 @@
-"""Issue 15's model options: the probability-raising reading of the correlation branch, branch 1
+"""The causal multi-label model's options: the probability-raising reading of the correlation branch, branch 1
 supervised on its own, a frozen trunk, and confounders from a separate pre-trained network."""
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""The confounder check of issue 15: do k-means clusters of a frozen network's spatial features recover
+"""The confounder check: do k-means clusters of a frozen network's spatial features recover
 the scene S that confounds the labels (NMI), and do random confounders not?"""
 import numpy as np
 import pytest

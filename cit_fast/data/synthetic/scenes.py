@@ -1,4 +1,4 @@
-"""A scene-confounded multi-label benchmark, generated (nothing is downloaded): issue 15.
+"""A scene-confounded multi-label benchmark, generated (nothing is downloaded).
 
 A visible scene style S (one of ``n_scenes`` palettes with their own stripe texture, covering the
 background: well over half of every image) is the **common cause** of the biased pairs. Each pair
@@ -19,7 +19,7 @@ the home scene (c absent there, q < 1) and half elsewhere (eps > 0):
 - ``control``  f = 0: q = 1, eps = 0 (b never outside h, never without c). Positivity fails in every
                stratum, so no backdoor adjustment can tell b's pixels from c's: must show no effect.
 - ``3``, ``15``, ``28``: f ~ 3 %, 15 %, 28 %.
-- ``placebo``: today's rule (``synthetic_multilabel``): b => c is added, with S independent of every
+- ``placebo``: the rule of ``synthetic.multilabel``: b => c is added, with S independent of every
                label; P(b), P(c) and P(b, c) match the control arm's. No common cause in the image.
 
 Label counts are exact, not sampled: in every scene, each pair's four (b, c) cells get their expected
