@@ -25,7 +25,9 @@ setup(
         "masks": ["opencv-contrib-python-headless"],
         "coco": ["pycocotools"],
         "report": ["matplotlib", "scikit-learn"],
-        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "scipy", "scikit-image"],  # skimage: mask tests on photos
+        "export": ["safetensors", "onnx", "onnxruntime"],  # cit-fast export --format safetensors / onnx
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "scipy", "scikit-image",  # skimage: mask tests on photos
+                "safetensors", "onnx", "onnxruntime"],  # the export tests read every format back
     },
     entry_points={"console_scripts": ["cit-fast=cit_fast.cli:main"]},
 )

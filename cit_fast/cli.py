@@ -21,6 +21,7 @@ from typing import List, Optional
 
 from . import __version__
 from .config import SYNTHETIC_VERSIONS, TEST_BIAS
+from .export import FORMATS as EXPORT_FORMATS
 from .errors import UserError
 from .shard import add_parser as add_shard_parser
 from .utils import dist_info, is_main_process
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "its consumer and compared with the checkpoint's model; <out>.json holds the classes "
                                "and the preprocessing.")
     x2.add_argument("run", help="a run directory, its checkpoints/ directory, or a checkpoint")
-    x2.add_argument("--format", required=True, choices=("torchvision", "safetensors", "onnx", "torchscript"))
+    x2.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     x2.add_argument("--out", default="", help="output file (default: RUN/export/<model>_e<epoch>.<ext>)")
     x2.add_argument("overrides", nargs="*", help="key=value overrides of the saved config (rarely needed)")
 
