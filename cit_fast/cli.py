@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="", help="--model / --classifier device (default: cuda if available)")
     m.add_argument("--montage", default="", metavar="PNG", help="montage path (default: OUT/masks_montage.png)")
     m.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
+    m.add_argument("--workers", type=int, default=1,
+                   help="processes computing masks on this machine (folder and shard sources; the same masks as one). "
+                        "Under torchrun / SLURM each rank takes its part and runs this many (launchers/masks_*)")
+    m.add_argument("--batch-size", type=int, default=1, help="--model: images per forward pass (decoded by "
+                   "--workers threads)")
     m.__class__ = _IntermixedParser  # SRC [OUT] before or after the options
     m.add_argument("--no-progress", action="store_true")
     add_shard_parser(sub)
@@ -280,7 +285,9 @@ def _cmd_table4(args) -> int:
 
 def _cmd_masks(args) -> int:
     from .data.masks.arrays import array_targets, generate_array_masks, is_array_source
-    from .data.masks.saliency import DEFAULT_METHOD, generate_masks, make_masker, mask_layout
+    from .data.masks.job import run_masks
+    from .data.masks.saliency import DEFAULT_METHOD, make_masker, mask_layout
+    from .data.sources.shards import is_shard_dir
     from .errors import UsageError
 
     arrays = is_array_source(args.src)
@@ -289,8 +296,20 @@ def _cmd_masks(args) -> int:
             raise UsageError(f"masks: OUT is for folder datasets; the masks of {args.src} go to a sidecar beside it "
                              f"(a CIFAR directory: DIR/masks_<split>.npz; FILE.npz: FILE.masks.npz)")
         array_targets(args.src)
+        if args.workers > 1 or args.batch_size > 1 or dist_info()[1] > 1:
+            raise UsageError(f"masks: {args.src} is an array source, masked by one process; --workers, --batch-size "
+                             f"and torchrun / SLURM ranks are for folder and shard sources")
+    elif is_shard_dir(args.src):
+        if args.out:
+            raise UsageError(f"masks: the masks of the shard set {args.src} go beside its image shards "
+                             f"({args.src}/masks/); leave OUT out")
     else:
         mask_layout(args.src, args.out)
+    if args.workers < 1 or args.batch_size < 1:
+        raise UsageError(f"--workers/--batch-size: expected at least 1, got {args.workers}/{args.batch_size}")
+    if args.batch_size > 1 and not args.model:
+        raise UsageError("--batch-size batches a --model's forward passes; saliency and --method cam go image by "
+                         "image (use --workers)")
     method = args.method or ("cam" if args.classifier else DEFAULT_METHOD)
     if args.classifier and method != "cam":
         raise UsageError(f"--classifier is for --method cam (got --method {method})")
@@ -312,9 +331,12 @@ def _cmd_masks(args) -> int:
         if report.sidecars:
             print("sidecars (training reads them with the data): " + ", ".join(map(str, report.sidecars)))
         return 0
-    report = generate_masks(args.src, args.out, masker, overwrite=args.overwrite,
-                            progress=False if args.no_progress else None, montage=args.montage)
-    print("\n".join(report.lines()))
+    report = run_masks(args.src, args.out, masker, workers=args.workers, batch_size=args.batch_size,
+                       overwrite=args.overwrite, progress=False if args.no_progress else None, montage=args.montage)
+    if dist_info()[0] == 0:
+        print("\n".join(report.lines()))
+    else:
+        print(f"rank {dist_info()[0]}: {report.summary()} (rank 0 prints the merged summary)")
     return 0
 
 

@@ -146,8 +146,7 @@ class ShardIndex:
                                 f"end; rewrite it with `cit-fast shard`")
 
     def _first_past(self, k: int, size: int) -> str:
-        shard, loc = self.columns["shard"], self.columns["image"]
-        rows = np.nonzero(shard == k)[0]
+        rows = np.nonzero(self.columns["shard"] == k)[0]
         for col, tag in (("image", ""), ("mask", "mask.")):
             if col not in self.columns:
                 continue
