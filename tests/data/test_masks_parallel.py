@@ -148,3 +148,21 @@ def test_model_masks_batched_equal_one_by_one(tmp_path):
     for img_path in imgs:
         mask = np.asarray(Image.open(src / "masks" / img_path.parent.name / f"{img_path.stem}.png"))
         assert np.array_equal(mask, masker(decode_image(str(img_path))))
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_masks_under_torchrun_two_ranks_equal_one_process(tmp_path):
+    import subprocess
+
+    one, two = _folder(tmp_path / "one", n=(2, 1, 2)), _folder(tmp_path / "two", n=(2, 1, 2))
+    write_shards(load_folder(str(two)), tmp_path / "sh", samples_per_shard=2, progress=False)
+    run_masks(str(one), masker=SaliencyMasker("spectral"), progress=False)
+    launcher = Path(__file__).resolve().parents[2] / "launchers" / "masks_torchrun.sh"
+    r = subprocess.run([str(launcher), "2", str(tmp_path / "sh"), "--method", "spectral", "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "5 masks written" in r.stdout and "rank 1:" in r.stdout
+    got = load_shards(tmp_path / "sh")
+    folder = load_folder(str(one))
+    assert all(bytes(member_bytes(got.masks[i])) == Path(folder.masks[i]).read_bytes() for i in range(len(got)))
