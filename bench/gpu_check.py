@@ -11,6 +11,9 @@ Steps (each a subprocess with a time limit; a failing step is recorded and the o
   kernels      bench/kernels.py: Triton vs eager / torch.compile / SDPA, % of peak, the targets,
                and the fp32 precision table from the real kernels
   pipeline     bench/pipeline.py --device cuda: DALI mixed (nvJPEG) decoding, the Triton composite
+  pipeline-imagenet  bench/pipeline.py --case imagenet --device cuda: ImageNet-like JPEGs, random-resized
+               crops with CIT compositing (DALI: ROI decoding of each window on the GPU) vs torchvision's
+               standard loader without compositing
   train-1gpu   a short bf16 channels-last training (ResNet-20 on the embedded benchmark, the
                intervention composite through the Triton kernel), one process
   train-nccl   the same on 2 processes over NCCL (DDP); needs 2 GPUs (NCCL takes one per process)
@@ -49,7 +52,10 @@ def steps(python: str, gpus: int) -> List[Step]:
         Step("cuda-tests", [python, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"], 150),
         Step("kernels", [python, str(bench / "kernels.py"), "--rep", "100"], 210),
         Step("pipeline", [python, str(bench / "pipeline.py"), "--device", "cuda", "--images", "512", "--repeats", "2",
-                          "--batch-size", "64", "--workers", "4", "--no-write"], 120),
+                          "--batch-size", "64", "--workers", "4", "--no-write"], 75),
+        Step("pipeline-imagenet", [python, str(bench / "pipeline.py"), "--case", "imagenet", "--device", "cuda",
+                                   "--images", "384", "--repeats", "2", "--batch-size", "64", "--workers", "4",
+                                   "--no-write"], 75),
         Step("train-1gpu", [python, str(Path(__file__).resolve()), "--train-worker", "--steps", "60"], 90),
         Step("train-nccl", [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                             str(Path(__file__).resolve()), "--train-worker", "--steps", "60"], 120, needs_gpus=2,
@@ -85,7 +91,7 @@ def report(results: List[dict], device: str, started: str) -> List[str]:
     for r in results:
         if not r["output"].strip():
             continue
-        keep = r["output"] if r["name"] in ("kernels", "pipeline") else _tail(r["output"], 25)
+        keep = r["output"] if r["name"] in ("kernels", "pipeline", "pipeline-imagenet") else _tail(r["output"], 25)
         lines += ["", f"### {r['name']}", "", "```", keep.rstrip(), "```"]
     return lines + [""]
 

@@ -5,6 +5,7 @@
     python bench/pipeline.py --images 800 --batch-size 64 --workers 4 --repeats 5
     python bench/pipeline.py --device cuda         # DALI mixed (nvJPEG) decoding, GPU composite
     python bench/pipeline.py --no-write            # print only; default appends to bench/RESULTS.md
+    python bench/pipeline.py --case imagenet       # ImageNet-sized photos, random-resized crops (below)
 
 Generates a folder dataset (images/<class>/*.jpg, masks/<class>/*.png) in a temporary directory and
 measures, each with intervention plan stratify_c and the same number of workers:
@@ -20,6 +21,18 @@ cache-sized chunks), as training runs them (the torch pipeline after its loader,
 CPU in a helper thread): every end-to-end configuration yields model inputs, normalised float32
 (B, 3, S, S) composites on --device. For comparison, (b) and (c) with decode reuse stopping at the
 raw batches, the host data path that feeds an accelerator (where compose is the Triton kernel).
+
+--case imagenet: ImageNet's training recipe on ImageNet-like files: JPEGs of ~500x375 (~110 KB, q90)
+cut from scikit-image's sample photos (random crops, flips, sensor-like noise) in torchvision's
+ImageFolder layout, with masks in the sibling tree; 224-px random-resized crops (scale 0.08-1,
+ratio 3/4-4/3) + flip, ImageNet's mean/std. Compared, same workers:
+  (a) torchvision   the standard ImageFolder + RandomResizedCrop + RandomHorizontalFlip + ToTensor +
+                    Normalize DataLoader: one image per sample, NO compositing;
+  (b) torch         cit_fast's TorchPipeline WITH CIT compositing (stratify_c: each object cut with its
+                    mask, its partner's context cut in its own window, blended and normalised), decode
+                    reuse off/on;
+  (c) dali          the same through DaliPipeline on the CPU (ROI decoding of each window).
+The question: does compositing come for free over the loader everyone uses (ratio >= 1.0x)?
 
 Timing: per configuration one epoch, the first --warmup batches (worker start-up, pipeline build)
 untimed; --repeats rounds with the configurations interleaved. samples/s and ms/batch: the median
@@ -80,6 +93,56 @@ def make_dataset(root: Path, n_images: int, n_classes: int, width: int, height: 
     return root
 
 
+def make_imagenet_like(root: Path, n_images: int, n_classes: int, seed: int = 0) -> Tuple[Path, float]:
+    """ImageNet-like training files from real photos: root/train/<class>/<k>.JPEG (~500x375, q90, a
+    quarter portrait 375x500) and root/train_masks/<class>/<k>.png (the photo's rough object outline,
+    cut and resized with it). Returns (the ImageFolder root, mean file size in KB)."""
+    from cit_fast.data.synthetic.sample_photos import SKIMAGE_PHOTOS, sample_photos
+
+    photos = list(sample_photos(SKIMAGE_PHOTOS).values())
+    rng = np.random.default_rng(seed)
+    train, masks = root / "train", root / "train_masks"
+    sizes = []
+    for k in range(n_images):
+        c = f"n{k % n_classes:08d}"
+        (train / c).mkdir(parents=True, exist_ok=True)
+        (masks / c).mkdir(parents=True, exist_ok=True)
+        img, obj = photos[k % len(photos)]
+        h, w = img.shape[:2]
+        out_w, out_h = (375, 500) if rng.random() < 0.25 else (500, 375)
+        cw = int(min(w, h * out_w / out_h) * rng.uniform(0.6, 1.0))  # a window of the output's aspect
+        ch = int(cw * out_h / out_w)
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        box = (x0, y0, x0 + cw, y0 + ch)
+        pic = Image.fromarray(img).resize((out_w, out_h), Image.BICUBIC, box=box)
+        msk = Image.fromarray(obj.astype(np.uint8) * 255).resize((out_w, out_h), Image.NEAREST, box=box)
+        if rng.random() < 0.5:
+            pic, msk = pic.transpose(Image.FLIP_LEFT_RIGHT), msk.transpose(Image.FLIP_LEFT_RIGHT)
+        noisy = np.asarray(pic, np.float32) + rng.normal(0, 20, (out_h, out_w, 3))  # ImageNet-like file sizes
+        path = train / c / f"{k:06d}.JPEG"
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
+        msk.save(masks / c / f"{k:06d}.png")
+        sizes.append(path.stat().st_size / 1024)
+    return train, float(np.mean(sizes))
+
+
+def torchvision_batches(root: Path) -> Callable:
+    """(a) of --case imagenet: the standard torchvision DataLoader, no compositing."""
+    def run(samples, args, epoch: int) -> Iterator[torch.Tensor]:
+        from torchvision import datasets, transforms as T
+
+        tf = T.Compose([T.RandomResizedCrop(args.size), T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize(MEAN, STD)])
+        ds = datasets.ImageFolder(str(root), transform=tf)
+        loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                             num_workers=args.workers, pin_memory=args.device == "cuda",
+                                             generator=torch.Generator().manual_seed(epoch))
+        for x, _ in loader:
+            yield x.to(args.device, non_blocking=True)
+
+    return run
+
+
 # ---------------------------------------------------------------------------------------------
 # (a) the naive baseline
 
@@ -125,7 +188,7 @@ def baseline_batches(samples, args, epoch: int) -> Iterator[torch.Tensor]:
 # (b), (c) ours
 
 
-def pipeline_batches(kind: str, reuse: bool, how: str = "pipeline") -> Callable:
+def pipeline_batches(kind: str, reuse: bool, how: str = "pipeline", crop: str = "resize") -> Callable:
     """how: "pipeline" -- the pipeline's own iteration, as training runs it (the torch pipeline
     composes after its loader, in this process; the DALI one on a CPU in a helper thread); "raw" --
     stop before compose: the host data path that feeds an accelerator, where compose is the Triton
@@ -133,7 +196,7 @@ def pipeline_batches(kind: str, reuse: bool, how: str = "pipeline") -> Callable:
     def run(samples, args, epoch: int) -> Iterator[torch.Tensor]:
         spec = PipelineSpec(batch_size=args.batch_size, plan="stratify_c", image_size=args.size, hflip=True,
                             mean=MEAN, std=STD, num_workers=args.workers, device=torch.device(args.device),
-                            decode_reuse=reuse)
+                            decode_reuse=reuse, train_crop=crop)
         if kind == "dali":
             from cit_fast.data.pipelines.dali_pipeline import DaliPipeline as cls
         else:
@@ -201,6 +264,9 @@ def device_name(device: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", default="composite", choices=["composite", "imagenet"],
+                    help="composite: the compositing data path vs a naive loader; imagenet: ImageNet-like photos, "
+                         "random-resized crops, CIT vs torchvision's standard loader without compositing")
     ap.add_argument("--images", type=int, default=400, help="images in the generated dataset")
     ap.add_argument("--classes", type=int, default=8)
     ap.add_argument("--src-size", default="320x256", help="WxH of the generated JPEGs")
@@ -218,6 +284,9 @@ def main(argv=None) -> int:
     ap.add_argument("--results-md", default=str(Path(__file__).with_name("RESULTS.md")))
     ap.add_argument("--no-write", action="store_true", help="do not append to --results-md")
     args = ap.parse_args(argv)
+    imagenet = args.case == "imagenet"
+    if imagenet:
+        args.src_size = "500x375"
     w, h = (int(v) for v in args.src_size.lower().split("x"))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -231,23 +300,39 @@ def main(argv=None) -> int:
               f"command: {command}"]
     print("\n".join(header), flush=True)
 
-    configs: Dict[str, Callable] = {"baseline (naive DataLoader)": baseline_batches}
-    for kind in ("torch", "dali"):
-        for reuse in (False, True):
-            configs[kind + (" + decode reuse" if reuse else "")] = pipeline_batches(kind, reuse)
-    for kind in ("torch", "dali"):
-        configs[f"{kind} + decode reuse, raw batches (host path)"] = pipeline_batches(kind, True, "raw")
+    tmp_dir = tempfile.TemporaryDirectory(prefix="cit_bench_pipeline_")
+    tv_root = Path(tmp_dir.name) / "train"
+    if imagenet:
+        configs: Dict[str, Callable] = {"torchvision ImageFolder, RandomResizedCrop, NO compositing":
+                                        torchvision_batches(tv_root)}
+        for kind in ("torch", "dali"):
+            for reuse in (False, True):
+                name = f"cit_fast {kind}, random-resized + CIT compositing" + (" + decode reuse" if reuse else "")
+                configs[name] = pipeline_batches(kind, reuse, crop="random_resized")
+    else:
+        configs = {"baseline (naive DataLoader)": baseline_batches}
+        for kind in ("torch", "dali"):
+            for reuse in (False, True):
+                configs[kind + (" + decode reuse" if reuse else "")] = pipeline_batches(kind, reuse)
+        for kind in ("torch", "dali"):
+            configs[f"{kind} + decode reuse, raw batches (host path)"] = pipeline_batches(kind, True, "raw")
     if args.only:
         unknown = [c for c in args.only if c not in configs]
         if unknown:
             ap.error(f"--only: unknown config(s) {unknown}; known: {list(configs)}")
         configs = {k: configs[k] for k in args.only}
-    with tempfile.TemporaryDirectory(prefix="cit_bench_pipeline_") as tmp:
-        root = Path(args.data) if args.data else make_dataset(Path(tmp), args.images, args.classes, w, h)
+    with tmp_dir as tmp:
+        kb = 0.0
+        if imagenet:
+            root, kb = make_imagenet_like(Path(tmp), args.images, args.classes)
+        else:
+            root = Path(args.data) if args.data else make_dataset(Path(tmp), args.images, args.classes, w, h)
         samples = load_folder(str(root))
-        print(f"data: {len(samples)} images {w}x{h} JPEG + PNG masks, {samples.num_classes} classes -> "
-              f"{args.size}x{args.size}; batch {args.batch_size}, workers {args.workers}, plan stratify_c",
-              flush=True)
+        data_line = (f"{len(samples)} images {w}x{h} JPEG q90" + (f" (mean {kb:.0f} KB, a quarter portrait, from "
+                     f"scikit-image's sample photos)" if imagenet else "") + f" + PNG masks, {samples.num_classes} "
+                     f"classes -> {args.size}x{args.size}" + (" random-resized crops + flip" if imagenet else "") +
+                     f"; batch {args.batch_size}, workers {args.workers}, plan stratify_c")
+        print(f"data: {data_line}", flush=True)
         rates: Dict[str, List[float]] = {}
         cpu: Dict[str, List[float]] = {}
         for r in range(args.repeats):
@@ -266,25 +351,32 @@ def main(argv=None) -> int:
         paired = statistics.median(r / b for r, b in zip(rates[name], rates[base_name]))
         rate = statistics.median(rates[name])
         rows.append((name, rate, 1e3 * args.batch_size / rate, paired, min(cpu[name]), base_cpu / min(cpu[name])))
-    table = ["| pipeline | samples/s | ms/batch | vs baseline | CPU ms/sample | CPU vs baseline |",
+    ref = "torchvision" if imagenet else "baseline"
+    table = [f"| pipeline | samples/s | ms/batch | vs {ref} | CPU ms/sample | CPU vs {ref} |",
              "|---|---:|---:|---:|---:|---:|"]
     table += [f"| {n} | {r:.1f} | {m:.1f} | {x:.2f}x | {c:.2f} | {cx:.2f}x |" for n, r, m, x, c, cx in rows]
     print("\n" + "\n".join(table))
     end_to_end = [(n, x) for n, _, _, x, *_ in rows if n != base_name and "raw batches" not in n]
     best_name, best_x = max(end_to_end, key=lambda t: t[1], default=(base_name, 1.0))
-    verdict = f"best end-to-end (model inputs): {best_name}, {best_x:.2f}x the baseline's samples/s"
+    verdict = f"best end-to-end (model inputs): {best_name}, {best_x:.2f}x the {ref}'s samples/s"
     print(verdict)
 
     if not args.no_write:
         path = Path(args.results_md)
-        section = [f"\n## Data pipeline throughput ({dt.date.today().isoformat()}, bench/pipeline.py)\n",
+        title = "ImageNet-like training input, CIT vs torchvision" if imagenet else "Data pipeline throughput"
+        section = [f"\n## {title} ({dt.date.today().isoformat()}, bench/pipeline.py)\n",
                    *[f"- {line}" for line in header],
-                   f"- data: {len(samples)} generated images {w}x{h} JPEG q90 + PNG masks -> {args.size}x{args.size}, "
-                   f"batch {args.batch_size}, workers/threads {args.workers}, plan stratify_c, "
+                   f"- data: {data_line}, "
                    f"{args.repeats} interleaved rounds (medians; ratios paired by round) after {args.warmup} warm-up batches",
-                   "- end-to-end rows yield normalised float32 model inputs (compose = kernels.composite; "
-                   "on a CPU kernels.composite_cpu, bitwise its PyTorch reference); raw-batch rows stop before compose (the host work "
-                   "that feeds a GPU, where compose is the Triton kernel)",
+                   ("- every row yields normalised float32 (B, 3, S, S) model inputs on --device; the cit_fast rows "
+                    "composite each object with its partner's context (compose = kernels.composite; on a CPU "
+                    "kernels.composite_cpu), torchvision's row is one plain image per sample"
+                    if imagenet else
+                    "- end-to-end rows yield normalised float32 model inputs (compose = kernels.composite; "
+                    "on a CPU kernels.composite_cpu, bitwise its PyTorch reference); raw-batch rows stop before compose (the host work "
+                    "that feeds a GPU, where compose is the Triton kernel)"),
+                   f"- machine: {os.cpu_count()}-core CPU, shared with other jobs (loaded: see the load average); "
+                   "absolute rates move with the load, the paired ratios less",
                    "", *table, "", f"{verdict}.", ""]
         append_section(path, "\n".join(section))
     return 0

@@ -245,3 +245,19 @@ def test_default_geometry_is_unchanged(photos):
     raw = _first(TorchPipeline(photos, spec))
     assert "window_i" not in raw and raw["obj"].shape == (2, 32, 32, 3)
     assert math.isclose(spec.crop_ratio[0], 0.75)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the lent device)")
+def test_mixed_gpu_roi_decoding_cuts_the_cpu_windows(photos):
+    """DALI on the GPU (nvJPEG ROI decoding, device="mixed"): the CPU path's windows and pixels."""
+    for train in (True, False):
+        kw = dict(batch_size=3, plan="random" if train else "none", image_size=64, train_crop="random_resized",
+                  eval_resize=73, train=train, seed=2)
+        cpu = _batches(DaliPipeline, photos, PipelineSpec(**kw), 1)
+        gpu = _batches(DaliPipeline, photos, PipelineSpec(**kw, device=torch.device("cuda")), 1)
+        for a, b in zip(cpu, gpu):
+            assert b["obj"].is_cuda
+            assert torch.equal(a["window_i"], b["window_i"]) and torch.equal(a["window_j"], b["window_j"])
+            for k in ("obj", "ctx"):  # nvJPEG's IDCT vs libjpeg-turbo's: close, not equal
+                assert (a[k].int() - b[k].cpu().int()).abs().float().mean() < 1.5

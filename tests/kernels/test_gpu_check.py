@@ -36,8 +36,9 @@ def test_dry_run_lists_every_step_within_the_budget():
     res = _run("--dry-run")
     assert res.returncode == 0, res.stderr
     names = [ln.split()[0] for ln in res.stdout.splitlines()[:-1]]
-    assert names == ["cuda-tests", "kernels", "pipeline", "train-1gpu", "train-nccl"]
+    assert names == ["cuda-tests", "kernels", "pipeline", "pipeline-imagenet", "train-1gpu", "train-nccl"]
     assert "--device cuda" in res.stdout and "-m cuda" in res.stdout and "--nproc_per_node 2" in res.stdout
+    assert "--case imagenet --device cuda" in res.stdout
     assert sum(s.timeout_s for s in gpu_check.steps(sys.executable, 1)) <= 12 * 60
     bad = _run("--dry-run", "--only", "nope")
     assert bad.returncode == 2 and "unknown step" in bad.stderr
