@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--workers threads)")
     m.__class__ = _IntermixedParser  # SRC [OUT] before or after the options
     m.add_argument("--no-progress", action="store_true")
-    add_shard_parser(sub)
+    add_shard_parser(sub).__class__ = _IntermixedParser  # key=value overrides after the options too
     return p
 
 

@@ -9,7 +9,7 @@ from typing import List, Optional
 from .errors import UsageError
 
 
-def add_parser(sub) -> None:
+def add_parser(sub) -> argparse.ArgumentParser:
     s = sub.add_parser(
         "shard", help="write a dataset as tar shards (WebDataset layout) + an index, for training at scale",
         description="Any source cit-fast reads (class folders with masks, manifest, COCO, CIFAR, .npz, shards) -> "
@@ -26,11 +26,13 @@ def add_parser(sub) -> None:
     size.add_argument("--shard-size", default="1GB", help="close a shard before it passes this size (default 1GB)")
     size.add_argument("--samples-per-shard", type=int, default=0, help="or a fixed number of samples per shard")
     s.add_argument("--split", default="", choices=["", "train", "test"],
-                   help="the split of a source holding both (CIFAR); default train")
+                   help="test: read SRC as training reads data.test (CIFAR's test batches; an ImageNet validation "
+                        "folder's label file, found beside it or given as data.test_labels=FILE); default train")
     s.add_argument("--verify", action="store_true", help="re-read every member against the index when done")
     s.add_argument("--overwrite", action="store_true", help="remove OUT's shards and index first")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("overrides", nargs="*", help="data.* keys the source needs, e.g. data.root=DIR (COCO images)")
+    return s
 
 
 def _remove_shards(out: Path) -> None:
@@ -61,7 +63,9 @@ def run_shard(src: str, out: str, *, shard_size: str = "1GB", samples_per_shard:
     if bad:
         raise UsageError(f"shard: {bad[0]}: only data.* keys apply here (e.g. data.root=DIR)")
     try:
-        cfg = load_config(None, [f"data.train={src}", *(overrides or [])])
+        # a test split as training reads it: label files named by data.test_labels apply to data.test
+        test = [f"data.test={src}"] if split == "test" else []
+        cfg = load_config(None, [f"data.train={src}", *test, *(overrides or [])])
     except ConfigError as e:
         raise UsageError(f"shard: SRC {src}: {e}") from None
     out_p = Path(out)
@@ -69,7 +73,7 @@ def run_shard(src: str, out: str, *, shard_size: str = "1GB", samples_per_shard:
         raise UsageError(f"shard: OUT {out} is SRC itself; name a new directory")
     if overwrite and out_p.is_dir():
         _remove_shards(out_p)
-    samples = load_split(cfg.data, cfg.data.train, split=split or "train")
+    samples = load_split(cfg.data, cfg.data.test if split == "test" else cfg.data.train, split=split or "train")
     job = write_shards(samples, out_p, shard_bytes=shard_bytes, samples_per_shard=samples_per_shard,
                        source=str(Path(src).resolve()) + (f":{split}" if split else ""), progress=progress)
     lines = job.lines()

@@ -302,3 +302,17 @@ def test_dali_names_a_truncated_shard(shards, tmp_path):
     members._MAPS.clear()
     with pytest.raises(DataError, match=r"shard-000003\.tar: image 0000000\d\d\.jpg .*truncated"):
         list(DaliPipeline(s, _spec(batch_size=4, plan="none", decode_reuse=False)).raw_batches())
+
+
+def test_cli_shards_both_cifar_splits_and_trains_on_them(tmp_path, capsys):
+    from tests.data.test_cifar import make_cifar
+
+    tr, ltr, te, lte, coarse = make_cifar(tmp_path / "c100", "cifar100-python")
+    d = tmp_path / "c100"
+    assert cli(["shard", str(d), str(tmp_path / "tr"), "--no-progress", "data.strata=coarse"]) == 0
+    assert cli(["shard", str(d), str(tmp_path / "te"), "--split", "test", "--no-progress"]) == 0
+    train, test = load_shards(tmp_path / "tr"), load_shards(tmp_path / "te")
+    assert np.array_equal(train.labels, ltr) and np.array_equal(train.strata, coarse[ltr])
+    assert np.array_equal(test.labels, lte) and all(np.array_equal(test.image(i), te[i]) for i in range(len(te)))
+    assert cli(["shard", str(d), str(tmp_path / "x"), "optim.lr=1"]) == 2
+    assert "only data.* keys" in capsys.readouterr().err

@@ -49,6 +49,15 @@ def _init_worker(masker) -> None:
     global _MASKER
     _MASKER = masker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the job through its main process
+    try:  # the worker processes are the parallelism: one thread each, no oversubscribed cores
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _reset_rng() -> None:
