@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import finalize, from_dict, infer_source, merge_trees, parse_overrides, resolve_paths, to_dict
+from ..config import finalize, from_dict, merge_trees, parse_overrides, resolve_paths, to_dict
 from ..data.build import build_datasets, build_pipeline, load_split
 from ..data.sources.records import DataError, SampleSet
 from ..utils import atomic_write_json, read_mapping_file
@@ -116,16 +116,15 @@ def run_cross_eval(checkpoint: str, mapping: str, overrides: Sequence[str] = (),
     saved = to_dict(src_cfg)
     tree = merge_trees(copy.deepcopy(saved), upd)
     data, given = tree.setdefault("data", {}), upd.get("data", {})
-    new_source = given.get("source") or (infer_source(given["test"], "data.test") if given.get("test")
-                                         else saved["data"]["source"])
-    if new_source not in ("auto", saved["data"]["source"]):
-        for key in ("root", "strata_file"):  # the source's image root and groups mean nothing on the target
-            if key not in given:
-                data[key] = ""
-        data["source"] = new_source
+    if given.get("test") and "source" not in given:
+        data["source"] = "auto"  # the target's own kind: finalize infers it from data.test
         if "train" not in given:
-            data["train"] = data.get("test", "")  # validation wants one; only data.test is read
+            data["train"] = ""  # only data.test is read
+    elif data.get("source") != saved["data"]["source"] and "train" not in given:
+        data["train"] = data.get("test", "")  # validation wants one; only data.test is read
     tgt_cfg = finalize(from_dict(tree))
+    if tgt_cfg.data.source != src_cfg.data.source and "root" not in given:
+        tgt_cfg.data.root = ""  # the source's image root means nothing on the target
     tgt_cfg.data.strata_file = ""  # common-sense groups of the source's classes
     target = _target_set(tgt_cfg)
     pairs = match_classes(load_mapping(mapping), src_train.classes, target.classes, f"mapping {mapping}")

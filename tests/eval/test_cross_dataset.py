@@ -47,12 +47,13 @@ def trained(tmp_path_factory):
     return d, sets, str(ckpt.find_latest(d / "run" / "checkpoints"))
 
 
-def test_same_images_renamed_give_the_in_domain_ap(trained, tmp_path):
+@pytest.mark.parametrize("source", [["data.source=nuswide"], []], ids=["named", "inferred"])
+def test_same_images_renamed_give_the_in_domain_ap(trained, tmp_path, source):
     d, sets, ck = trained
     save_nuswide(_rename(sets["test"], np.random.default_rng(0)), str(tmp_path / "tgt"), "matrix")
     assert cli(["eval", "--checkpoint", ck, "--out", str(tmp_path / "e.json")]) == 0
     assert cli(["cross-eval", "--checkpoint", ck, "--mapping", str(d / "map.yaml"), "--source-too",
-                "data.source=nuswide", f"data.test={tmp_path / 'tgt'}", "--out", str(tmp_path / "x.json")]) == 0
+                *source, f"data.test={tmp_path / 'tgt'}", "--out", str(tmp_path / "x.json")]) == 0
     own = json.loads((tmp_path / "e.json").read_text())["test"]["per_class_ap"]
     rep = json.loads((tmp_path / "x.json").read_text())
     assert rep["common_classes"] == 6 and rep["target_classes"] == 7 and rep["n"] == len(sets["test"])
@@ -90,6 +91,14 @@ def test_mapping_with_unknown_classes_is_an_error_listing_them(trained, tmp_path
     err = capsys.readouterr().err
     assert "unknown source class(es) ['unicorn']" in err and "unknown target class(es) ['hexagon', 'blob']" in err
     assert "the target's classes: round, box" in err
+
+
+def test_a_missing_target_is_one_line_naming_data_test(trained, tmp_path, capsys):
+    d, _, ck = trained
+    assert cli(["cross-eval", "--checkpoint", ck, "--mapping", str(d / "map.yaml"),
+                f"data.test={tmp_path / 'nowhere'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"data.test {tmp_path / 'nowhere'}: not found") and "\n" not in err, err
 
 
 def test_match_classes_and_common_ap_by_hand():
