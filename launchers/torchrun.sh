@@ -15,6 +15,18 @@
 #
 # Environment: NNODES (default 1), RDZV_HOST/RDZV_PORT (multi-node), JOB_ID, MAX_RESTARTS (default 0:
 # elastic restarts from the newest checkpoint; pass resume=auto so restarted workers continue).
+#
+# A job that survives a lost node: NNODES=MIN:MAX (e.g. 1:2), MAX_RESTARTS >= 1 and resume=auto. When
+# a node dies, the others' workers fail, their agents restart them (one restart) and the rendezvous
+# closes with the nodes left (at least MIN), which resume from the newest checkpoint at the smaller
+# world size; a node that starts again joins at the next restart (the agents restart their workers
+# for it), and the job grows back. The c10d store lives in the agent of the node RDZV_HOST names: that
+# node is the one node the job cannot lose.
+#   RDZV_JOIN_TIMEOUT (600 s): how long a rendezvous waits for MIN nodes
+#   RDZV_LAST_CALL_TIMEOUT (30 s): once MIN nodes are there, how long it waits for more (up to MAX)
+#   RDZV_CLOSE_TIMEOUT (30 s), RDZV_KEEP_ALIVE (5 s x 3 missed beats: a node silent that long is dead)
+#   RDZV_IS_HOST (1/0): whether this node's agent hosts the store (default: the node whose address
+#   is RDZV_HOST; set it when several agents share one address, as two agents on 127.0.0.1 do)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
 NPROC=${1:-1}
@@ -26,8 +38,11 @@ ARGS=(--nproc_per_node "$NPROC" --nnodes "$NNODES" --max-restarts "$MAX_RESTARTS
 if [[ "$NNODES" == "1" && -z "${RDZV_HOST:-}" ]]; then
   ARGS+=(--standalone)
 else
+  CONF="join_timeout=${RDZV_JOIN_TIMEOUT:-600},last_call_timeout=${RDZV_LAST_CALL_TIMEOUT:-30}"
+  CONF+=",close_timeout=${RDZV_CLOSE_TIMEOUT:-30},keep_alive_interval=${RDZV_KEEP_ALIVE:-5},keep_alive_max_attempt=3"
+  [[ -n "${RDZV_IS_HOST:-}" ]] && CONF+=",is_host=${RDZV_IS_HOST}"
   ARGS+=(--rdzv_backend c10d --rdzv_endpoint "${RDZV_HOST:?set RDZV_HOST for multi-node}:${RDZV_PORT:-29400}"
-         --rdzv_id "${JOB_ID:-cit_fast}")
+         --rdzv_id "${JOB_ID:-cit_fast}" --rdzv_conf "$CONF")
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # torchrun's default, without its banner
 exec "$PY" -m cit_fast.launch "${ARGS[@]}" -m cit_fast.cli train "$@"

@@ -63,10 +63,11 @@ def _init_process_group(backend: str, rank: int, world: int) -> None:
 
     torchrun's agent keeps one store across elastic restarts, so a restarted rank could read a
     peer's address left by the previous (dead) attempt and fail with "Connection refused". A
-    prefix per attempt (TORCHELASTIC_RESTART_COUNT) keeps every attempt's rendezvous keys apart.
+    prefix per attempt (TORCHELASTIC_RESTART_COUNT, and the world size: a restart because a node
+    joined or left does not count as one) keeps every attempt's rendezvous keys apart.
     """
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    if attempt == "0":  # a first attempt has no stale keys: torch's own env:// rendezvous
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # not under torchrun: torch's own env:// rendezvous
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
         return
     from datetime import timedelta
@@ -74,7 +75,8 @@ def _init_process_group(backend: str, rank: int, world: int) -> None:
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                           is_master=not agent_hosts and rank == 0, timeout=timedelta(minutes=30))
-    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"cit_fast/attempt_{attempt}", store),
+    # a restart for a node that joined (or left) keeps the restart count: the world size tells it apart
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"cit_fast/attempt_{attempt}_world_{world}", store),
                             rank=rank, world_size=world)
 
 
