@@ -516,6 +516,11 @@ def _check_crops(d: DataConfig) -> None:
     for key, on in (("train_crop=random_resized", d.train_crop == "random_resized"), ("eval_resize", d.eval_resize)):
         if on and not d.image_size:
             raise ConfigError(f"data.{key} needs data.image_size (the output side, e.g. 224)")
+    if d.train_crop != "random_resized":  # a window range without random-resized crops would do nothing
+        for key, default in (("crop_scale", (0.08, 1.0)), ("crop_ratio", (3 / 4, 4 / 3))):
+            if any(abs(a - b) > 1e-6 for a, b in zip(getattr(d, key), default)):
+                raise ConfigError(f"data.{key} applies to data.train_crop=random_resized (data.train_crop is "
+                                  f"{d.train_crop}); set both or neither")
     if d.train_crop == "random_resized" and d.crop_padding:
         raise ConfigError("data.crop_padding is the CIFAR-style crop of data.train_crop=resize; set it to 0 with "
                           "data.train_crop=random_resized")

@@ -26,6 +26,9 @@ def _source(d) -> str:
 def build_datasets(d) -> Tuple[SampleSet, SampleSet]:
     """(train, test) SampleSets for a finalized DataConfig; test uses the training classes."""
     source = _source(d)
+    if getattr(d, "test_labels", "") and source != "folder":
+        raise DataError(f"data.test_labels is for a flat folder of ImageNet validation images (data.source=folder), "
+                        f"not data.source={source}")
     if source == "synthetic":
         sets = make_cit_benchmark(d.synthetic_version, d.synthetic_train_per_class, d.synthetic_test_per_class,
                                   seed=d.synthetic_seed, test_bias=d.synthetic_test_bias)

@@ -261,3 +261,17 @@ def test_mixed_gpu_roi_decoding_cuts_the_cpu_windows(photos):
             assert torch.equal(a["window_i"], b["window_i"]) and torch.equal(a["window_j"], b["window_j"])
             for k in ("obj", "ctx"):  # nvJPEG's IDCT vs libjpeg-turbo's: close, not equal
                 assert (a[k].int() - b[k].cpu().int()).abs().float().mean() < 1.5
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["data.crop_scale=[0.3,1]"], "data.crop_scale applies to data.train_crop=random_resized"),
+    (["data.crop_ratio=[0.5,2]"], "data.crop_ratio applies to data.train_crop=random_resized"),
+    (["data.train_crop=random_resized"], "needs data.image_size"),
+    (["data.eval_resize=20", "data.image_size=32"], "must be at least data.image_size"),
+    (["data.train_crop=random_resized", "data.image_size=32", "data.crop_scale=[0,1]"], "data.crop_scale: expected"),
+])
+def test_config_mistakes_are_one_clear_error(overrides, match):
+    from cit_fast.config import load_config
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)

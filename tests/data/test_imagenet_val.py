@@ -146,3 +146,24 @@ def test_masks_in_the_sibling_tree(tmp_path):
     Image.fromarray(np.zeros((12, 16), np.uint8)).save(tmp_path / "val_masks" / "ILSVRC2012_val_00000005.png")
     s = load_imagenet_val(str(val), WNIDS)
     assert [Path(m).stem for m in s.masks] == [Path(p).stem for p in s.images]
+
+
+def test_masks_command_writes_a_flat_folders_masks_where_the_source_reads_them(tmp_path):
+    from cit_fast.data.masks.saliency import generate_masks
+    from cit_fast.data.sources import load_folder
+
+    val = _val(tmp_path / "val")
+    _loc_csv(tmp_path / "LOC_val_solution.csv")
+    report = generate_masks(str(val), masker=lambda img: np.full(img.shape[:2], 255, np.uint8), montage=None)
+    assert report.written == len(VAL_LABELS)
+    s = load_imagenet_val(str(val), WNIDS)
+    assert s.masks == [str(tmp_path / "val_masks" / f"{Path(p).stem}.png") for p in s.images]
+    with pytest.raises(DataError, match="expected class directories"):  # a class-folder source stays one
+        load_folder(str(val))
+
+
+def test_test_labels_belong_to_a_folder_source(tmp_path):
+    labels = _loc_csv(tmp_path / "LOC_val_solution.csv")
+    cfg = load_config(None, [f"data.test_labels={labels}"])
+    with pytest.raises(DataError, match="data.test_labels is for a flat folder .* not data.source=synthetic"):
+        build_datasets(cfg.data)

@@ -494,11 +494,11 @@ def mask_layout(src: str | Path, out: str | Path | None = None) -> FolderLayout:
     cit layout (OUT is a dataset root, often SRC itself) and ``OUT/<class>/`` for ImageFolder (OUT
     is the masks tree itself; read it with the folder source's masks root).
     """
-    lay = detect_layout(src)
+    lay = detect_layout(src, flat=True)  # a flat validation folder: masks in SRC_masks/<name>.png
     if out is None:
         return lay
     masks_root = Path(out) / "masks" if lay.kind == "cit" else Path(out)
-    if lay.kind == "imagefolder":
+    if lay.kind in ("imagefolder", "flat"):
         inside = masks_root.resolve()
         if inside == lay.images_root.resolve() or lay.images_root.resolve() in inside.parents:
             raise UsageError(f"masks: OUT {out} is inside the ImageFolder {src}, where it would read as a class "

@@ -13,7 +13,8 @@ it, so both the devkit's and Kaggle's trees work as unpacked; ``data.test_labels
 
 Labels index the training classes (the WordNet ids of the training folders, sorted as ``folder``
 reads them); a label naming another class is one DataError with the file and line. Object masks, if
-any, live in the sibling tree ``<folder>_masks/<stem>.png`` (as for class folders).
+any, live in the sibling tree ``<folder>_masks/<stem>.png`` (``layout.py``'s ``flat`` layout; ``cit-fast
+masks <folder>`` writes them).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .files import check_pairs
-from .layout import IMAGE_EXTS, sibling_masks_root
+from .layout import IMAGE_EXTS, FolderLayout, sibling_masks_root
 from .records import DataError, SampleSet
 
 LOC_CSV = "LOC_val_solution.csv"
@@ -165,10 +166,11 @@ def load_imagenet_val(root: str, classes: Optional[Sequence[str]] = None, labels
     unlabelled = sorted(set(files) - seen)
     if unlabelled:
         raise DataError(f"{files[unlabelled[0]]}: no label in {lab} ({len(unlabelled)} image(s) of {r} unlabelled)")
-    masks_root = sibling_masks_root(r)
+    lay = FolderLayout(r, "flat", r, sibling_masks_root(r))  # where `cit-fast masks` writes them
+    masks_root = lay.masks_root
     masks: Optional[List[str]] = None
     if masks_root.is_dir():
-        masks = [str(masks_root / f"{Path(p).stem}.png") for p in images]
+        masks = [str(lay.mask_path(Path(p))) for p in images]
         missing = [m for m in masks if not Path(m).is_file()]
         if missing:
             raise DataError(f"mask {missing[0]}: file not found (every image needs a mask once {masks_root} "
