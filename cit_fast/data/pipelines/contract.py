@@ -3,7 +3,10 @@
 A pipeline walks one rank's shard of an intervention plan in batches. Each raw batch holds, per
 sample i with context partner j, uint8 tensors decoded and augmented on the host or GPU:
     obj (B,H,W,3), mask (B,H,W), ctx (B,H,W,3), ctx_mask (B,H,W), flip (B,) bool,
-    label (B,) or (B,C), index (B,) = i, partner (B,) = j.
+    label (B,) or (B,C), index (B,) = i, partner (B,) = j;
+    with per-sample windows (``uses_windows``: random-resized training, resize + centre-crop evaluation)
+    also window_i, window_j (B, 4) int64 (top, left, height, width): the object's and the context's
+    window in source pixels (evaluation: in the resized image's pixels).
 ``compose`` then turns it into a typed batch of model inputs (data/pipelines/batch.py) with one call of
 ``kernels.composite`` (the Triton kernel on CUDA, the PyTorch reference elsewhere), so the blend
 formula lives in one place:
