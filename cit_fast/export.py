@@ -84,27 +84,12 @@ def _inputs_of(run: Run) -> Tuple[str, ...]:
     return ("image",)
 
 
-def _OneInput(net):
-    """An Only-Obj / Only-Bg model (a ResNet fed the content or the context image) as one-input."""
-    import torch.nn as nn
-
-    class OneInput(nn.Module):
-        def __init__(self, net: nn.Module):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net(x)
-
-    return OneInput(net)
-
-
 def _exportable(run: Run):
     """The module whose forward the traced formats record (inputs as in ``_inputs_of``)."""
     from .models.double_branch import DoubleBranchResNet, SingleInputOfTwo
 
-    if isinstance(run.model, SingleInputOfTwo):
-        return _OneInput(run.model.net)
+    if isinstance(run.model, SingleInputOfTwo):  # Only Obj / Only Bg: the ResNet inside, fed its one image
+        return run.model.net
     if isinstance(run.model, DoubleBranchResNet) and run.model.shared_low:
         return _SplitByHalves(run.model)
     return run.model
@@ -245,7 +230,7 @@ def _write_safetensors(run: Run, path: Path) -> Tuple[float, str]:
     fresh.load_state_dict(loaded)
     xs, want = _check_batch(run)
     with torch.no_grad():
-        got = _logits((_OneInput(fresh.net) if hasattr(fresh, "which") else fresh)(*xs))
+        got = _logits((fresh.net if hasattr(fresh, "which") else fresh)(*xs))
     return float((got - want).abs().max()), "safetensors.torch.load_file + cit_fast's model"
 
 
