@@ -124,16 +124,25 @@ def test_pipelines_decode_each_image_once(cls, tmp_path, monkeypatch):
     calls = []
     real = records.decode_image
     monkeypatch.setattr(records, "decode_image", lambda p: calls.append(p) or real(p))
-    if cls is DaliPipeline:  # DALI reads the encoded bytes itself: count those reads
+    reads = tmp_path / "reads.txt"
+    if cls is DaliPipeline:  # DALI reads the encoded bytes itself, in its worker processes: count those
         import cit_fast.data.pipelines.dali_pipeline as dp
 
         real_read = dp._read
-        monkeypatch.setattr(dp, "_read", lambda p, kind: (calls.append(p) if kind == "image" else None)
-                            or real_read(p, kind))
+
+        def counted(path, kind):
+            if kind == "image":
+                with open(reads, "a") as f:  # (a file: the reads happen in forked workers)
+                    f.write(f"{path}\n")
+            return real_read(path, kind)
+
+        monkeypatch.setattr(dp, "_read", counted)
     for reuse, per_batch in ((True, 6), (False, None)):
         calls.clear()
+        reads.write_text("")
         p = cls(s, PipelineSpec(batch_size=6, plan="stratify_c", image_size=16, decode_reuse=reuse))
         batches = list(p)
+        calls += reads.read_text().split()
         if per_batch:
             assert len(calls) == per_batch * len(batches)
         else:  # independent partners: up to two images per sample

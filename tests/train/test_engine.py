@@ -33,7 +33,7 @@ def test_user_json_overrides_and_bad_json(tmp_path):
     (["dist.zero_stage=2"], "ZeRO needs dist.engine=deepspeed"),
     (["dist.engine=horovod"], "dist.engine: expected one of ddp, deepspeed"),
     (["dist.precision=fp8"], "dist.precision: expected one of fp32, bf16, fp16"),
-    (["dist.engine=deepspeed", "dist.zero_stage=4"], "dist.zero_stage: expected 0, 1, 2 or 3"),
+    (["dist.engine=deepspeed", "dist.zero_stage=4"], "dist.zero_stage: expected one of 0, 1, 2, 3, got 4"),
 ])
 def test_bad_dist_options(override, message):
     from cit_fast.config import ConfigError
