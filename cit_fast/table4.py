@@ -302,14 +302,15 @@ def run_table4_images(specs: Sequence[str], out_dir: Path, overrides: Sequence[s
     datasets = [n for n in DATASET_TITLES if n in sizes]
     table = format_paper_table(acc, datasets)
     what = ", ".join(f"{DATASET_TITLES[d]}: {sizes[d][0]} train / {sizes[d][1]} test images" for d in datasets)
-    recipe_text = (f"ResNet-20, SGD Nesterov, batch {cfg.data.batch_size}, lr {cfg.optim.lr} x{cfg.optim.gamma} at "
-                   f"epochs {', '.join(map(str, cfg.optim.milestones))}, {cfg.optim.epochs} epochs")
+    recipe_text = (f"ResNet-20, SGD Nesterov, batch {cfg.data.batch_size}, {cfg.optim.epochs} epochs, "
+                   f"lr {cfg.optim.lr} x{cfg.optim.gamma} at epochs {' and '.join(map(str, cfg.optim.milestones))}")
     print(f"\nTest accuracy (%) on the CIT benchmark from CIFAR images ({what}; {recipe_text}); "
           f"each cell: ours (the paper's):\n")
     print(table)
     print(f"\n{len(runs)} runs in {minutes:.1f} min")
     if results_md:
-        cmd = "cit-fast " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("cit-fast") else "run_table4_images"
+        prog = "cit-fast " if sys.argv[0].endswith("cit-fast") else f"python {sys.argv[0]} "
+        cmd = prog + " ".join(sys.argv[1:])
         body = (f"{what}; {recipe_text}; test bias {test_bias}. Each cell: ours (the paper's).{title_note}\n\n"
                 f"{table}\n\n{len(runs)} runs in {minutes:.1f} min on {device}")
         append_results(results_md, f"CIT Table IV from CIFAR-format images, {minutes:.1f} min", cmd, body)
