@@ -2,6 +2,8 @@
 import errno
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -107,3 +109,36 @@ def test_torch_reports_a_full_disk_as_oserror_through_a_file_object():
     with pytest.raises(OSError) as e, open("/dev/full", "wb") as f:
         torch.save({"x": torch.zeros(100_000)}, f)
     assert e.value.errno == errno.ENOSPC
+
+
+@pytest.mark.slow
+def test_deepspeed_checkpoint_write_fault_removes_the_tag_and_resume_continues(tmp_path, monkeypatch):
+    pytest.importorskip("deepspeed")
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    ds = ["dist.engine=deepspeed", "dist.zero_stage=1", "optim.epochs=1"]
+    out = tmp_path / "run"
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, f, *a, **k):  # DeepSpeed writes its files with torch.save(path)
+        if isinstance(f, (str, os.PathLike)) and "ds_e0000_s000002" in str(f):
+            calls["n"] += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(CheckpointError) as e:
+        main(cfg_for(out, *ds, "checkpoint_every_steps=1"))
+    msg = str(e.value)
+    assert calls["n"] and "\n" not in msg and "ds_e0000_s000002: could not be written (ENOSPC" in msg
+    assert "the last complete checkpoint is " in msg and msg.split("checkpoint is ")[1].startswith(str(out))
+    names = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
+    assert names == ["ds_e0000_s000001"]  # the failed tag is gone; the complete one stays
+    # resume=auto in a fresh process (DeepSpeed keeps the first run's process group in its own state)
+    r = subprocess.run([sys.executable, "-m", "cit_fast.cli", "train", *SMALL, *ds, "checkpoint_every_steps=1",
+                        "resume=auto", f"out_dir={out}"], capture_output=True, text=True, timeout=600,
+                       env={**{k: v for k, v in os.environ.items()  # (the first run's loopback group)
+                               if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")},
+                            "DS_ACCELERATOR": "cpu"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and "ds_e0000_s000001" in r.stdout
