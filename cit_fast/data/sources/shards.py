@@ -201,7 +201,9 @@ def load_shards(path, classes: Optional[Sequence[str]] = None) -> SampleSet:
     """
     root = Path(path)
     if not root.is_dir():
-        raise DataError(f"shards {path}: not a directory")
+        what = "not found" if not root.exists() else "not a shard directory"
+        raise DataError(f"shards {path}: {what}; with data.source=shards both data.train and data.test are "
+                        f"`cit-fast shard` directories (shard the test split too: cit-fast shard SRC OUT --split test)")
     if not (root / INDEX).is_file():
         hint = " (an unfinished `cit-fast shard` run: rerun it to finish)" if (root / PARTS).is_dir() else ""
         raise DataError(f"shards {path}: no {INDEX}{hint}")
