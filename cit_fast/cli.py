@@ -311,6 +311,12 @@ def _cmd_masks(args) -> int:
         raise UsageError("--batch-size batches a --model's forward passes; saliency and --method cam go image by "
                          "image (use --workers)")
     method = args.method or ("cam" if args.classifier else DEFAULT_METHOD)
+    _, world, local = dist_info()
+    if not args.device and world > 1 and (args.model or args.classifier):
+        import torch
+
+        if torch.cuda.is_available():  # one GPU per rank of a node (a SLURM task may see only its own)
+            args.device = f"cuda:{local % torch.cuda.device_count()}"
     if args.classifier and method != "cam":
         raise UsageError(f"--classifier is for --method cam (got --method {method})")
     if args.model and args.method:
