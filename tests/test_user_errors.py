@@ -269,8 +269,14 @@ def _as_a_foreground_job() -> None:
 
 def _interrupt(cmd, cwd, wait_for: Path, timeout=600):
     """Start the job, wait until ``wait_for`` exists, then Ctrl-C it: (rc, stdout, stderr)."""
-    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True, preexec_fn=_as_a_foreground_job)
+    # started from the worst runner, one with SIGINT blocked: a job that inherited that mask ran to
+    # completion untouched (rc 0, empty stderr: the one CI failure), so every run checks it does not
+    runner_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, preexec_fn=_as_a_foreground_job)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, runner_mask)
     t0 = time.time()
     while not wait_for.exists() and p.poll() is None and time.time() - t0 < timeout:
         time.sleep(0.2)
@@ -279,7 +285,12 @@ def _interrupt(cmd, cwd, wait_for: Path, timeout=600):
         out, err = p.communicate(timeout=60)
         pytest.fail(f"the job never reached the point to interrupt ({wait_for}): rc {p.returncode}; {err[-2000:]}")
     os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group
-    out, err = p.communicate(timeout=300)
+    try:
+        out, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"the job did not stop within 120 s of Ctrl-C (SIGINT ignored or blocked in it?): {err[-2000:]}")
     return p.returncode, out, err
 
 
