@@ -15,6 +15,7 @@ batched (``batch_size`` images per forward pass) in the rank's main process, the
 """
 from __future__ import annotations
 
+import copyreg
 import io
 import json
 import os
@@ -24,7 +25,7 @@ import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
@@ -42,7 +43,7 @@ from .saliency import (_UMASK, MONTAGE_TILES, MaskReport, SaliencyMasker, _thumb
 JOB_DIR = ".cit-fast-masks-job"  # the ranks' summaries, beside the montage; removed by rank 0 when merged
 WAIT_S = float(os.environ.get("CIT_FAST_MASKS_WAIT_S", 7 * 24 * 3600))  # rank 0 waits this long for the others
 
-_MASKER = None  # the masker of a worker process (inherited when forked)
+_MASKER = None  # the masker of a worker process (pickled into it when the pool starts)
 
 
 def _init_worker(masker) -> None:
@@ -179,8 +180,8 @@ def _results(jobs: Sequence[Tuple], masker, workers: int, batch_size: int, progr
             return
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
-                                 initargs=(masker,)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context(_start_method(masker)),
+                                 initializer=_init_worker, initargs=(masker,)) as pool:
             try:
                 for r in pool.map(_task, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers)))):
                     bar.update(1)
@@ -190,6 +191,27 @@ def _results(jobs: Sequence[Tuple], masker, workers: int, batch_size: int, progr
                                    f"far are kept: rerun the same command to compute the rest") from None
     finally:
         bar.close()
+
+
+def _start_method(masker) -> str:
+    """spawn where the masker pickles (the saliency methods): a process that has run DALI or OpenCV's
+    thread pools (a notebook, a test session) can leave locks held in a forked child, which then
+    hangs; fork otherwise (a TorchScript model does not pickle: the workers inherit it)."""
+    import pickle
+
+    try:
+        pickle.dumps(masker)
+        return "spawn"
+    except Exception:
+        return "fork"
+
+
+def _saliency_masker(*fields_):
+    return SaliencyMasker(*fields_)
+
+
+# a SaliencyMasker holds the cv2 module: rebuilt from its fields in a spawned worker
+copyreg.pickle(SaliencyMasker, lambda m: (_saliency_masker, tuple(getattr(m, f.name) for f in fields(m))))
 
 
 def _init_worker_inline(masker) -> None:
