@@ -82,5 +82,6 @@ def run_shard(src: str, out: str, *, shard_size: str = "1GB", samples_per_shard:
                      f"beside the image shards)")
     if verify and is_shard_dir(out_p):
         lines += verify_shards(out_p, progress=progress)
-    lines.append(f"train with data.train={out}")
+    key = "data.test" if split == "test" else "data.train"
+    lines.append(f"use it with {key}={out}")
     return lines
