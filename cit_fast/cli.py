@@ -286,7 +286,8 @@ def _cmd_table4(args) -> int:
 def _cmd_masks(args) -> int:
     from .data.masks.arrays import array_targets, generate_array_masks, is_array_source
     from .data.masks.job import run_masks
-    from .data.masks.saliency import DEFAULT_METHOD, make_masker, mask_layout
+    from .data.masks.outputs import mask_layout
+    from .data.masks.saliency import DEFAULT_METHOD, make_masker
     from .data.sources.shards import is_shard_dir
     from .errors import UsageError
 

@@ -10,8 +10,9 @@ from PIL import Image
 from cit_fast.cli import main as cli_main
 from cit_fast.data.sources.records import DataError
 from cit_fast.data.sources.layout import detect_layout
+from cit_fast.data.masks.job import run_masks
 from cit_fast.data.masks.quality import MaskQuality, coverage, mask_iou
-from cit_fast.data.masks.saliency import (DEFAULT_METHOD, SaliencyMasker, TorchMasker, clean_mask, generate_masks,
+from cit_fast.data.masks.saliency import (DEFAULT_METHOD, SaliencyMasker, TorchMasker, clean_mask,
                                     grabcut_seeds, otsu_threshold, robust_background_saliency, rgb_to_lab,
                                     superpixels)
 
@@ -87,10 +88,10 @@ def make_src(root: Path, n_per_class: int = 2) -> Path:
     return root
 
 
-def test_generate_masks_writes_folder_layout_and_is_resumable(tmp_path):
+def test_mask_job_writes_folder_layout_and_is_resumable(tmp_path):
     src = make_src(tmp_path / "data")
     out = tmp_path / "out"
-    report = generate_masks(str(src), str(out), SaliencyMasker(), progress=False)
+    report = run_masks(str(src), str(out), SaliencyMasker(), progress=False)
     assert report.written == 4 and report.skipped == 0 and not report.failed
     masks = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert masks == ["masks/cat/cat0.png", "masks/cat/cat1.png", "masks/dog/dog0.png", "masks/dog/dog1.png",
@@ -101,10 +102,10 @@ def test_generate_masks_writes_folder_layout_and_is_resumable(tmp_path):
     # a rerun does nothing; a deleted mask is the only one recomputed
     stamp = (out / "masks/dog/dog1.png").stat().st_mtime_ns
     (out / "masks/cat/cat1.png").unlink()
-    again = generate_masks(str(src), str(out), SaliencyMasker(), progress=False)
+    again = run_masks(str(src), str(out), SaliencyMasker(), progress=False)
     assert (again.written, again.skipped) == (1, 3)
     assert (out / "masks/dog/dog1.png").stat().st_mtime_ns == stamp
-    assert generate_masks(str(src), str(out), SaliencyMasker(), overwrite=True, progress=False).written == 4
+    assert run_masks(str(src), str(out), SaliencyMasker(), overwrite=True, progress=False).written == 4
     # the result is a dataset load_folder reads
     from cit_fast.data.sources import load_folder
 
@@ -112,7 +113,7 @@ def test_generate_masks_writes_folder_layout_and_is_resumable(tmp_path):
     assert len(load_folder(str(out))) == 4
 
 
-def test_generate_masks_is_atomic_when_the_masker_fails(tmp_path):
+def test_mask_job_is_atomic_when_the_masker_fails(tmp_path):
     src = make_src(tmp_path / "data")
     calls = []
 
@@ -123,11 +124,11 @@ def test_generate_masks_is_atomic_when_the_masker_fails(tmp_path):
         return np.full(img.shape[:2], 255, np.uint8)
 
     with pytest.raises(RuntimeError, match="model crashed"):
-        generate_masks(str(src), str(src), flaky, progress=False)
+        run_masks(str(src), str(src), flaky, progress=False)
     written = list((src / "masks").rglob("*"))
     assert len([p for p in written if p.is_file()]) == 2  # the two finished masks, no temporary files
     assert all(p.suffix == ".png" for p in written if p.is_file())
-    report = generate_masks(str(src), str(src), lambda im: np.full(im.shape[:2], 255, np.uint8), progress=False)
+    report = run_masks(str(src), str(src), lambda im: np.full(im.shape[:2], 255, np.uint8), progress=False)
     assert (report.written, report.skipped) == (2, 2)
 
 
@@ -139,7 +140,7 @@ def test_empty_and_full_masks_are_counted(tmp_path):
         names.append(1)
         return np.zeros(img.shape[:2], np.uint8) if len(names) % 2 else np.full(img.shape[:2], 255, np.uint8)
 
-    report = generate_masks(str(src), str(tmp_path / "o"), alternate, progress=False)
+    report = run_masks(str(src), str(tmp_path / "o"), alternate, progress=False)
     assert len(report.empty) == 2 and len(report.full) == 2
     assert "2 empty" in report.summary() and "2 full" in report.summary()
 
@@ -149,18 +150,18 @@ def test_unreadable_image_is_named_and_the_rest_done(tmp_path):
     bad = src / "images" / "cat" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(DataError, match="broken.jpg") as e:
-        generate_masks(str(src), str(src), SaliencyMasker(), progress=False)
+        run_masks(str(src), str(src), SaliencyMasker(), progress=False)
     assert "4 masks written" in str(e.value)
     assert not (src / "masks" / "cat" / "broken.png").exists()
 
 
 def test_layout_errors(tmp_path):
     with pytest.raises(DataError, match="images/<class>/"):
-        generate_masks(str(tmp_path), str(tmp_path), SaliencyMasker(), progress=False)
+        run_masks(str(tmp_path), str(tmp_path), SaliencyMasker(), progress=False)
     src = make_src(tmp_path / "d", 1)
     Image.fromarray(scene(0, 20, 20)[0]).save(src / "images" / "cat" / "cat0.png")  # same stem as cat0.jpg
     with pytest.raises(DataError, match="cat0"):
-        generate_masks(str(src), str(src), SaliencyMasker(), progress=False)
+        run_masks(str(src), str(src), SaliencyMasker(), progress=False)
 
 
 def test_masks_command(tmp_path, capsys):

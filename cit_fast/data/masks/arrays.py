@@ -24,7 +24,8 @@ from ..sources.cifar import class_names, detect_cifar, is_cifar_dir, read_split
 from ..sources.mask_sidecar import sidecar_for_arrays, sidecar_for_cifar, write_sidecar
 from ..sources.records import DataError
 from .quality import coverage, spread, write_montage
-from .saliency import MONTAGE_TILES, Masker, MaskReport, SaliencyMasker
+from .outputs import MONTAGE_TILES, MaskReport
+from .saliency import Masker, SaliencyMasker
 
 
 @dataclass

@@ -37,8 +37,8 @@ from ...utils import atomic_path, atomic_write_bytes, atomic_write_text, dist_in
 from ..sources.records import decode_image
 from ..sources.shards import INDEX, MASKS, PARTS, ShardIndex, _TarOut, is_shard_dir, sample_key, shard_name
 from .quality import coverage, spread, write_montage
-from .saliency import (_UMASK, MONTAGE_TILES, MaskReport, SaliencyMasker, _thumbnail, find_images, mask_layout,
-                       montage_path)
+from .outputs import _UMASK, MONTAGE_TILES, MaskReport, _thumbnail, find_images, mask_layout, montage_path
+from .saliency import SaliencyMasker
 
 JOB_DIR = ".cit-fast-masks-job"  # the ranks' summaries, beside the montage; removed by rank 0 when merged
 WAIT_S = float(os.environ.get("CIT_FAST_MASKS_WAIT_S", 7 * 24 * 3600))  # rank 0 waits this long for the others

@@ -1,8 +1,6 @@
-"""Content/context separation, the paper's function g: an object mask for every image that lacks one.
-
-``cit-fast masks SRC [OUT]`` finds the images of a folder dataset in either layout of ``layout.py``
-(``SRC/images/<class>/`` or torchvision's ``SRC/<class>/``) and writes one mask per image
-(255 = object/content, 0 = context) where that layout's reader looks for it. Mask makers:
+"""Content/context separation, the paper's function g: the mask makers, image (H, W, 3) uint8 ->
+mask (H, W) uint8 (255 = object/content, 0 = context). ``cit-fast masks`` runs them over a dataset
+(job.py: workers, ranks, restarts; outputs.py: where masks go and the report). Mask makers:
 
 - ``SaliencyMasker`` (no weights), ``method``:
   - ``grabcut`` (the default): robust-background saliency (below) refined with GrabCut (Rother et
@@ -23,34 +21,22 @@
 
 The image primitives (SLIC, GrabCut, blur, Otsu, morphology, connected components) are OpenCV's
 with its contrib modules, the ``masks`` extra; without it a mask maker is one error line.
-The run is resumable (existing masks are skipped), every mask is written atomically, unreadable
-images are named at the end; every run reports the coverage of its masks (``masks_quality``),
-warns when it is degenerate and writes a montage of images with their mask outlines.
 """
 from __future__ import annotations
 
-import os
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Tuple
 
 import numpy as np
 from PIL import Image
 
-from ...errors import UsageError
-from ...utils import atomic_path
-from ..sources.layout import IMAGE_EXTS, FolderLayout, detect_layout
-from .quality import MaskQuality, coverage, spread, write_montage
-from ..sources.records import DataError, decode_image
+from ...errors import DataError, UsageError
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 WORK_SIDE = 256  # pixels: the longer side at which spectral / fine-grained saliency is computed and cleaned
 RBD_SIDE = (64, 192)  # pixels: rbd / grabcut work with the longer side in this range (small images upscaled)
 SALIENCY_METHODS = ("grabcut", "rbd", "spectral", "fine_grained")
 DEFAULT_METHOD = "grabcut"
-MONTAGE_NAME = "masks_montage.png"
 SEGMENTATION_ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
                       "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large")
 
@@ -442,157 +428,6 @@ class TorchMasker:
         if self.clean:
             m = clean_mask(m)
         return m.astype(np.uint8) * 255
-
-
-# ---------------------------------------------------------------------------------------------
-# the command
-
-
-MONTAGE_TILES = 24  # images shown in the montage, spread over the classes
-
-
-@dataclass
-class MaskReport:
-    written: int = 0
-    skipped: int = 0  # already had a mask
-    empty: List[str] = field(default_factory=list)  # masks with no object pixel
-    full: List[str] = field(default_factory=list)  # masks with no context pixel
-    failed: Dict[str, str] = field(default_factory=dict)  # image -> why it could not be read
-    coverages: List[float] = field(default_factory=list)  # object share of every mask written
-    masks_root: Optional[Path] = None
-    montage: Optional[Path] = None  # the montage PNG, when masks were written
-
-    def quality(self) -> MaskQuality:
-        return MaskQuality.of(self.coverages)
-
-    def summary(self) -> str:
-        def some(xs):
-            return f" (e.g. {', '.join(xs[:3])})" if xs else ""
-
-        where = f" in {self.masks_root}" if self.masks_root is not None else ""
-        return (f"{self.written} masks written{where}, {self.skipped} already present; "
-                f"{len(self.empty)} empty{some(self.empty)}, {len(self.full)} full{some(self.full)}; "
-                f"{len(self.failed)} images unreadable")
-
-    def lines(self) -> List[str]:
-        """What ``cit-fast masks`` prints: the summary, the coverage quality, a warning if degenerate,
-        the montage."""
-        out = [self.summary(), self.quality().format()]
-        warn = self.quality().warning()
-        if warn:
-            out.append(warn)
-        if self.montage is not None:
-            out.append(f"montage of images with their mask outlines: {self.montage}")
-        return out
-
-
-def mask_layout(src: str | Path, out: str | Path | None = None) -> FolderLayout:
-    """Where the masks of the folder dataset ``src`` go (``layout.py``).
-
-    Without ``out``: the layout's own masks tree (``SRC/masks/`` for ``SRC/images/``; the sibling
-    ``SRC_masks/`` for an ImageFolder ``SRC/<class>/``). With ``out``: ``OUT/masks/<class>/`` for the
-    cit layout (OUT is a dataset root, often SRC itself) and ``OUT/<class>/`` for ImageFolder (OUT
-    is the masks tree itself; read it with the folder source's masks root).
-    """
-    lay = detect_layout(src, flat=True)  # a flat validation folder: masks in SRC_masks/<name>.png
-    if out is None:
-        return lay
-    masks_root = Path(out) / "masks" if lay.kind == "cit" else Path(out)
-    if lay.kind in ("imagefolder", "flat"):
-        inside = masks_root.resolve()
-        if inside == lay.images_root.resolve() or lay.images_root.resolve() in inside.parents:
-            raise UsageError(f"masks: OUT {out} is inside the ImageFolder {src}, where it would read as a class "
-                             f"folder; leave OUT out (masks go to {detect_layout(src).masks_root}) or name a "
-                             f"directory outside it")
-    return FolderLayout(lay.root, lay.kind, lay.images_root, masks_root)
-
-
-def montage_path(layout: FolderLayout) -> Path:
-    """OUT/masks_montage.png: beside masks/ for the cit layout, at the top of the masks tree for ImageFolder."""
-    return (layout.masks_root.parent if layout.kind == "cit" else layout.masks_root) / MONTAGE_NAME
-
-
-def find_images(layout: FolderLayout) -> List[Tuple[Path, str]]:
-    """(image path, 'class/stem') for every image in the layout's class folders."""
-    found: Dict[str, Path] = {}
-    for d in layout.class_dirs():
-        for f in sorted(d.iterdir()):
-            if not f.is_file() or f.suffix.lower() not in IMAGE_EXTS:
-                continue
-            key = f"{d.name}/{f.stem}"
-            if key in found:
-                raise DataError(f"masks: {found[key]} and {f} would share the mask {key}.png; rename one")
-            found[key] = f
-    if not found:
-        raise DataError(f"masks: no images in the class folders of {layout.images_root} "
-                        f"(extensions {', '.join(IMAGE_EXTS)})")
-    return [(p, k) for k, p in found.items()]
-
-
-def _thumbnail(x: np.ndarray, side: int = 320) -> np.ndarray:
-    """A montage-sized copy (so the montage holds at most MONTAGE_TILES small images)."""
-    h, w = x.shape[:2]
-    if max(h, w) <= side:
-        return x
-    s = side / max(h, w)
-    return np.asarray(Image.fromarray(x).resize((max(1, round(w * s)), max(1, round(h * s))), Image.NEAREST))
-
-
-def generate_masks(src: str, out: Optional[str] = None, masker: Optional[Masker] = None, *, overwrite: bool = False,
-                   progress: Optional[bool] = None, montage: Optional[str | Path] = "") -> MaskReport:
-    """Write a mask for every image of the folder dataset ``src`` that lacks one (``mask_layout``).
-
-    masker: uint8 (H, W, 3) -> uint8 (H, W) mask (default: ``SaliencyMasker()``); one with
-    ``uses_class = True`` is called as masker(img, class_name). montage: the montage PNG's path
-    ("" = ``montage_path``, None = none). Raises a DataError naming the unreadable images after
-    doing all the others (so a rerun only has those left).
-    """
-    from tqdm import tqdm
-
-    layout = mask_layout(src, out)
-    masker = masker if masker is not None else SaliencyMasker()
-    images = find_images(layout)
-    report = MaskReport(masks_root=layout.masks_root)
-    todo = []
-    for img_path, key in images:
-        target = layout.mask_path(img_path)
-        if target.is_file() and not overwrite:
-            report.skipped += 1
-        else:
-            todo.append((img_path, key, target))
-    shown = set(spread([k for _, k, _ in todo], MONTAGE_TILES)) if montage is not None else set()
-    tiles = []
-    uses_class = getattr(masker, "uses_class", False)
-    show = sys.stderr.isatty() if progress is None else progress
-    for i, (img_path, key, target) in enumerate(tqdm(todo, desc="masks", unit="img", disable=not show)):
-        try:
-            img = decode_image(str(img_path))
-        except DataError as e:
-            report.failed[str(img_path)] = str(e)
-            continue
-        m = masker(img, img_path.parent.name) if uses_class else masker(img)
-        if m.shape != img.shape[:2] or m.dtype != np.uint8:
-            raise DataError(f"masks: the mask maker returned {m.dtype} {m.shape} for {img_path} "
-                            f"({img.shape[1]}x{img.shape[0]}); expected uint8 of the image's size")
-        with atomic_path(target) as tmp:
-            Image.fromarray(m).save(tmp, format="PNG")
-            tmp.chmod(0o666 & ~_UMASK)  # mkstemp makes it private; a mask is as readable as its image
-        report.written += 1
-        cov = coverage(m)
-        report.coverages.append(cov)
-        if not m.any():
-            report.empty.append(str(target))
-        elif m.all():
-            report.full.append(str(target))
-        if i in shown:
-            tiles.append((_thumbnail(img), _thumbnail(m), f"{key} {100 * cov:.0f}%"))
-    if tiles:
-        report.montage = write_montage(tiles, Path(montage) if montage else montage_path(layout))
-    if report.failed:
-        lines = "; ".join(f"{why}" for why in list(report.failed.values())[:5])
-        raise DataError(f"masks: {len(report.failed)} image(s) could not be read, the rest are done "
-                        f"({report.summary()}): {lines}")
-    return report
 
 
 def make_masker(method: str = DEFAULT_METHOD, model: str = "", arch: str = "", num_classes: int = 0,
