@@ -179,6 +179,21 @@ def deepspeed_config(cfg, world_size: int) -> Dict[str, Any]:
 
 
 
+def _forget_stale_deepspeed_groups() -> None:
+    """DeepSpeed keeps its clone of the world group in a module global (deepspeed.utils.groups._WORLD_GROUP)
+    and never drops it: a second engine in the same process, after the first run's process group was
+    destroyed (a sweep or a test suite in one interpreter), would be handed a group of a dead world
+    ("Group ... is not registered"). Drop the clone when it is not a group of the live world."""
+    from deepspeed.utils import groups
+
+    cached = getattr(groups, "_WORLD_GROUP", None)
+    if cached is None:
+        return
+    live = dist.is_initialized() and cached in dist.distributed_c10d._world.pg_group_ranks
+    if not live:
+        groups._WORLD_GROUP = None
+
+
 class DeepSpeedEngine(Engine):
     """deepspeed.initialize over our model, optimizer and LR schedule."""
 
@@ -196,6 +211,7 @@ class DeepSpeedEngine(Engine):
         # recorded in every checkpoint so `ds_to_universal` can re-shard it for another world size
         setattr(module, UNIVERSAL_CHECKPOINT_INFO, {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE})
         self.ds_config = deepspeed_config(cfg, env.world_size)
+        _forget_stale_deepspeed_groups()
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
             dist_init_required=not dist.is_initialized())
