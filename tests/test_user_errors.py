@@ -5,6 +5,7 @@ code.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -283,9 +284,11 @@ def _interrupt(cmd, cwd, wait_for: Path, timeout=600):
     while not wait_for.exists() and p.poll() is None and time.time() - t0 < timeout:
         time.sleep(0.2)
     if not wait_for.exists():
-        os.killpg(p.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the job may have exited on its own: say why, below
+            os.killpg(p.pid, signal.SIGKILL)
         out, err = p.communicate(timeout=60)
-        pytest.fail(f"the job never reached the point to interrupt ({wait_for}): rc {p.returncode}; {err[-2000:]}")
+        pytest.fail(f"the job never reached the point to interrupt ({wait_for}): rc {p.returncode}; "
+                    f"stdout: {out[-2000:]}; stderr: {err[-4000:]}")
     os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group
     try:
         out, err = p.communicate(timeout=120)

@@ -149,12 +149,12 @@ def test_masks_in_the_sibling_tree(tmp_path):
 
 
 def test_masks_command_writes_a_flat_folders_masks_where_the_source_reads_them(tmp_path):
-    from cit_fast.data.masks.saliency import generate_masks
+    from cit_fast.data.masks.job import run_masks
     from cit_fast.data.sources import load_folder
 
     val = _val(tmp_path / "val")
     _loc_csv(tmp_path / "LOC_val_solution.csv")
-    report = generate_masks(str(val), masker=lambda img: np.full(img.shape[:2], 255, np.uint8), montage=None)
+    report = run_masks(str(val), masker=lambda img: np.full(img.shape[:2], 255, np.uint8), montage=None)
     assert report.written == len(VAL_LABELS)
     s = load_imagenet_val(str(val), WNIDS)
     assert s.masks == [str(tmp_path / "val_masks" / f"{Path(p).stem}.png") for p in s.images]

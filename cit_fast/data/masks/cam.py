@@ -22,7 +22,7 @@ ClassMap = Callable[[np.ndarray, Optional[str]], Tuple[np.ndarray, int]]
 class CamMasker:
     """uint8 (H, W, 3) image [+ its folder's class name] -> uint8 (H, W) mask in {0, 255}."""
 
-    uses_class = True  # generate_masks passes the image's class folder name
+    uses_class = True  # the mask job passes the image's class folder name
 
     def __init__(self, cam: ClassMap, what: str):
         opencv()  # GrabCut and the clean-up: one error line without OpenCV, before any image
