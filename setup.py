@@ -22,7 +22,7 @@ setup(
     extras_require={
         "dali": ["nvidia-dali-cuda130"],
         "deepspeed": ["deepspeed"],
-        "masks": ["opencv-contrib-python-headless"],
+        "masks": ["opencv-contrib-python-headless", "threadpoolctl"],  # threadpoolctl: one BLAS thread per mask worker
         "coco": ["pycocotools"],
         "report": ["matplotlib", "scikit-learn"],
         "export": ["safetensors", "onnx", "onnxruntime"],  # cit-fast export --format safetensors / onnx

@@ -50,15 +50,39 @@ def _init_worker(masker) -> None:
     global _MASKER
     _MASKER = masker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the job through its main process
-    try:  # the worker processes are the parallelism: one thread each, no oversubscribed cores
+    _one_thread()
+
+
+def _one_thread() -> Callable[[], None]:
+    """One thread per worker: the worker processes are the parallelism. OpenCV's, torch's and the BLAS
+    libraries' pools (numpy's OpenBLAS spins a thread per core on the Lab conversion's small matmul)
+    would otherwise oversubscribe the cores: 2 workers ran slower than 1. Returns what restores them."""
+    undo = []
+    try:
         import cv2
 
+        n = cv2.getNumThreads()
         cv2.setNumThreads(1)
+        undo.append(lambda: cv2.setNumThreads(n))
     except ImportError:
         pass
-    import torch
+    torch = sys.modules.get("torch")  # only where a --model masker brought it: importing it costs a worker ~2 s
+    if torch is not None:
+        t = torch.get_num_threads()
+        torch.set_num_threads(1)
+        undo.append(lambda: torch.set_num_threads(t))
+    try:
+        from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(1)
+        limits = threadpool_limits(limits=1)
+        undo.append(limits.restore_original_limits)
+    except ImportError:  # the masks extra brings it; without it, numpy's BLAS keeps its threads
+        pass
+
+    def restore() -> None:
+        for f in reversed(undo):
+            f()
+    return restore
 
 
 def _reset_rng() -> None:
@@ -174,9 +198,13 @@ def _results(jobs: Sequence[Tuple], masker, workers: int, batch_size: int, progr
             return
         if workers <= 1 or len(jobs) <= 1:
             _init_worker_inline(masker)
-            for job in jobs:
-                bar.update(1)
-                yield _task(job)
+            restore = _one_thread()  # one worker is one core, as each of N workers is
+            try:
+                for job in jobs:
+                    bar.update(1)
+                    yield _task(job)
+            finally:
+                restore()
             return
         import multiprocessing as mp
 
