@@ -46,6 +46,24 @@ def test_plan_of_a_fixed_seed_is_pinned(kind, reuse):
     assert _digest(plan) == PINNED[kind, reuse]
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_draws_by_chunks_equal_draws_at_once(monkeypatch, chunk):
+    """The draws are computed CHUNK at a time (cache-sized temporaries); a chunk boundary changes no draw."""
+    k, n = draws.key(5, 1, 2), 500
+    bound = np.random.default_rng(1).integers(1, 40, n)
+    whole = (draws.bits(k, n), draws.uniform(k, n), draws.below(k, bound), draws.below(k, 33, n),
+             draws.permutation(k, n))
+    monkeypatch.setattr(draws, "CHUNK", chunk)
+    parts = (draws.bits(k, n), draws.uniform(k, n), draws.below(k, bound), draws.below(k, 33, n),
+             draws.permutation(k, n))
+    for a, b in zip(whole, parts):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    z = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(draws.GAMMA) + np.uint64(k)  # the formula itself
+    assert np.array_equal(parts[0], draws.mix(z))
+    assert np.array_equal(parts[2], np.minimum(((parts[0] >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+                                                * bound).astype(np.int64), bound - 1))
+
+
 def test_draws_are_splitmix64():
     """Draw i of a stream is output i of SplitMix64 seeded with the stream's key (the reference
     C implementation's values for seeds 0 and 1234567)."""
@@ -173,3 +191,30 @@ def test_plans_benchmark_smoke(tmp_path, capsys):
     for kind in mod.KINDS:
         assert f"| {kind} |" in text
     assert "within the 6 s goal" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_training_builds_every_later_epochs_plan_off_the_step_path(tmp_path, monkeypatch, reuse):
+    """Through a real 3-epoch run: the plan of epoch 0 is built where training starts, the plans of epochs 1
+    and 2 only in the background planner thread (while the epoch before trained), each exactly once, so no
+    step of a later epoch computes a plan (a 14M plan: seconds; a 14M epoch: hours)."""
+    import threading
+
+    from cit_fast.cli import main as cli
+    from cit_fast.data.pipelines.contract import Pipeline
+
+    built = []
+    build = Pipeline.build_plan
+
+    def logged(self, epoch):
+        built.append((self.spec.train, epoch, threading.current_thread().name))
+        return build(self, epoch)
+
+    monkeypatch.setattr(Pipeline, "build_plan", logged)
+    assert cli(["train", "model.name=resnet8", "optim.epochs=3", "data.batch_size=8", "progress=false", "threads=1",
+                "data.synthetic_train_per_class=4", "data.synthetic_test_per_class=2", "intervention.plan=stratify_c",
+                f"data.decode_reuse={str(reuse).lower()}", f"out_dir={tmp_path / 'run'}"]) == 0
+    train = [(e, t) for is_train, e, t in built if is_train]
+    assert sorted(e for e, _ in train) == [0, 1, 2, 3]  # (3: built ahead at the last epoch, never used)
+    assert all(t.startswith("cit-fast-plan") for e, t in train if e > 0), train
+    assert not [t for e, t in train if e == 0][0].startswith("cit-fast-plan")
