@@ -54,10 +54,11 @@ def test_manifest_multi_hot_indices_and_masks(tmp_path):
     ("img/a.png,0;5\n", ["a", "b"], r"m.csv, row 2: label 5 is out of range \[0, 1\]"),
     (",dog\n", None, r"m.csv, row 2: empty 'image'"),
     ("img/missing.png,dog\n", None, r"missing.png: file not found"),
+    ("img/a.png,dog,1\nimg/a.png,cat,\n", None, r"m.csv, row 3: column 'stratum' is filled for other rows but empty"),
 ])
 def test_manifest_multi_hot_errors_name_file_and_row(tmp_path, body, classes, message):
     _write_images(tmp_path, ["a.png"])
-    (tmp_path / "m.csv").write_text("image,labels\n" + body)
+    (tmp_path / "m.csv").write_text("image,labels" + (",stratum" if body.count(",") > 2 else "") + "\n" + body)
     with pytest.raises(DataError, match=message):
         load_manifest(str(tmp_path / "m.csv"), classes=classes)
 

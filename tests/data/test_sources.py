@@ -118,6 +118,15 @@ def test_manifest_optional_columns(folder_dataset, manifest_dataset):
     assert list(s.strata[:4]) == [0, 1, 0, 1] and list(s.bias[:4]) == [0, 1, 2, 0]
 
 
+@pytest.mark.parametrize("column", ["stratum", "bias"])
+def test_manifest_column_filled_for_some_rows_names_the_first_empty_row(folder_dataset, column):
+    p = folder_dataset / "part.csv"
+    p.write_text(f"image,mask,label,{column}\nimages/cat/cat1.png,masks/cat/cat1.png,0,1\n"
+                 "images/dog/dog1.png,masks/dog/dog1.png,1,0\nimages/fox/fox1.png,masks/fox/fox1.png,2,\n")
+    with pytest.raises(DataError, match=rf"part.csv, row 4: column '{column}' is filled for other rows but empty here"):
+        load_manifest(str(p))
+
+
 @pytest.mark.parametrize("line, message", [
     ("images/cat/cat0.png,masks/cat/cat0.png,7", "label 7 is out of range"),
     ("images/cat/cat0.png,masks/cat/nope.png,1", "nope.png: file not found"),

@@ -115,6 +115,32 @@ def manifest_row_fields(row: Dict, where: str, base: Path, has_mask: bool):
     return str(base / img), msk, side[0], side[1]
 
 
+def manifest_files(rows: List[Dict], wheres: Sequence[str], base: Path, verify: str = "header"):
+    """(images, masks or None, strata or None, bias or None) of a manifest's rows (``wheres[i]`` names row
+    i in errors), the image/mask pairs checked at ``verify``; stratum and bias are int64 columns, None
+    where the manifest has none, and a column filled for some rows only is an error naming the first
+    empty row."""
+    has_mask = "mask" in rows[0]
+    images, masks, strata, bias = [], [], [], []
+    for row, where in zip(rows, wheres):
+        img, msk, stratum, b = manifest_row_fields(row, where, base, has_mask)
+        images.append(img)
+        masks.append(msk)
+        strata.append(stratum)
+        bias.append(b)
+    if verify != "none":
+        check_pairs(images, masks, verify)
+
+    def column(values, name):
+        if all(v is None for v in values):
+            return None
+        if any(v is None for v in values):
+            raise DataError(f"{wheres[values.index(None)]}: column {name!r} is filled for other rows but empty here")
+        return np.asarray(values, np.int64)
+
+    return images, masks if has_mask else None, column(strata, "stratum"), column(bias, "bias")
+
+
 def check_labels(labels: np.ndarray, num_classes: int, where: str, require_all: bool = True) -> None:
     if len(labels) == 0:
         raise DataError(f"{where}: no samples")

@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .files import check_labels, check_pairs, manifest_row_fields, read_manifest_rows
+from .files import check_labels, manifest_files, read_manifest_rows
 from .multilabel import manifest_multilabel
 from .records import DataError, SampleSet
 
@@ -60,10 +60,9 @@ def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = 
     if classes is None:
         classes = _manifest_classes(raw_labels, path, first_row)
     index = {c: i for i, c in enumerate(classes)}
-    labels, images, masks, strata, bias = [], [], [], [], []
-    has_mask = "mask" in rows[0]
-    for ln, (row, lab) in enumerate(zip(rows, raw_labels), first_row):
-        where = f"manifest {path}, row {ln}"
+    labels = []
+    wheres = [f"manifest {path}, row {ln}" for ln in range(first_row, first_row + len(rows))]
+    for where, lab in zip(wheres, raw_labels):
         if lab in index:
             labels.append(index[lab])
         elif lab.lstrip("-").isdigit():
@@ -73,23 +72,7 @@ def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = 
             labels.append(v)
         else:
             raise DataError(f"{where}: label {lab!r} is not a known class ({', '.join(classes[:10])}...)")
-        img, msk, stratum, b = manifest_row_fields(row, where, base, has_mask)
-        images.append(img)
-        if has_mask:
-            masks.append(msk)
-        strata.append(stratum)
-        bias.append(b)
-    if verify != "none":
-        check_pairs(images, masks if has_mask else [None] * len(images), verify)
+    images, masks, strata, bias = manifest_files(rows, wheres, base, verify)
     check_labels(np.asarray(labels, np.int64), len(classes), f"manifest {path}", require_all=training_split)
-
-    def column(values, default):
-        if all(v is None for v in values):
-            return None
-        if any(v is None for v in values):
-            missing = values.index(None)
-            raise DataError(f"manifest {path}: column filled for some rows but empty at row {missing + 1}")
-        return np.asarray(values, np.int64)
-
-    return SampleSet(images, masks if has_mask else None, np.asarray(labels, np.int64), list(classes),
-                     column(strata, None), column(bias, None), name=f"manifest {path}")
+    return SampleSet(images, masks, np.asarray(labels, np.int64), list(classes), strata, bias,
+                     name=f"manifest {path}")

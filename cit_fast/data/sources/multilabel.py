@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .files import check_pairs, manifest_row_fields
+from .files import manifest_files
 from .records import DataError, SampleSet
 
 
@@ -79,26 +79,6 @@ def manifest_multilabel(path: Path, rows: List[dict], base: Path, classes: Optio
         if not classes:
             raise DataError(f"manifest {path}: column 'labels' is empty in every row")
     labels = multi_hot(tokens, classes, wheres)
-    has_mask = "mask" in rows[0]
-    images, masks, strata, bias = [], [], [], []
-    for row, where in zip(rows, wheres):
-        img, msk, stratum, b = manifest_row_fields(row, where, base, has_mask)
-        images.append(img)
-        if has_mask:
-            masks.append(msk)
-        strata.append(stratum)
-        bias.append(b)
-    if verify != "none":
-        check_pairs(images, masks if has_mask else [None] * len(images), verify)
+    images, masks, strata, bias = manifest_files(rows, wheres, base, verify)
     check_multi_hot(labels, classes, f"manifest {path}", require_all=training_split)
-
-    def column(values, name):
-        if all(v is None for v in values):
-            return None
-        if any(v is None for v in values):
-            raise DataError(f"manifest {path}: column {name!r} filled for some rows but empty at "
-                            f"{wheres[values.index(None)].split(', ')[-1]}")
-        return np.asarray(values, np.int64)
-
-    return SampleSet(images, masks if has_mask else None, labels, list(classes), column(strata, "stratum"),
-                     column(bias, "bias"), name=f"manifest {path}")
+    return SampleSet(images, masks, labels, list(classes), strata, bias, name=f"manifest {path}")
