@@ -501,32 +501,38 @@ def _value(cfg: TrainConfig, key: str) -> Any:
     return cfg
 
 
-def _check_crops(d: DataConfig) -> None:
-    """The ImageNet geometry's keys against each other (the pipeline spec checks the same)."""
-    for key in ("crop_scale", "crop_ratio"):
-        v = getattr(d, key)
+def check_crop_geometry(train_crop: str, image_size: int, crop_padding: int, crop_scale: Sequence[float],
+                        crop_ratio: Sequence[float], eval_resize: int) -> None:
+    """The crop keys against each other: the one check of the config (validate) and of a pipeline spec
+    built without one (``PipelineSpec``)."""
+    for key, on in (("train_crop=random_resized", train_crop == "random_resized"), ("eval_resize", eval_resize)):
+        if on and image_size <= 0:
+            raise ConfigError(f"data.{key} needs data.image_size (the output side, e.g. 224)")
+    for key, v in (("crop_scale", crop_scale), ("crop_ratio", crop_ratio)):
         if len(v) != 2:
             raise ConfigError(f"data.{key}: expected [min, max], got {list(v)}")
-    lo, hi = d.crop_scale
-    if not 0 < lo <= hi <= 1:
-        raise ConfigError(f"data.crop_scale: expected [min, max] with 0 < min <= max <= 1, got {list(d.crop_scale)}")
-    lo, hi = d.crop_ratio
-    if not 0 < lo <= hi:
-        raise ConfigError(f"data.crop_ratio: expected [min, max] with 0 < min <= max, got {list(d.crop_ratio)}")
-    for key, on in (("train_crop=random_resized", d.train_crop == "random_resized"), ("eval_resize", d.eval_resize)):
-        if on and not d.image_size:
-            raise ConfigError(f"data.{key} needs data.image_size (the output side, e.g. 224)")
+    if train_crop == "random_resized":
+        if crop_padding:
+            raise ConfigError("data.crop_padding is the CIFAR-style crop of data.train_crop=resize; set it to 0 with "
+                              "data.train_crop=random_resized")
+        lo, hi = crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"data.crop_scale: expected [min, max] with 0 < min <= max <= 1, got {list(crop_scale)}")
+        lo, hi = crop_ratio
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.crop_ratio: expected [min, max] with 0 < min <= max, got {list(crop_ratio)}")
+    if eval_resize and eval_resize < image_size:
+        raise ConfigError(f"data.eval_resize ({eval_resize}) must be at least data.image_size ({image_size}): "
+                          f"the centre crop is taken from the resized image")
+
+
+def _check_crops(d: DataConfig) -> None:
+    check_crop_geometry(d.train_crop, d.image_size, d.crop_padding, d.crop_scale, d.crop_ratio, d.eval_resize)
     if d.train_crop != "random_resized":  # a window range without random-resized crops would do nothing
         for key, default in (("crop_scale", (0.08, 1.0)), ("crop_ratio", (3 / 4, 4 / 3))):
             if any(abs(a - b) > 1e-6 for a, b in zip(getattr(d, key), default)):
                 raise ConfigError(f"data.{key} applies to data.train_crop=random_resized (data.train_crop is "
                                   f"{d.train_crop}); set both or neither")
-    if d.train_crop == "random_resized" and d.crop_padding:
-        raise ConfigError("data.crop_padding is the CIFAR-style crop of data.train_crop=resize; set it to 0 with "
-                          "data.train_crop=random_resized")
-    if d.eval_resize and d.eval_resize < d.image_size:
-        raise ConfigError(f"data.eval_resize ({d.eval_resize}) must be at least data.image_size ({d.image_size}): "
-                          f"the centre crop is taken from the resized image")
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ... import kernels
-from ...config import TRAIN_CROPS
+from ...config import TRAIN_CROPS, check_crop_geometry
 from ...errors import ConfigError
 from ..plans.balanced import REUSE_PLANS, make_balanced_plan
 from .batch import DoubleBatch, ImageBatch, ModelBatch, RawBatch
@@ -75,23 +75,8 @@ class PipelineSpec:
     def __post_init__(self) -> None:
         if self.train_crop not in TRAIN_CROPS:
             raise ConfigError(f"data.train_crop must be one of {', '.join(TRAIN_CROPS)}, got {self.train_crop!r}")
-        if self.train_crop == "random_resized" or self.eval_resize:
-            what = "data.train_crop=random_resized" if self.train_crop == "random_resized" else "data.eval_resize"
-            if self.image_size <= 0:
-                raise ConfigError(f"{what} needs data.image_size (the output side, e.g. 224)")
-        if self.train_crop == "random_resized":
-            if self.crop_padding:
-                raise ConfigError("data.crop_padding is the CIFAR-style crop of data.train_crop=resize; set it to 0 "
-                                  "with data.train_crop=random_resized")
-            lo, hi = self.crop_scale
-            if not 0 < lo <= hi <= 1:
-                raise ConfigError(f"data.crop_scale must be (min, max) with 0 < min <= max <= 1, got {tuple(self.crop_scale)}")
-            lo, hi = self.crop_ratio
-            if not 0 < lo <= hi:
-                raise ConfigError(f"data.crop_ratio must be (min, max) with 0 < min <= max, got {tuple(self.crop_ratio)}")
-        if self.eval_resize and self.eval_resize < self.image_size:
-            raise ConfigError(f"data.eval_resize ({self.eval_resize}) must be at least data.image_size "
-                              f"({self.image_size}): the centre crop is taken from the resized image")
+        check_crop_geometry(self.train_crop, self.image_size, self.crop_padding, self.crop_scale, self.crop_ratio,
+                            self.eval_resize)
         if self.output not in ("image", "double"):
             raise ValueError(f"pipeline output must be 'image' or 'double', got {self.output!r}")
         if self.batch_size <= 0:
