@@ -220,10 +220,12 @@ def make_balanced_plan(kind: str, strata: np.ndarray, seed: int, epoch: int, bat
 
     # shard layout: InterventionPlan.shard gives rank r positions r, r + world, ...; global batch
     # b * world + r is batch b of rank r
-    layout = used.reshape(per_rank, world_size, batch_size).transpose(0, 2, 1).reshape(-1)
+    order = np.empty(n, np.int64)  # written in place: one pass (a 14M concatenate + astype took 0.4 s)
+    order[:n_used].reshape(per_rank, batch_size, world_size)[...] = \
+        used.reshape(per_rank, world_size, batch_size).transpose(0, 2, 1)
     unused = np.ones(n, bool)
     unused[used] = False
     rest = np.flatnonzero(unused)
-    order = np.concatenate([layout, rest[draws.permutation(stream(6), len(rest))]]).astype(np.int64)
+    order[n_used:] = rest[draws.permutation(stream(6), len(rest))]
     return BalancedPlan(kind, seed, epoch, order, partner, batch_size=batch_size, world_size=world_size,
                         batches_per_rank=per_rank)
