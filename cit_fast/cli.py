@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--montage", default="", metavar="PNG", help="montage path (default: OUT/masks_montage.png)")
     m.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     m.add_argument("--workers", type=int, default=1,
-                   help="processes computing masks on this machine (folder and shard sources; the same masks as one). "
+                   help="processes computing masks on this machine, one thread each: one per core (folder and shard "
+                        "sources; the same masks as one). "
                         "Under torchrun / SLURM each rank takes its part and runs this many (launchers/masks_*)")
     m.add_argument("--batch-size", type=int, default=1, help="--model: images per forward pass (decoded by "
                    "--workers threads)")
