@@ -137,16 +137,7 @@ def _finish(img, m, key, ref, target, tile) -> dict:
 
 
 def _model_batches(jobs: Sequence[Tuple], masker, batch_size: int, threads: int) -> Iterator[dict]:
-    """A --model masker: images decoded by threads, ``batch_size`` of them per forward pass."""
-    import torch
-    import torch.nn.functional as F
-
-    from .saliency import clean_mask
-
-    size, dev = masker.input_size, masker.device
-    mean = torch.tensor([0.485, 0.456, 0.406], device=dev)[:, None, None]
-    std = torch.tensor([0.229, 0.224, 0.225], device=dev)[:, None, None]
-
+    """A --model masker (``TorchMasker.batch``): images decoded by threads, ``batch_size`` per forward pass."""
     def load(job):
         try:
             return decode_image(job[0]), None
@@ -157,32 +148,14 @@ def _model_batches(jobs: Sequence[Tuple], masker, batch_size: int, threads: int)
         for lo in range(0, len(jobs), batch_size):
             chunk = jobs[lo:lo + batch_size]
             loaded = list(pool.map(load, chunk))
-            ok = [(job, img) for job, (img, err) in zip(chunk, loaded) if img is not None]
             for job, (img, err) in zip(chunk, loaded):
                 if err is not None:
                     yield {"key": job[1], "ref": str(job[0]), "failed": err}
-            if not ok:
-                continue
-            x = torch.stack([F.interpolate(torch.from_numpy(np.array(img)).to(dev).permute(2, 0, 1)[None]
-                                           .float() / 255, size=(size, size), mode="bilinear", antialias=True,
-                                           align_corners=False)[0] for _, img in ok])
-            with torch.inference_mode():
-                out = masker.model((x - mean) / std)
-            if isinstance(out, dict):
-                out = out["out"]
-            elif isinstance(out, (tuple, list)):
-                out = out[0]
-            for b, (job, img) in enumerate(ok):
-                h, w = img.shape[:2]
-                o = F.interpolate(out[b:b + 1].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
-                if o.shape[0] == 1:
-                    prob = o[0] if (o.min() >= 0 and o.max() <= 1) else torch.sigmoid(o[0])
-                    m = (prob > masker.threshold).cpu().numpy()
-                else:
-                    m = (o.argmax(0) != masker.background).cpu().numpy()
-                if masker.clean:
-                    m = clean_mask(m)
-                yield _finish(img, m.astype(np.uint8) * 255, job[1], job[0], job[2], job[4])
+            ok = [(job, img) for job, (img, err) in zip(chunk, loaded) if img is not None]
+            if ok:
+                masks = masker.batch([img for _, img in ok])
+                for (job, img), m in zip(ok, masks):
+                    yield _finish(img, m, job[1], job[0], job[2], job[4])
 
 
 def _results(jobs: Sequence[Tuple], masker, workers: int, batch_size: int, progress: bool) -> Iterator[dict]:
@@ -191,7 +164,7 @@ def _results(jobs: Sequence[Tuple], masker, workers: int, batch_size: int, progr
 
     bar = tqdm(total=len(jobs), desc="masks", unit="img", disable=not progress)
     try:
-        if hasattr(masker, "model") and hasattr(masker, "input_size") and batch_size > 1:
+        if hasattr(masker, "batch") and batch_size > 1:
             for r in _model_batches(jobs, masker, batch_size, workers):
                 bar.update(1)
                 yield r

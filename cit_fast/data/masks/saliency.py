@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -404,30 +404,38 @@ class TorchMasker:
         return model
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
+        return self.batch([img])[0]
+
+    def batch(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """The masks of ``images`` (uint8 (H, W, 3), any sizes) from one forward pass: each resized to
+        input_size, the outputs resized back to each image's size; uint8 0/255 of the image's size each."""
         import torch
         import torch.nn.functional as F
 
-        h, w = img.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(img)).to(self.device).permute(2, 0, 1)[None].float() / 255
-        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
-                          align_corners=False)
         mean = torch.tensor([0.485, 0.456, 0.406], device=self.device)[:, None, None]
         std = torch.tensor([0.229, 0.224, 0.225], device=self.device)[:, None, None]
+        x = torch.cat([F.interpolate(torch.from_numpy(np.ascontiguousarray(img)).to(self.device).permute(2, 0, 1)[None]
+                                     .float() / 255, size=(self.input_size, self.input_size), mode="bilinear",
+                                     antialias=True, align_corners=False) for img in images])
         with torch.inference_mode():
             out = self.model((x - mean) / std)
         if isinstance(out, dict):
             out = out["out"]
         elif isinstance(out, (tuple, list)):
             out = out[0]
-        out = F.interpolate(out.float(), size=(h, w), mode="bilinear", align_corners=False)[0]  # (C, H, W)
-        if out.shape[0] == 1:
-            prob = out[0] if (out.min() >= 0 and out.max() <= 1) else torch.sigmoid(out[0])
-            m = (prob > self.threshold).cpu().numpy()
-        else:
-            m = (out.argmax(0) != self.background).cpu().numpy()
-        if self.clean:
-            m = clean_mask(m)
-        return m.astype(np.uint8) * 255
+        masks = []
+        for b, img in enumerate(images):
+            h, w = img.shape[:2]
+            o = F.interpolate(out[b:b + 1].float(), size=(h, w), mode="bilinear", align_corners=False)[0]  # (C, H, W)
+            if o.shape[0] == 1:
+                prob = o[0] if (o.min() >= 0 and o.max() <= 1) else torch.sigmoid(o[0])
+                m = (prob > self.threshold).cpu().numpy()
+            else:
+                m = (o.argmax(0) != self.background).cpu().numpy()
+            if self.clean:
+                m = clean_mask(m)
+            masks.append(m.astype(np.uint8) * 255)
+        return masks
 
 
 def make_masker(method: str = DEFAULT_METHOD, model: str = "", arch: str = "", num_classes: int = 0,
