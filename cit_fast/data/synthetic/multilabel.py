@@ -115,10 +115,8 @@ def _render(sets: List[List[int]], size: int, rng: np.random.Generator, obj_imag
     return images, np.round(masks * 255).astype(np.uint8), style
 
 
-def make_biased_multilabel(n_train: int = 3000, n_test_free: int = 600, pair_test: int = 150, size: int = 48,
-                           pairs: Sequence[Tuple[str, str]] = DEFAULT_PAIRS, b_scale: float = 0.6,
-                           max_objects: int = 3, seed: int = 0) -> Dict[str, object]:
-    """{'train': SampleSet, 'test': SampleSet, 'pairs': [(b, c) indices], 'pair_names': [...]}."""
+def pair_indices(pairs: Sequence[Tuple[str, str]]) -> List[Tuple[int, int]]:
+    """Class-name pairs (b, c) as indices of SHAPE_CLASSES; an unknown name is one error naming the pair."""
     classes = list(SHAPE_CLASSES)
     idx = []
     for b, c in pairs:
@@ -126,6 +124,15 @@ def make_biased_multilabel(n_train: int = 3000, n_test_free: int = 600, pair_tes
             if name not in classes:
                 raise ValueError(f"biased pair ({b}, {c}): {name!r} is not a shape class ({', '.join(classes)})")
         idx.append((classes.index(b), classes.index(c)))
+    return idx
+
+
+def make_biased_multilabel(n_train: int = 3000, n_test_free: int = 600, pair_test: int = 150, size: int = 48,
+                           pairs: Sequence[Tuple[str, str]] = DEFAULT_PAIRS, b_scale: float = 0.6,
+                           max_objects: int = 3, seed: int = 0) -> Dict[str, object]:
+    """{'train': SampleSet, 'test': SampleSet, 'pairs': [(b, c) indices], 'pair_names': [...]}."""
+    classes = list(SHAPE_CLASSES)
+    idx = pair_indices(pairs)
     bs = [b for b, _ in idx]
     if len(set(bs)) != len(bs) or set(bs) & {c for _, c in idx}:
         raise ValueError("biased pairs: every b must be distinct and no b may be another pair's c")

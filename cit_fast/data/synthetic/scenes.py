@@ -42,7 +42,7 @@ import numpy as np
 
 from ..sources.records import SampleSet
 from .benchmark import SHAPE_CLASSES, _smooth_noise, make_shapes
-from .multilabel import _resize_patch
+from .multilabel import _resize_patch, pair_indices
 
 SCENE_PAIRS: Tuple[Tuple[str, str], ...] = (("circle", "frame"), ("triangle", "bar"), ("star", "crescent"),
                                             ("cross", "ring"))
@@ -210,13 +210,7 @@ def _render(rng: np.random.Generator, labels: np.ndarray, scene: np.ndarray, siz
 
 
 def _pair_indices(pairs: Sequence[Tuple[str, str]]) -> List[Tuple[int, int]]:
-    classes = list(SHAPE_CLASSES)
-    idx = []
-    for b, c in pairs:
-        for name in (b, c):
-            if name not in classes:
-                raise ValueError(f"biased pair ({b}, {c}): {name!r} is not a shape class ({', '.join(classes)})")
-        idx.append((classes.index(b), classes.index(c)))
+    idx = pair_indices(pairs)
     flat = [v for p in idx for v in p]
     if len(set(flat)) != len(flat):
         raise ValueError("scene pairs: every class may appear in one pair only")
