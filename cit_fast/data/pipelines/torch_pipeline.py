@@ -25,7 +25,7 @@ from .batch import RawBatch
 from .contract import (Pipeline, PipelineSpec, crop_pairs, crop_window, decode_set, eval_geometry, flip_flags,
                        uses_windows, window_uses)
 from ..sources.members import image_file
-from ..sources.records import DataError, SampleSet
+from ..sources.records import SampleSet, named_decode_errors
 
 DRAFT_FACTORS = (8, 4, 2)  # the JPEG decoder's DCT scalings (PIL's Image.draft)
 
@@ -59,22 +59,14 @@ def _open(path: str, kind: str):
     """A lazily decoded PIL image (header read), or a DataError naming the file."""
     from PIL import Image
 
-    try:
+    with named_decode_errors(kind, path):
         return Image.open(image_file(path, kind))
-    except FileNotFoundError:
-        raise DataError(f"{kind} {path}: file not found") from None
-    except DataError:  # a shard member that is truncated, corrupt or refused: already names it
-        raise
-    except Exception as e:
-        raise DataError(f"{kind} {path}: cannot decode ({type(e).__name__}: {e})") from None
 
 
 def _decoded(im, path: str, kind: str, mode: str):
     """``im`` decoded to ``mode``; a DataError naming the file if it cannot be."""
-    try:
+    with named_decode_errors(kind, path):
         return im.convert(mode)
-    except Exception as e:
-        raise DataError(f"{kind} {path}: cannot decode ({type(e).__name__}: {e})") from None
 
 
 def draft_factor(windows, size: int) -> int:

@@ -8,8 +8,9 @@ arrays at once.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -20,32 +21,32 @@ from .members import image_file
 ImageColumn = Union[np.ndarray, List[str]]
 
 
+@contextmanager
+def named_decode_errors(kind: str, path: str) -> Iterator[None]:
+    """Inside: a missing or undecodable file becomes one DataError naming ``kind`` and ``path`` (PIL raises
+    many kinds for a corrupt file); a DataError raised for a shard member already names it."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise DataError(f"{kind} {path}: file not found") from None
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{kind} {path}: cannot decode ({type(e).__name__}: {e})") from None
+
+
 def decode_image(path: str) -> np.ndarray:
     """File (or shard member) -> uint8 (H, W, 3) RGB; a clear DataError naming it if it cannot be decoded."""
-    try:
-        with Image.open(image_file(path)) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(f"image {path}: file not found") from None
-    except DataError:  # a shard member that is truncated, corrupt or refused: already names it
-        raise
-    except Exception as e:  # PIL raises many kinds for a corrupt file
-        raise DataError(f"image {path}: cannot decode ({type(e).__name__}: {e})") from None
+    with named_decode_errors("image", path), Image.open(image_file(path)) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def decode_mask(path: str) -> np.ndarray:
     """File (or shard member) -> uint8 (H, W) in 0..255 (grey; 1-bit and palette PNGs are converted)."""
-    try:
-        with Image.open(image_file(path, "mask")) as im:
-            if im.mode == "1":
-                return np.asarray(im, dtype=np.uint8) * 255
-            return np.asarray(im.convert("L"))
-    except FileNotFoundError:
-        raise DataError(f"mask {path}: file not found") from None
-    except DataError:  # a shard member that is truncated, corrupt or refused: already names it
-        raise
-    except Exception as e:
-        raise DataError(f"mask {path}: cannot decode ({type(e).__name__}: {e})") from None
+    with named_decode_errors("mask", path), Image.open(image_file(path, "mask")) as im:
+        if im.mode == "1":
+            return np.asarray(im, dtype=np.uint8) * 255
+        return np.asarray(im.convert("L"))
 
 
 @dataclass
