@@ -25,7 +25,7 @@ from .batch import RawBatch
 from .contract import (Pipeline, PipelineSpec, crop_pairs, crop_window, decode_set, eval_geometry, flip_flags,
                        uses_windows, window_uses)
 from ..sources.members import image_file
-from ..sources.records import SampleSet, named_decode_errors
+from ..sources.records import DataError, SampleSet, named_decode_errors
 
 DRAFT_FACTORS = (8, 4, 2)  # the JPEG decoder's DCT scalings (PIL's Image.draft)
 
