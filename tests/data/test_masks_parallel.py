@@ -63,9 +63,11 @@ class ThreadsSeen(Bright):
         import cv2
         from threadpoolctl import threadpool_info
 
+        import torch
+
         blas = sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
         with open(self.log, "a") as f:
-            f.write(f"{os.getpid()} {cv2.getNumThreads()} {blas}\n")
+            f.write(f"{os.getpid()} {cv2.getNumThreads()} {blas} {torch.get_num_threads()}\n")
         return ((img.mean(2) > 128) * 255).astype(np.uint8)
 
 
@@ -73,27 +75,33 @@ class ThreadsSeen(Bright):
 def test_each_worker_runs_one_thread_and_the_caller_gets_its_pools_back(tmp_path, workers):
     """The worker processes are the parallelism: OpenCV's and numpy's BLAS pools at one thread in each (BLAS
     threads spinning beside 2 workers on 2 cores made 2 workers slower than 1); the inline (1-worker) path
-    restores the caller's pools after the job."""
+    leaves torch's threads alone (a model masker's) and restores the caller's pools after the job."""
     cv2 = pytest.importorskip("cv2")
     from threadpoolctl import threadpool_info, threadpool_limits
 
     def blas():
         return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
 
+    import torch
+
     with threadpool_limits(limits=2, user_api="blas"):  # a caller with 2-thread pools, as on a 2-core machine
-        before_cv2, before_blas = cv2.getNumThreads(), blas()
+        before_cv2, before_blas, before_torch = cv2.getNumThreads(), blas(), torch.get_num_threads()
         cv2.setNumThreads(2)
+        torch.set_num_threads(2)
         try:
             run_masks(str(_folder(tmp_path / "d")), masker=ThreadsSeen(tmp_path / "log"), workers=workers,
                       progress=False, montage=None)
             seen = (tmp_path / "log").read_text().split("\n")[:-1]
             assert len(seen) == 8
-            assert all(line.split(" ", 2)[1:] == ["1", "[1]"] for line in seen), seen
+            assert all(line.split()[1:3] == ["1", "[1]"] for line in seen), seen
+            if workers == 1:  # torch's threads are a --model / CAM masker's to use in the 1-worker path
+                assert all(line.split()[3] == "2" for line in seen), seen
             pids = {int(line.split()[0]) for line in seen}  # inline: this process; else the workers
             assert pids == {os.getpid()} if workers == 1 else (os.getpid() not in pids and len(pids) <= 2)
-            assert cv2.getNumThreads() == 2 and blas() == before_blas
+            assert cv2.getNumThreads() == 2 and blas() == before_blas and torch.get_num_threads() == 2
         finally:
             cv2.setNumThreads(before_cv2)
+            torch.set_num_threads(before_torch)
 
 
 def test_two_ranks_split_the_folder_and_rank0_merges(tmp_path):

@@ -53,10 +53,11 @@ def _init_worker(masker) -> None:
     _one_thread()
 
 
-def _one_thread() -> Callable[[], None]:
-    """One thread per worker: the worker processes are the parallelism. OpenCV's, torch's and the BLAS
-    libraries' pools (numpy's OpenBLAS spins a thread per core on the Lab conversion's small matmul)
-    would otherwise oversubscribe the cores: 2 workers ran slower than 1. Returns what restores them."""
+def _one_thread(torch_too: bool = True) -> Callable[[], None]:
+    """One thread per worker: the worker processes are the parallelism. OpenCV's, the BLAS libraries' and
+    torch's pools would otherwise oversubscribe the cores (numpy's OpenBLAS spun a thread per core on the
+    Lab conversion's small matmul, for no gain: 2 workers ran slower than 1). ``torch_too=False`` (the
+    1-worker path) leaves torch's own threads to a --model or CAM masker. Returns what restores them."""
     undo = []
     try:
         import cv2
@@ -66,18 +67,18 @@ def _one_thread() -> Callable[[], None]:
         undo.append(lambda: cv2.setNumThreads(n))
     except ImportError:
         pass
-    torch = sys.modules.get("torch")  # only where a --model masker brought it: importing it costs a worker ~2 s
-    if torch is not None:
-        t = torch.get_num_threads()
-        torch.set_num_threads(1)
-        undo.append(lambda: torch.set_num_threads(t))
     try:
         from threadpoolctl import threadpool_limits
 
-        limits = threadpool_limits(limits=1)
+        limits = threadpool_limits(limits=1, user_api=None if torch_too else "blas")
         undo.append(limits.restore_original_limits)
     except ImportError:  # the masks extra brings it; without it, numpy's BLAS keeps its threads
         pass
+    torch = sys.modules.get("torch")  # only where a --model masker brought it: importing it costs a worker ~2 s
+    if torch is not None and torch_too:
+        t = torch.get_num_threads()
+        torch.set_num_threads(1)
+        undo.append(lambda: torch.set_num_threads(t))
 
     def restore() -> None:
         for f in reversed(undo):
@@ -171,7 +172,7 @@ def _results(jobs: Sequence[Tuple], masker, workers: int, batch_size: int, progr
             return
         if workers <= 1 or len(jobs) <= 1:
             _init_worker_inline(masker)
-            restore = _one_thread()  # one worker is one core, as each of N workers is
+            restore = _one_thread(torch_too=False)  # no spinning BLAS threads; torch's are a model's
             try:
                 for job in jobs:
                     bar.update(1)
