@@ -214,3 +214,22 @@ def test_masks_under_torchrun_two_ranks_equal_one_process(tmp_path):
     got = load_shards(tmp_path / "sh")
     folder = load_folder(str(one))
     assert all(bytes(member_bytes(got.masks[i])) == Path(folder.masks[i]).read_bytes() for i in range(len(got)))
+
+
+def test_masks_throughput_benchmark_smoke(tmp_path, capsys):
+    """bench/masks.py --throughput end to end on a few JPEGs: 1 and 2 workers alternated, byte-identical masks,
+    the section written with the ratio per pair and how busy the cores were."""
+    import importlib.util
+
+    pytest.importorskip("cv2")
+    path = Path(__file__).resolve().parents[2] / "bench" / "masks.py"
+    spec = importlib.util.spec_from_file_location("bench_masks", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    md = tmp_path / "r.md"
+    assert mod.main(["--throughput", "--images", "6", "--repeats", "2", "--results-md", str(md)]) == 0
+    text = md.read_text()
+    assert "--throughput --images 6 --repeats 2" in text and "masks of 1 and 2 workers byte-identical: True" in text
+    assert "per pair: " in text and "cores busy with other work before / after" in text
+    out = capsys.readouterr().out
+    assert out.count("1 worker(s): 6 masks") == 2 and out.count("2 worker(s): 6 masks") == 2
