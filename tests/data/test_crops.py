@@ -139,6 +139,33 @@ def test_object_and_mask_share_a_window_the_partner_has_its_own(kind, tmp_path):
     assert (raw["window_i"] != raw["window_j"]).any(1).all()
 
 
+@pytest.mark.parametrize("seed", [0, 7])
+def test_torch_training_crops_are_torchvisions_resized_crop_within_a_grey_level(tmp_path, seed):
+    """Each window is cut, then resized (torchvision's ``resized_crop`` on a PIL image: crop, then antialiased
+    bilinear), by torch's uint8 kernel: within one grey level of torchvision's own, object, context and mask."""
+    from torchvision.transforms import functional as TF
+
+    paths, masks = [], []
+    for k, (w, h) in enumerate(SHAPES):
+        _photo(k, w, h).save(tmp_path / f"{k}.jpg", quality=90)
+        Image.fromarray((np.asarray(_photo(k + 1, w, h))[..., 1] > 110).astype(np.uint8) * 255).save(tmp_path / f"{k}.png")
+        paths.append(str(tmp_path / f"{k}.jpg"))
+        masks.append(str(tmp_path / f"{k}.png"))
+    s = SampleSet(paths, masks, np.arange(len(paths)) % 2, ["a", "b"])
+    spec = PipelineSpec(batch_size=6, plan="random", image_size=56, train_crop="random_resized", hflip=False,
+                        seed=seed, draft=False)
+    raw = _first(TorchPipeline(s, spec))
+    for b, (i, j) in enumerate(zip(raw["index"].tolist(), raw["partner"].tolist())):
+        for k, win, img_key, msk_key in ((i, raw["window_i"][b], "obj", "mask"), (j, raw["window_j"][b], "ctx", "ctx_mask")):
+            top, left, h, w = win.tolist()
+            want_img = np.asarray(TF.resized_crop(Image.open(s.images[k]).convert("RGB"), top, left, h, w, [56, 56],
+                                                  antialias=True), np.int32)
+            want_msk = np.asarray(TF.resized_crop(Image.open(s.masks[k]).convert("L"), top, left, h, w, [56, 56],
+                                                  antialias=True), np.int32)
+            assert np.abs(raw[img_key][b].numpy().astype(np.int32) - want_img).max() <= 1, (k, img_key)
+            assert np.abs(raw[msk_key][b].numpy().astype(np.int32) - want_msk).max() <= 1, (k, msk_key)
+
+
 @pytest.mark.parametrize("seed, epoch", [(0, 0), (5, 3)])
 def test_torch_and_dali_cut_the_same_windows(photos, seed, epoch):
     spec = PipelineSpec(batch_size=3, plan="random", image_size=64, train_crop="random_resized", seed=seed)
