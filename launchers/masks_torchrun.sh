@@ -21,5 +21,5 @@ if [[ "$NNODES" == "1" && -z "${RDZV_HOST:-}" ]]; then
 else
   ARGS+=(--rdzv_backend c10d --rdzv_endpoint "${RDZV_HOST:?set RDZV_HOST}:${RDZV_PORT:-29400}" --rdzv_id "${JOB_ID:-cit_fast_masks}")
 fi
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}  # one thread per worker (the job sets it too)
 exec "$PY" -m torch.distributed.run "${ARGS[@]}" -m cit_fast.cli masks "$@"
