@@ -103,14 +103,42 @@ def test_windows_are_pure_per_sample_and_role():
     assert crop_window(spec, 2, 17, 0, 375, 500) == a  # any pipeline, rank, resume
     assert crop_window(spec, 2, 17, 1, 375, 500) != a  # as a context partner: its own window
     assert crop_window(spec, 3, 17, 0, 375, 500) != a  # a new epoch, a new window
-    # the flip stream is the one it always was (runs with train_crop=resize unchanged)
-    assert sample_rng(3, 2, 17).random() == np.random.default_rng([3, 2, 17, 0xA06]).random()
+    # the window's stream: the project's counter-based draws, sample 17's own key in stream 0xA060 + role
+    from cit_fast.data.plans import draws
+
+    k = draws.sample_key(3, 2, 0xA060 + 1, 17)
+    assert k == int(draws.bits(draws.key(3, 2, 0xA061), 18)[17])
+    assert [sample_rng(3, 2, 17, 1).random() for _ in range(1)][0] == float(draws.uniform(k, 1)[0])
+    r = sample_rng(3, 2, 17, 1)
+    assert [r.random() for _ in range(5)] == draws.uniform(k, 5).tolist()  # successive draws of that stream
     fracs = []
     for i in range(300):
         top, left, h, w = crop_window(spec, 0, i, 0, 375, 500)
         fracs.append(h * w / (375 * 500))
         assert 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02
     assert min(fracs) >= 0.079 and max(fracs) <= 1.0 and np.mean(fracs) > 0.4
+
+
+def test_augmentation_draws_are_pinned_counters():
+    """Flips, pad-crop offsets and random-resized windows of a fixed seed, pinned: they come from the project's
+    counter-based draws (no numpy Generator), so a numpy upgrade cannot move them; each sample's draw depends
+    on its index alone (any subset, any order, any rank gives the same)."""
+    import hashlib
+
+    from cit_fast.data.pipelines.contract import crop_offsets, flip_flags
+
+    spec = PipelineSpec(batch_size=2, image_size=32, crop_padding=4, hflip=True, seed=3)
+    wspec = PipelineSpec(batch_size=2, image_size=32, train_crop="random_resized", seed=3)
+    idx = np.arange(200)
+    flips, off0, off1 = flip_flags(spec, 2, idx), crop_offsets(spec, 2, idx, 0), crop_offsets(spec, 2, idx, 1)
+    wins = np.asarray([crop_window(wspec, 2, int(i), r, 375, 500) for i in range(50) for r in (0, 1)], "<i8")
+    blob = flips.tobytes() + off0.astype("<i8").tobytes() + off1.astype("<i8").tobytes() + wins.tobytes()
+    assert hashlib.sha256(blob).hexdigest()[:16] == "93817c9d79af8b73"
+    sub = np.array([170, 3, 99, 3])
+    assert np.array_equal(flip_flags(spec, 2, sub), flips[sub])
+    assert np.array_equal(crop_offsets(spec, 2, sub, 1), off1[sub])
+    assert 0 <= off0.min() and off0.max() <= 8 and len(np.unique(off0)) == 9
+    assert 0.4 < flips.mean() < 0.6 and not np.array_equal(flip_flags(spec, 3, idx), flips)
 
 
 @pytest.mark.parametrize("kind", PIPELINES)

@@ -64,6 +64,22 @@ def test_draws_by_chunks_equal_draws_at_once(monkeypatch, chunk):
                                                 * bound).astype(np.int64), bound - 1))
 
 
+def test_draws_at_given_indices_and_one_samples_stream():
+    k = draws.key(9, 4, 7)
+    idx = np.array([0, 5, 999, 5, 123])
+    assert np.array_equal(draws.at(k, idx), draws.bits(k, 1000)[idx])
+    assert np.array_equal(draws.uniform_at(k, idx), draws.uniform(k, 1000)[idx])
+    assert np.array_equal(draws.below_at(k, idx, 37), draws.below(k, 37, 1000)[idx])
+    s = draws.Stream(k)
+    assert [s.random() for _ in range(4)] == draws.uniform(k, 4).tolist()
+    s = draws.Stream(k)
+    ints = [s.integers(3, 10) for _ in range(2000)]
+    assert min(ints) == 3 and max(ints) == 9
+    assert ints[:50] == (3 + draws.below(k, 7, 50)).tolist()  # a Stream's integers are ``below``'s
+    u = [draws.Stream(k).uniform(-2.0, 5.0) for _ in range(3)]
+    assert len(set(u)) == 1 and -2.0 <= u[0] < 5.0
+
+
 def test_draws_are_splitmix64():
     """Draw i of a stream is output i of SplitMix64 seeded with the stream's key (the reference
     C implementation's values for seeds 0 and 1234567)."""

@@ -32,6 +32,7 @@ import torch
 from ... import kernels
 from ...config import TRAIN_CROPS, check_crop_geometry
 from ...errors import ConfigError
+from ..plans import draws
 from ..plans.balanced import REUSE_PLANS, make_balanced_plan
 from .batch import DoubleBatch, ImageBatch, ModelBatch, RawBatch
 from ..plans.intervention import InterventionPlan, make_plan
@@ -88,36 +89,39 @@ class PipelineSpec:
             raise ConfigError("data.decode_reuse needs data.batch_size >= 2 (partners share a batch)")
 
 
-def sample_rng(seed: int, epoch: int, index: int, role: Optional[int] = None) -> np.random.Generator:
-    """The per-sample augmentation stream: identical on every rank, pipeline and resume.
+# The augmentations' streams of draws (data/plans/draws.py, beside the plans' 0, 1, 2 and 0xDEC0 + j): a
+# flip is draw ``index`` of FLIP_STREAM; a crop offset (dy, dx) draws ``index`` of CROP_STREAM + 2 * role
+# (+ 1); a random-resized window is cut from sample index's own stream in WINDOW_STREAM + role.
+FLIP_STREAM, WINDOW_STREAM, CROP_STREAM = 0xA06, 0xA060, 0xC00
 
-    ``role`` None: the sample's flip; 0 / 1: its crop window as an object / as a context partner.
-    """
-    if role is None:
-        return np.random.default_rng([seed, epoch, index, 0xA06])
-    return np.random.default_rng([seed, epoch, index, 0xA06, role])
+
+def sample_rng(seed: int, epoch: int, index: int, role: int) -> draws.Stream:
+    """The stream of sample ``index``'s crop window as object (role 0) or context partner (role 1): the
+    project's counter-based draws, identical on every rank, pipeline, resume and numpy version."""
+    return draws.Stream(draws.sample_key(seed, epoch, WINDOW_STREAM + role, index))
 
 
 def flip_flags(spec: PipelineSpec, epoch: int, index: np.ndarray) -> np.ndarray:
     if not (spec.train and spec.hflip):
         return np.zeros(len(index), bool)
-    return np.array([sample_rng(spec.seed, epoch, int(i)).random() < 0.5 for i in index], bool)
+    return draws.uniform_at(draws.key(spec.seed, epoch, FLIP_STREAM), index) < 0.5
 
 
-def crop_offsets(spec: PipelineSpec, epoch: int, index: int, role: int) -> Tuple[int, int]:
-    """(dy, dx) in [0, 2*crop_padding] for sample `index` as object (role 0) or context (role 1)."""
+def crop_offsets(spec: PipelineSpec, epoch: int, index: np.ndarray, role: int) -> np.ndarray:
+    """(B, 2) int64 (dy, dx) in [0, 2*crop_padding] for the samples ``index`` as objects (role 0) or
+    contexts (role 1)."""
     p = spec.crop_padding if spec.train else 0
+    index = np.asarray(index, np.int64)
     if p == 0:
-        return p, p
-    r = np.random.default_rng([spec.seed, epoch, index, role, 0xC0])
-    dy, dx = r.integers(0, 2 * p + 1, 2)
-    return int(dy), int(dx)
+        return np.zeros((len(index), 2), np.int64)
+    return np.stack([draws.below_at(draws.key(spec.seed, epoch, CROP_STREAM + 2 * role + d), index, 2 * p + 1)
+                     for d in (0, 1)], 1)
 
 
 Window = Tuple[int, int, int, int]  # (top, left, height, width) in source pixels
 
 
-def random_resized_window(rng: np.random.Generator, height: int, width: int,
+def random_resized_window(rng, height: int, width: int,
                           scale: Sequence[float] = (0.08, 1.0),
                           ratio: Sequence[float] = (3 / 4, 4 / 3)) -> Window:
     """torchvision's ``RandomResizedCrop.get_params`` with draws from ``rng``: up to 10 tries of an
@@ -216,8 +220,8 @@ def crop_pairs(spec: PipelineSpec, epoch: int, index: np.ndarray, partner: np.nd
     pad = spec.crop_padding if spec.train else 0
     if not pad:
         return obj, mask, ctx, ctx_mask
-    off_i = torch.tensor([crop_offsets(spec, epoch, int(i), 0) for i in index], dtype=torch.int64)
-    off_j = torch.tensor([crop_offsets(spec, epoch, int(j), 1) for j in partner], dtype=torch.int64)
+    off_i = torch.from_numpy(crop_offsets(spec, epoch, index, 0))
+    off_j = torch.from_numpy(crop_offsets(spec, epoch, partner, 1))
     return (crop_batch(obj, pad, off_i), crop_batch(mask, pad, off_i),
             crop_batch(ctx, pad, off_j), crop_batch(ctx_mask, pad, off_j))
 

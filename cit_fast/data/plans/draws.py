@@ -137,3 +137,50 @@ def permutation(k: int, n: int) -> np.ndarray:
     z.sort()
     z &= mask
     return z.view(np.int64)
+
+
+# -- per-sample augmentation: draws at given indices, and one sample's own stream ------------------------
+def at(k: int, index) -> np.ndarray:
+    """uint64 draws ``index[0], index[1], ...`` of stream ``k``: ``at(k, [i])[0] == bits(k, n)[i]``."""
+    z = np.asarray(index, dtype=np.int64).astype(np.uint64)
+    z += np.uint64(1)
+    z *= np.uint64(GAMMA)
+    z += np.uint64(k)
+    return mix(z)
+
+
+def uniform_at(k: int, index) -> np.ndarray:
+    """float64 in [0, 1): draw ``index[m]`` of stream ``k`` for each m (as ``uniform``)."""
+    return (at(k, index) >> np.uint64(11)).astype(np.float64) * _TWO53
+
+
+def below_at(k: int, index, bound: int) -> np.ndarray:
+    """int64 in [0, bound): draw ``index[m]`` of stream ``k`` for each m (as ``below``)."""
+    u = (at(k, index) >> np.uint64(11)).astype(np.float64)
+    u *= int(bound) * _TWO53
+    return np.minimum(u.astype(np.int64), int(bound) - 1)
+
+
+def sample_key(seed: int, epoch: int, stream: int, index: int) -> int:
+    """The key of sample ``index``'s own stream in ``stream`` of (seed, epoch): draw ``index`` of that stream."""
+    return _mix_int(key(seed, epoch, stream) + (int(index) + 1) * GAMMA)
+
+
+class Stream:
+    """Draws 0, 1, 2, ... of one stream, one at a time: the few draws of one sample's augmentation (a crop
+    window's up to ten tries), with the methods of numpy's Generator that the augmentations call."""
+
+    def __init__(self, k: int):
+        self.k, self.n = int(k) & _MASK, 0
+
+    def random(self) -> float:
+        """A double in [0, 1): the next draw's top 53 bits (as ``uniform``)."""
+        self.n += 1
+        return (_mix_int(self.k + self.n * GAMMA) >> 11) * _TWO53
+
+    def uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * self.random()
+
+    def integers(self, low: int, high: int) -> int:
+        """An integer in [low, high) (as ``below``)."""
+        return low + min(int(self.random() * (high - low)), high - low - 1)
