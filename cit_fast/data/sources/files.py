@@ -91,6 +91,12 @@ def read_manifest_rows(path: Path) -> List[Dict[str, str]]:
     raise DataError(f"manifest {path}: expected a .csv or .jsonl file")
 
 
+def row_names(path, n: int) -> List[str]:
+    """How errors name the manifest's rows: 'manifest PATH, row N', N the file's line (a CSV's header is row 1)."""
+    first = 2 if Path(path).suffix.lower() == ".csv" else 1
+    return [f"manifest {path}, row {ln}" for ln in range(first, first + n)]
+
+
 def manifest_row_fields(row: Dict, where: str, base: Path, has_mask: bool):
     """(image path, mask path or None, stratum or None, bias or None) of one manifest row."""
     img = str(row.get("image", "") or "").strip()

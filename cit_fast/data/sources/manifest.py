@@ -8,28 +8,28 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .files import check_labels, manifest_files, read_manifest_rows
+from .files import check_labels, manifest_files, read_manifest_rows, row_names
 from .multilabel import manifest_multilabel
 from .records import DataError, SampleSet
 
 
-def _manifest_classes(raw_labels: Sequence[str], path: str, first_row: int) -> List[str]:
+def _manifest_classes(raw_labels: Sequence[str], wheres: Sequence[str]) -> List[str]:
     """The classes of a training manifest's ``label`` column: class names (sorted), or integer indices
     0..C-1 with every index present; a mix of the two, or a gap in the indices, is an error naming a row."""
     is_int = [l.lstrip("-").isdigit() for l in raw_labels]
     empty = [i for i, l in enumerate(raw_labels) if not l]
     if empty:
-        raise DataError(f"manifest {path}, row {empty[0] + first_row}: empty 'label'")
+        raise DataError(f"{wheres[empty[0]]}: empty 'label'")
     if all(is_int):
         values = sorted({int(l) for l in raw_labels})
         if values[0] < 0:
-            row = [int(l) for l in raw_labels].index(values[0]) + first_row
-            raise DataError(f"manifest {path}, row {row}: label {values[0]} is negative; integer labels are "
+            row = [int(l) for l in raw_labels].index(values[0])
+            raise DataError(f"{wheres[row]}: label {values[0]} is negative; integer labels are "
                             f"class indices 0..C-1")
         gaps = sorted(set(range(values[-1] + 1)) - set(values))
         if gaps:
-            row = [int(l) for l in raw_labels].index(values[-1]) + first_row
-            raise DataError(f"manifest {path}, row {row}: label {values[-1]} makes {values[-1] + 1} classes, but "
+            row = [int(l) for l in raw_labels].index(values[-1])
+            raise DataError(f"{wheres[row]}: label {values[-1]} makes {values[-1] + 1} classes, but "
                             f"label(s) {', '.join(map(str, gaps[:8]))} never occur (labels found: "
                             f"{', '.join(map(str, values[:12]))}); integer labels must be 0..C-1 with every class "
                             f"present, or use class names")
@@ -37,7 +37,7 @@ def _manifest_classes(raw_labels: Sequence[str], path: str, first_row: int) -> L
     if any(is_int):
         i = is_int.index(True)
         name = raw_labels[is_int.index(False)]
-        raise DataError(f"manifest {path}, row {i + first_row}: label {raw_labels[i]!r} is a number, but other rows "
+        raise DataError(f"{wheres[i]}: label {raw_labels[i]!r} is a number, but other rows "
                         f"name classes (e.g. {name!r}); use class names or integer indices throughout, not both")
     return sorted(set(raw_labels))
 
@@ -55,13 +55,12 @@ def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = 
         if col not in rows[0]:
             raise DataError(f"manifest {path}: missing column {col!r} (has {', '.join(rows[0])})")
     raw_labels = [str(r.get("label", "")).strip() for r in rows]
-    first_row = 2 if p.suffix.lower() == ".csv" else 1
+    wheres = row_names(path, len(rows))
     training_split = classes is None
     if classes is None:
-        classes = _manifest_classes(raw_labels, path, first_row)
+        classes = _manifest_classes(raw_labels, wheres)
     index = {c: i for i, c in enumerate(classes)}
     labels = []
-    wheres = [f"manifest {path}, row {ln}" for ln in range(first_row, first_row + len(rows))]
     for where, lab in zip(wheres, raw_labels):
         if lab in index:
             labels.append(index[lab])

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .files import manifest_files
+from .files import manifest_files, row_names
 from .records import DataError, SampleSet
 
 
@@ -70,8 +70,7 @@ def manifest_multilabel(path: Path, rows: List[dict], base: Path, classes: Optio
     """The multi-label branch of ``sources.load_manifest`` (rows already read)."""
     if "image" not in rows[0]:
         raise DataError(f"manifest {path}: missing column 'image' (has {', '.join(rows[0])})")
-    first = 2 if path.suffix.lower() == ".csv" else 1
-    wheres = [f"manifest {path}, row {ln}" for ln in range(first, first + len(rows))]
+    wheres = row_names(path, len(rows))
     tokens = [split_labels(r.get("labels"), w) for r, w in zip(rows, wheres)]
     training_split = classes is None
     if classes is None:
