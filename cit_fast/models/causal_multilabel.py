@@ -36,7 +36,9 @@ distinct training input. ``observed_confounders`` adds the backdoor adjustment w
 training: the logits also see the image's own confounder mix pi[b, z] (fraction of its tokens whose
 nearest prototype is z) through g_j(pi) = sum_z pi[b, z] u_j(z); in evaluation pi is the prior P(z).
 ``causal=False`` is the decoder-only baseline (branch 1 alone). The confounders are buffers filled
-by ``confounders.fit_confounders`` before training.
+by ``confounders.fit_confounders`` before training. ``feature_split`` (decoder-only): Singh et al.'s
+feature splitting on each label feature X[b, j] (``feature_split.py``); a training forward then returns
+a ``FeatureSplitOutput`` (full and split branch-1 logits) for ``train.losses.feature_split_loss``.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ from ..config import CORRELATIONS, MERGES
 from ..kernels import causal_attention
 from .confounders import CONFOUNDER_SOURCES, ConfounderBank, nearest_center
 from .double_branch import load_single_branch, split_stages
+from .feature_split import FeatureSplit, FeatureSplitOutput
 from .registry import create_model, register_model
 
 
@@ -113,8 +116,11 @@ class CausalMultiLabel(nn.Module):
                  causal: bool = True, num_confounders: int = 16, confounder_source: str = "kmeans",
                  merge: str = "proposed", observed_confounders: bool = False, init: str = "",
                  correlation: str = "residual", branch1_loss: float = 0.0, confounder_net: str = "",
-                 freeze_trunk: bool = False, trunk_cache_mb: int = 0):
+                 freeze_trunk: bool = False, trunk_cache_mb: int = 0, feature_split: bool = False):
         super().__init__()
+        if feature_split and causal:
+            raise ValueError("feature_split: Singh et al.'s feature splitting is an option of the decoder-only "
+                             "model (causal=False), got causal=True")
         if merge not in MERGES:
             raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
         if correlation not in CORRELATIONS:
@@ -159,6 +165,7 @@ class CausalMultiLabel(nn.Module):
         layer = nn.TransformerDecoderLayer(d, num_heads, ff_dim or 2 * d, dropout, batch_first=True)
         self.decoder = nn.TransformerDecoder(layer, decoder_layers)
         self.head = GroupLinear(num_classes, d)  # branch 1
+        self.feature_split = FeatureSplit(num_classes, d) if feature_split else None  # X[b, j] = [x_o, x_s]
         if causal:
             if confounder_source == "label":
                 num_confounders = num_classes  # one prototype per class
@@ -296,6 +303,8 @@ class CausalMultiLabel(nn.Module):
         feats = self._decode(proj)
         logits1 = self.head(feats)  # (B, C)
         out = {"features": feats, "logits1": logits1}
+        if self.feature_split is not None and self.training:  # branch 1 with x_s at its running mean
+            out["split_logits"] = self.feature_split(feats, self.head.weight, self.head.bias)
         if not self.causal:
             out["logits"] = logits1
             return out
@@ -334,6 +343,8 @@ class CausalMultiLabel(nn.Module):
         """Merged logits (B, C); in training with ``branch1_loss`` a ``MultiLabelOutput`` that also
         carries branch 1's logits and their loss weight."""
         out = self.forward_all(x)
+        if "split_logits" in out:
+            return FeatureSplitOutput(out["logits"], out["split_logits"])
         if self.training and self.causal and self.branch1_loss > 0:
             return MultiLabelOutput(out["logits"], {"branch1": out["logits1"]}, {"branch1": self.branch1_loss})
         return out["logits"]
@@ -342,10 +353,11 @@ class CausalMultiLabel(nn.Module):
 def _decoder(backbone: str) -> Callable[..., nn.Module]:
     def fn(num_classes: int = 20, embed_dim: int = 128, num_heads: int = 4, decoder_layers: int = 1,
            dropout: float = 0.1, init_single: str = "", freeze_trunk: bool = False,
-           trunk_cache_mb: int = 0) -> CausalMultiLabel:
+           trunk_cache_mb: int = 0, feature_split: bool = False) -> CausalMultiLabel:
         return CausalMultiLabel(backbone, num_classes, embed_dim=embed_dim, num_heads=num_heads,
                                 decoder_layers=decoder_layers, dropout=dropout, causal=False, init=init_single,
-                                freeze_trunk=freeze_trunk, trunk_cache_mb=trunk_cache_mb)
+                                freeze_trunk=freeze_trunk, trunk_cache_mb=trunk_cache_mb,
+                                feature_split=feature_split)
 
     fn.__doc__ = f"Decoder-only baseline (branch 1) over a {backbone} trunk."
     return fn
