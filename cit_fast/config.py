@@ -15,19 +15,54 @@ from __future__ import annotations
 import copy
 import dataclasses
 import typing
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
 from .errors import ConfigError
 from .utils import atomic_write_text, read_mapping_file
 
+
+
+class LateChoices(SequenceABC):
+    """The allowed values of a choice key that a module above the config declares, read when first asked
+    (validate, `cit-fast config`), never when the config is imported. data.source: the source registry
+    (data/sources/registry.py), where each source declares itself, so adding a source touches no line
+    here. ``notes`` gives the lines `cit-fast config` prints under the key (what each value means)."""
+
+    def __init__(self, values: Callable[[], Sequence[Any]], notes: Optional[Callable[[], List[str]]] = None):
+        self._values, self.notes = values, notes
+
+    def __getitem__(self, i):
+        return tuple(self._values())[i]
+
+    def __len__(self) -> int:
+        return len(tuple(self._values()))
+
+    def __iter__(self):
+        return iter(tuple(self._values()))
+
+
+def _source_names() -> Tuple[str, ...]:
+    # the registry imports nothing of the config (no circle); asked from here, not at import time
+    from .data.sources.registry import BUILT_IN, source_names
+
+    return BUILT_IN + source_names()
+
+
+def _source_notes() -> List[str]:
+    from .data.sources.registry import source_notes
+
+    return source_notes()
+
+
 # The allowed values of every choice key, stated once: a field names its tuple (option(choices=...)),
 # validate() and `cit-fast config` read it from there, and the modules that act on the key (plans,
 # models, losses, mix, the CLI) import the same tuple from here.
-SOURCES = ("auto", "synthetic", "arrays", "folder", "manifest", "coco", "nuswide", "cifar", "shards")
+SOURCES = LateChoices(_source_names, _source_notes)  # auto, synthetic and the registered file sources
 STRATA = ("class", "coarse")
 SYNTHETIC_VERSIONS = ("original", "V1", "V2", "V3", "V4")
 PLANS = ("none", "stratify_c", "stratify_b", "random")
@@ -61,7 +96,9 @@ def option(default: Any, help: str, *, choices: Sequence[Any] = (), path: bool =
     absolute when a run starts; section: a comment line printed above the field (a group of keys).
     """
     meta: Dict[str, Any] = {"help": help}
-    if choices:
+    if isinstance(choices, LateChoices):  # kept as is: its values are read when asked
+        meta["choices"] = choices
+    elif choices:
         meta["choices"] = tuple(choices)
     if path:
         meta["path"] = True
@@ -76,11 +113,10 @@ def option(default: Any, help: str, *, choices: Sequence[Any] = (), path: bool =
 
 @dataclass
 class DataConfig:
-    source: str = option("auto", "auto = inferred from data.train (no data.train: synthetic)", choices=SOURCES)
-    train: str = option("", "training data: .npz (arrays), a directory (folder; nuswide with ImageList.txt; "
-                            "cifar: a CIFAR-10/100 directory as downloaded, its training split; shards: a "
-                            "`cit-fast shard` output directory), "
-                            ".csv/.jsonl (manifest), .json (coco)", path=True)
+    source: str = option("auto", "auto = inferred from data.train (no data.train: synthetic); each source and "
+                                 "the paths it recognises are listed below", choices=SOURCES)
+    train: str = option("", "training data: a file or directory; data.source is recognised from it (the "
+                            "sources listed under data.source)", path=True)
     test: str = option("", "path to the test data, same kind as `train`", path=True)
     test_labels: str = option("", "labels of a flat folder data.test of ImageNet validation images: "
                                   "LOC_val_solution.csv or the devkit's ILSVRC2012_validation_ground_truth.txt "
@@ -413,74 +449,12 @@ def resolve_paths(tree: Dict[str, Any], base: Path, keys: Sequence[str] = PATH_K
     return out
 
 
-def infer_source(path: str, key: str = "data.train") -> str:
-    """The data.source a path is written in: .npz -> arrays, .csv/.jsonl -> manifest, .json -> coco, a
-    directory with ImageList.txt (or that file) -> nuswide, a CIFAR directory as downloaded -> cifar,
-    a directory of tar shards with index.npz (`cit-fast shard`) -> shards, another directory -> folder."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{key} {path}: not found")
-    if p.is_dir():
-        if (p / "ImageList.txt").is_file():
-            return "nuswide"
-        if (p / "index.npz").is_file() or (p / ".parts").is_dir():  # written by `cit-fast shard`
-            return "shards"
-        if _is_cifar_dir(p):
-            return "cifar"
-        inside = sorted(str(c) for c in p.iterdir() if c.is_dir() and _is_cifar_dir(c))
-        if inside:  # the directory the archive was unpacked into, not the CIFAR directory itself
-            raise ConfigError(f"{key} {path}: holds the CIFAR director{'y' if len(inside) == 1 else 'ies'} "
-                              f"{', '.join(inside)}; name that directory ({key}={inside[0]})")
-        return "folder"
-    if p.name == "ImageList.txt":
-        return "nuswide"
-    by_suffix = {".npz": "arrays", ".csv": "manifest", ".jsonl": "manifest", ".json": "coco"}
-    if p.suffix.lower() not in by_suffix:
-        raise ConfigError(f"{key} {path}: cannot tell its data.source from the name; expected a directory "
-                          f"(folder / nuswide), .npz (arrays), .csv or .jsonl (manifest) or .json (coco)")
-    return by_suffix[p.suffix.lower()]
-
-
-# the files that mark a CIFAR directory as downloaded (data/sources/cifar.py reads them)
-_CIFAR_MARKERS = ("data_batch_1", "test_batch", "batches.meta", "data_batch_1.bin", "test_batch.bin",
-                  "batches.meta.txt", "train.bin", "test.bin", "fine_label_names.txt")
-
-
-def _is_cifar_dir(p: Path) -> bool:
-    if any((p / n).is_file() for n in _CIFAR_MARKERS):
-        return True
-    train, test = (p / "train").is_file(), (p / "test").is_file()  # CIFAR-100 python: plain files
-    return (train and test) or ((p / "meta").is_file() and (train or test))
-
-
-def resolve_source(d: "DataConfig") -> str:
-    """The concrete data.source of a DataConfig: ``auto`` inferred from the paths, an explicit one
-    checked against them (a mismatch is an error, never a silent fallback)."""
-    path, key = (d.train, "data.train") if d.train else (d.test, "data.test")
-    if d.source == "synthetic" and d.train:
-        raise ConfigError(f"data.train={d.train} is set, but data.source=synthetic generates its own data; "
-                          f"leave data.source unset (it is inferred from data.train) or name the right source")
-    if d.source == "auto" and not path:
-        return "synthetic"
-    if d.source in ("auto", "synthetic") and not path:
-        return d.source
-    if "{split}" in path:  # a coco path template
-        return "coco" if d.source == "auto" else d.source
-    inferred = infer_source(path, key)
-    if d.source == "auto":
-        return inferred
-    if d.source == "coco" and inferred == "folder":  # coco may name its image directory
-        return d.source
-    if inferred != d.source:
-        raise ConfigError(f"data.source={d.source}, but {key}={path} looks like data.source={inferred} data; "
-                          f"leave data.source unset (it is inferred) or fix the path")
-    return d.source
-
-
 def finalize(cfg: TrainConfig, base: Optional[Path] = None) -> TrainConfig:
     """The config a run uses and saves: absolute paths and a concrete data.source (idempotent)."""
     tree = resolve_paths(to_dict(cfg), Path(base) if base else Path.cwd())
     out = _build(TrainConfig, tree, "")
+    from .data.sources.registry import resolve_source  # each source recognises its own paths (no circle)
+
     out.data.source = resolve_source(out.data)
     return out
 
@@ -645,6 +619,8 @@ def config_yaml(cfg: Optional[TrainConfig] = None) -> str:
                 emit(value, indent + "  ")
             else:
                 lines.append(f"{indent}{f.name}: {_yaml_value(value)}{note}")
+                notes = getattr(f.metadata.get("choices"), "notes", None)
+                lines.extend(f"{indent}#   {line}" for line in (notes() if notes else ()))
 
     emit(cfg, "")
     return "\n".join(lines) + "\n"

@@ -8,10 +8,8 @@ import torch
 from .pipelines.contract import Pipeline, PipelineSpec
 from .sources.records import DataError, SampleSet
 from .pipelines.mix import MixOp
-from .sources.nuswide import load_nuswide
-from .sources import apply_strata_file, load_arrays, load_folder, load_manifest
-from .sources.cifar import load_cifar
-from .sources.shards import load_shards
+from .sources import apply_strata_file
+from .sources.registry import get as get_source, source_names
 from .pipelines.torch_pipeline import TorchPipeline
 from .synthetic.benchmark import make_cit_benchmark
 
@@ -45,24 +43,16 @@ def build_datasets(d) -> Tuple[SampleSet, SampleSet]:
 
 
 def load_split(d, path: str, classes=None, split: str = "") -> SampleSet:
-    """One split of a file-based source; ``classes`` (the training classes) reads a test split.
-    split: which split of a source that holds both in one place (cifar: data.train and data.test name
-    the same directory); default: test for data.test's path, else train."""
+    """One split of a file-based source (its loader from the source registry); ``classes`` (the training
+    classes) reads a test split. split: which split of a source that holds both in one place (cifar:
+    data.train and data.test name the same directory); default: test for data.test's path, else train."""
     source = _source(d)
-    v = d.verify
     split = split or ("test" if path == d.test and path != d.train else "train")
     if getattr(d, "strata", "class") == "coarse" and source != "cifar":
         raise DataError(f"data.strata=coarse: CIFAR-100's superclasses need data.source=cifar, got {source}")
-    load = {"arrays": lambda p, classes=None: load_arrays(p, classes),
-            "folder": lambda p, classes=None: _load_folder(d, p, classes),
-            "manifest": lambda p, classes=None: load_manifest(p, d.root, classes, verify=v),
-            "coco": lambda p, classes=None: _load_coco(p, d.root, classes, verify=v),
-            "nuswide": lambda p, classes=None: load_nuswide(p, d.root, classes, verify=v),
-            "shards": lambda p, classes=None: load_shards(p, classes),
-            "cifar": lambda p, classes=None: load_cifar(p, split, classes, strata=d.strata)}
-    if source not in load:
-        raise DataError(f"data.source={source}: not a file-based source ({', '.join(load)})")
-    return load[source](path, classes=classes)
+    if source not in source_names():
+        raise DataError(f"data.source={source}: not a file-based source ({', '.join(source_names())})")
+    return get_source(source).load(d, path, split, classes)
 
 
 def require_masks(samples: SampleSet, why: str, missing_masks: str = "error", hint_path: str = "") -> SampleSet:
@@ -73,25 +63,6 @@ def require_masks(samples: SampleSet, why: str, missing_masks: str = "error", hi
     raise DataError(f"{samples.name}: {why} needs object masks, but the data has none; {how} (saliency, no "
                     f"weights needed), add a 'mask' column to a manifest or 'masks' to an .npz; "
                     f"data.missing_masks=full trains with every pixel as object (the intervention then does nothing)")
-
-
-def _load_folder(d, path: str, classes=None) -> SampleSet:
-    """Class folders, or a flat folder of ImageNet validation images with its label file."""
-    from .sources.imagenet_val import is_flat_image_folder, load_imagenet_val
-
-    labels = getattr(d, "test_labels", "")
-    if is_flat_image_folder(path):
-        return load_imagenet_val(path, classes, labels if path == d.test else "", verify=d.verify)
-    if labels and path == d.test:
-        raise DataError(f"data.test_labels={labels}: a label file is for a flat folder of images, but "
-                        f"data.test={path} has class folders (their names are the labels)")
-    return load_folder(path, classes, verify=d.verify)
-
-
-def _load_coco(path: str, root: str, classes=None, verify: str = "header") -> SampleSet:
-    from .sources.coco import load_coco  # optional dependency: pycocotools
-
-    return load_coco(path, root, classes, verify=verify)
 
 
 def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world_size: int = 1,

@@ -12,6 +12,7 @@ from .files import check_labels
 from .mask_sidecar import read_sidecar, sidecar_for_arrays
 from .multilabel import check_multi_hot
 from .records import DataError, SampleSet, as_uint8_mask
+from .registry import Source
 
 
 def load_arrays(path: str, classes: Optional[Sequence[str]] = None) -> SampleSet:
@@ -86,3 +87,7 @@ def _arrays_multilabel(images, masks, labels, strata, bias, names, classes, wher
     labels = labels.astype(np.float32)
     check_multi_hot(labels, classes, where, require_all=training_split)
     return SampleSet(images, masks, labels, classes, strata, bias, name=where)
+
+
+SOURCE = Source("arrays", "a .npz file", lambda p: p.is_file() and p.suffix.lower() == ".npz",
+                lambda d, path, split, classes: load_arrays(path, classes))

@@ -27,6 +27,7 @@ import numpy as np
 from .files import check_labels
 from .mask_sidecar import read_sidecar, sidecar_for_cifar
 from .records import DataError, SampleSet
+from .registry import Source
 from .safe_pickle import safe_load
 
 SPLITS = ("train", "test")
@@ -306,3 +307,20 @@ def write_cifar(root: str | Path, kind: str, splits: Dict[str, Tuple[np.ndarray,
         put("fine_label_names.txt", "\n".join(names) + "\n")
         put("coarse_label_names.txt", "\n".join(coarse_classes) + "\n")
     return root
+
+
+def _cifar_parent(p: Path, key: str) -> Optional[str]:
+    """The directory a CIFAR archive was unpacked into, named instead of the CIFAR directory itself."""
+    if not p.is_dir():
+        return None
+    inside = sorted(str(c) for c in p.iterdir() if is_cifar_dir(c))
+    if not inside:
+        return None
+    return (f"{key} {p}: holds the CIFAR director{'y' if len(inside) == 1 else 'ies'} {', '.join(inside)}; "
+            f"name that directory ({key}={inside[0]})")
+
+
+SOURCE = Source("cifar", "a CIFAR-10/100 directory as downloaded (data.train: its training split, data.test: "
+                         "its test split)", is_cifar_dir,
+                lambda d, path, split, classes: load_cifar(path, split, classes, strata=d.strata),
+                keys=("strata",), priority=10, near_miss=_cifar_parent)

@@ -29,6 +29,7 @@ from .files import check_pairs
 from .multilabel import check_multi_hot
 from ...utils import atomic_path
 from .records import DataError, SampleSet
+from .registry import Source
 
 
 def split_name(ann_path: Path) -> str:
@@ -157,3 +158,9 @@ def load_coco(ann_file: str, root: str = "", classes: Optional[Sequence[str]] = 
                                 f"file_name {im['file_name']!r})")
         check_pairs(images, mask_paths if mask_paths is not None else [None] * len(images), verify)
     return SampleSet(images, mask_paths, labels, list(classes), name=where)
+
+
+SOURCE = Source("coco", "a .json COCO instances file (or a path template with {split})",
+                lambda p: p.is_file() and p.suffix.lower() == ".json",
+                lambda d, path, split, classes: load_coco(path, d.root, classes, verify=d.verify),
+                keys=("root", "verify"), accepts=lambda p: p.is_dir(), template=True)

@@ -7,8 +7,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .files import check_pairs
+from .imagenet_val import is_flat_image_folder, load_imagenet_val
 from .layout import IMAGE_EXTS, detect_layout
 from .records import DataError, SampleSet
+from .registry import Source
 
 
 def load_folder(root: str, classes: Optional[Sequence[str]] = None, verify: str = "header",
@@ -52,3 +54,20 @@ def load_folder(root: str, classes: Optional[Sequence[str]] = None, verify: str 
         check_pairs(images, masks if has_masks else [None] * len(images), verify)
     return SampleSet(images, masks if has_masks else None, np.asarray(labels, np.int64), list(classes),
                      name=f"folder {root}")
+
+
+def _load(d, path: str, split: str, classes: Optional[Sequence[str]]) -> SampleSet:
+    """Class folders, or a flat folder of ImageNet validation images with its label file."""
+    labels = getattr(d, "test_labels", "")
+    if is_flat_image_folder(path):
+        return load_imagenet_val(path, classes, labels if path == d.test else "", verify=d.verify)
+    if labels and path == d.test:
+        raise DataError(f"data.test_labels={labels}: a label file is for a flat folder of images, but "
+                        f"data.test={path} has class folders (their names are the labels)")
+    return load_folder(path, classes, verify=d.verify)
+
+
+# the catch-all of directories: asked last
+SOURCE = Source("folder", "another directory: class folders (images/<class>/ or <class>/), or a flat folder "
+                          "of ImageNet validation images", lambda p: p.is_dir(), _load,
+                keys=("test_labels", "verify"), priority=-100)

@@ -11,6 +11,7 @@ import numpy as np
 from .files import check_labels, manifest_files, read_manifest_rows, row_names
 from .multilabel import manifest_multilabel
 from .records import DataError, SampleSet
+from .registry import Source
 
 
 def _manifest_classes(raw_labels: Sequence[str], wheres: Sequence[str]) -> List[str]:
@@ -75,3 +76,8 @@ def load_manifest(path: str, root: str = "", classes: Optional[Sequence[str]] = 
     check_labels(np.asarray(labels, np.int64), len(classes), f"manifest {path}", require_all=training_split)
     return SampleSet(images, masks, np.asarray(labels, np.int64), list(classes), strata, bias,
                      name=f"manifest {path}")
+
+
+SOURCE = Source("manifest", "a .csv or .jsonl file", lambda p: p.is_file() and p.suffix.lower() in (".csv", ".jsonl"),
+                lambda d, path, split, classes: load_manifest(path, d.root, classes, verify=d.verify),
+                keys=("root", "verify"))

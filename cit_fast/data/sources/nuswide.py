@@ -33,6 +33,7 @@ import numpy as np
 from .files import check_pairs
 from .multilabel import check_multi_hot
 from .records import DataError, SampleSet
+from .registry import Source
 
 _SEP = re.compile(r"[,\s]+")
 _LIST = re.compile(r"imagelist\.txt", re.I)
@@ -279,3 +280,12 @@ def save_nuswide(samples: SampleSet, directory: str, layout: str = "matrix", mas
         (out / "tags.txt").write_text("".join(" ".join(n for n, v in zip(samples.classes, row) if v) + "\n"
                                               for row in y))
     return out
+
+
+def _is_nuswide(p: Path) -> bool:
+    return (p.is_dir() and (p / "ImageList.txt").is_file()) or (p.is_file() and p.name == "ImageList.txt")
+
+
+SOURCE = Source("nuswide", "a directory with ImageList.txt, or that file", _is_nuswide,
+                lambda d, path, split, classes: load_nuswide(path, d.root, classes, verify=d.verify),
+                keys=("root", "verify"), priority=30)

@@ -36,6 +36,7 @@ from ...errors import DataError, UsageError
 from ...utils import atomic_path, atomic_write_bytes
 from .members import ShardMember, member_bytes, read_bytes, unsafe_member_name
 from .records import SampleSet
+from .registry import Source
 
 INDEX = "index.npz"
 PARTS = ".parts"
@@ -512,3 +513,7 @@ def scan_tar(shard: str) -> Iterator[Tuple[str, int, int]]:
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"shard {shard}: not a readable tar ({type(e).__name__}: {e})") from None
 
+
+SOURCE = Source("shards", "a `cit-fast shard` output directory (index.npz)",
+                lambda p: p.is_dir() and ((p / INDEX).is_file() or (p / PARTS).is_dir()),
+                lambda d, path, split, classes: load_shards(path, classes), priority=20)
