@@ -48,40 +48,34 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from cit_fast.data.synthetic.scenes import ARMS
+from cit_fast.stats import paired_ci  # noqa: F401 (the tests import it from here too)
+
 MODELS = {  # name -> model overrides (over COMMON)
     "baseline": ["model.name=decoder_resnet8"],
     "residual": ["model.name=causal_resnet8", "model.correlation=residual"],
     "raising": ["model.name=causal_resnet8", "model.correlation=raising", "model.branch1_loss=1.0"],
     "random": ["model.name=causal_resnet8", "model.correlation=raising", "model.branch1_loss=1.0",
                "model.confounder_source=random"],
+    # the rebuilt causal model: [X_i detached ; E_i over the raw prototypes], raising merged with detached p
+    "rebuilt": ["model.name=causal_resnet8", "model.intervention=vcrcnn", "model.branch1_loss=1.0"],
+    # Singh et al.'s feature splitting + weighted loss on the decoder's label features (the scene pairs)
+    "featsplit": ["model.name=decoder_resnet8", "model.feature_split=true",
+                  "model.biased_pairs=circle:frame,triangle:bar,star:crescent,cross:ring"],
 }
 LABELS = {"baseline": "decoder-only baseline", "residual": "causal, residual reading (today's)",
-          "raising": "causal, probability-raising + branch-1 loss", "random": "causal, raising, random confounders"}
+          "raising": "causal, probability-raising + branch-1 loss", "random": "causal, raising, random confounders",
+          "featsplit": "decoder + feature splitting (Singh et al.)",
+          "rebuilt": "causal, rebuilt (vcrcnn: raw prototypes, detached branch 2)"}
 COMMON = ["data.source=arrays", "data.hflip=false", "model.embed_dim=64", "model.num_heads=4", "model.dropout=0.0",
           "model.num_confounders=16", "model.freeze_trunk=true", "model.trunk_cache_mb=400", "data.batch_size=64", "optim.optimizer=adamw",
           "optim.weight_decay=0.01", "optim.schedule=cosine", "optim.warmup_epochs=1", "progress=false",
           "threads=1", "log_interval=1000", "keep_checkpoints=1"]
-METRICS = (("exclusive", "Exclusive"), ("cooccur", "Co-occur"), ("mAP", "All"))
+METRICS = (("exclusive", "Exclusive AP"), ("cooccur", "Co-occur AP"), ("mAP", "All (mAP)"),
+           ("c_lift_b", "c's lift of b's logit (images with b)"))
 FULL = {"arms": ["15", "3", "control", "placebo", "28"], "seeds": [0, 1, 2, 3, 4],  # the criteria's arms first
         "models": ["baseline", "residual", "raising", "random"], "random_arms": ["3", "15"]}
 SMALL = {"arms": ["15"], "seeds": [0, 1, 2], "models": ["baseline", "raising"], "random_arms": []}
-
-# two-sided 95% Student t quantiles t_{0.975, df}
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-        20: 2.086, 25: 2.060, 30: 2.042}
-
-
-def paired_ci(diffs: Sequence[float]) -> Tuple[float, float, float]:
-    """Mean of paired differences and its two-sided 95% confidence interval (Student t, n - 1 df)."""
-    d = np.asarray(diffs, dtype=np.float64)
-    m = float(d.mean())
-    if len(d) < 2:
-        return m, float("nan"), float("nan")
-    df = len(d) - 1
-    t = T975.get(df) or T975[max(k for k in T975 if k <= df)] if df <= 30 else 1.96
-    half = t * float(d.std(ddof=1)) / math.sqrt(len(d))
-    return m, m - half, m + half
 
 
 def _out_name(arm: str, model: str, seed: int) -> str:
@@ -125,14 +119,15 @@ def _train(job: Tuple[str, List[str]]) -> Tuple[str, float, str]:
 
 def scene_scores(scores: np.ndarray, targets: np.ndarray, pairs: Sequence[Tuple[int, int]]) -> Dict[str, float]:
     """Exclusive / Co-occur / all-images AP of b (means over pairs), mAP, and how much c lifts b's logit
-    on images without b (mean logit of b with c minus without c; c is independent of S and b in test)."""
+    on images without b (``c_lift``) and with b (``c_lift_b``): mean logit of b with c minus without c
+    (``eval.context_bias.context_lift``; c is independent of S and b in test)."""
+    from cit_fast.eval.context_bias import context_lift
     from cit_fast.eval.scores import biased_pairs, mean_ap
 
     bp = biased_pairs(scores, targets, pairs)
-    t = targets > 0
-    lift = [float(scores[~t[:, b] & t[:, c], b].mean() - scores[~t[:, b] & ~t[:, c], b].mean()) for b, c in pairs]
+    lift = context_lift(scores, targets, pairs)
     return {"exclusive": bp["exclusive"], "cooccur": bp["cooccur"], "pairs_all": bp["all"],
-            "mAP": mean_ap(scores, targets)[0], "c_lift": float(np.mean(lift)),
+            "mAP": mean_ap(scores, targets)[0], "c_lift": lift["without_b"], "c_lift_b": lift["with_b"],
             "per_pair": [{k: r[k] for k in ("b", "c", "exclusive", "cooccur", "n_exclusive", "n_cooccur")}
                          for r in bp["pairs"]]}
 
@@ -172,7 +167,8 @@ def _run_job(job: Tuple[str, List[str], List[Tuple[int, int]], str]) -> Tuple[st
     cache = Path(ck).parent.parent / "scene_eval.json"
     if cache.exists():
         saved = json.loads(cache.read_text())
-        if saved.get("checkpoint") == ck and saved.get("test") == test_npz:
+        if saved.get("checkpoint") == ck and saved.get("test") == test_npz and "c_lift_b" in saved["scores"] \
+                and "b1" in saved["scores"]:
             return name, {**saved["scores"], "seconds": secs}
     import torch
 
@@ -182,9 +178,15 @@ def _run_job(job: Tuple[str, List[str], List[Tuple[int, int]], str]) -> Tuple[st
     run = load_run(ck, device="cpu")
     maps, targets = _test_maps(run, test_npz)
     model = run.model.eval()
+    from cit_fast.eval.diagnostics import intervention_probes
+
     with torch.no_grad():
-        scores = torch.cat([model.forward_head(maps[i:i + 256]) for i in range(0, len(maps), 256)]).numpy()
+        outs = [model.forward_all(None, maps[i:i + 256]) for i in range(0, len(maps), 256)]
+    scores = torch.cat([o["logits"] for o in outs]).numpy()
     res = scene_scores(scores, targets, pairs)
+    b1 = scene_scores(torch.cat([o["logits1"] for o in outs]).numpy(), targets, pairs)  # branch 1 alone
+    res["b1"] = {k: b1[k] for k in ("exclusive", "cooccur", "mAP", "c_lift", "c_lift_b")}
+    res["probes"] = intervention_probes(model, torch.cat([o["features"] for o in outs])[:2048])
     cache.write_text(json.dumps({"checkpoint": ck, "test": test_npz, "scores": res}))
     return name, {**res, "seconds": secs}
 
@@ -280,19 +282,22 @@ def summarise(arms: Sequence[str], models: Sequence[str], seeds: Sequence[int], 
                                               f"{ck['nmi_images_random']:.3f}, of the object-only trunk "
                                               f"{ck['trunk_nmi_tokens']:.3f} / {ck['trunk_nmi_images']:.3f}"
                                               if ck else "") + ")\n")
-        lines.append("| model | Exclusive AP | Co-occur AP | All (mAP) | b's AP | c lifts b's logit by | "
-                     "mAP range over seeds | train CPU s/run |")
+        lines.append("| model | Exclusive AP | Co-occur AP | All (mAP) | b's AP | c lifts b's logit by (images "
+                     "with b / without b) | mAP range over seeds | train CPU s/run |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for m in have:
             rs = [results[_out_name(arm, m, s)] for s in seeds]
-            mean = {k: float(np.mean([r[k] for r in rs])) for k in ("exclusive", "cooccur", "mAP", "pairs_all", "c_lift")}
+            mean = {k: float(np.mean([r[k] for r in rs])) for k in ("exclusive", "cooccur", "mAP", "pairs_all",
+                                                                    "c_lift", "c_lift_b")}
             maps = [r["mAP"] for r in rs]
             lines.append(f"| {LABELS[m]} | {mean['exclusive']:.2f} | {mean['cooccur']:.2f} | {mean['mAP']:.2f} | "
-                         f"{mean['pairs_all']:.2f} | {mean['c_lift']:+.2f} | {min(maps):.2f}-{max(maps):.2f} "
+                         f"{mean['pairs_all']:.2f} | {mean['c_lift_b']:+.2f} / {mean['c_lift']:+.2f} | "
+                         f"{min(maps):.2f}-{max(maps):.2f} "
                          f"({max(maps) - min(maps):.2f}) | {np.mean([r['seconds'] for r in rs]):.0f} |")
         lines.append("")
-        lines.append(f"| paired difference ({len(seeds)} seeds), mean [95% CI] | Exclusive AP | Co-occur AP | All (mAP) |")
-        lines.append("|---|---|---|---|")
+        lines.append(f"| paired difference ({len(seeds)} seeds), mean [95% CI] | "
+                     + " | ".join(label for _, label in METRICS) + " |")
+        lines.append("|---" * (len(METRICS) + 1) + "|")
         arm_v = {}
         pairs_of = [(m, "baseline") for m in have if m != "baseline"]
         if "random" in have and "raising" in have:
@@ -345,7 +350,8 @@ def criteria(verdict: Dict[str, Dict], models: Sequence[str]) -> List[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--full", action="store_true", help="the full sweep (5 arms, 5 seeds, 4 models)")
-    p.add_argument("--arms", nargs="+", default=None)
+    p.add_argument("--arms", nargs="+", default=None, choices=list(ARMS),
+                   help="scene arms; salient is the positive control (small faint b beside c, 90 %% together)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--models", nargs="+", default=None, choices=list(MODELS))
     p.add_argument("--random-arms", nargs="*", default=None, help="arms where the random-confounder run is added")
@@ -418,7 +424,7 @@ def main() -> None:
             results[name] = r
             done += 1
             print(f"  [{done}/{len(jobs)}] {name:22s} Exclusive {r['exclusive']:6.2f}  Co-occur {r['cooccur']:6.2f}  "
-                  f"All {r['mAP']:6.2f}  c-lift {r['c_lift']:+.2f}  ({r['seconds']:.0f} s)", flush=True)
+                  f"All {r['mAP']:6.2f}  c-lift {r['c_lift_b']:+.2f} / {r['c_lift']:+.2f}  ({r['seconds']:.0f} s)", flush=True)
     models_run = [m for m in models if any(_out_name(a, m, s) in results for a in arms for s in seeds)]
     table, verdict = summarise(arms, models_run, seeds, results, data, checks)
     verdict_lines = criteria(verdict, models_run)

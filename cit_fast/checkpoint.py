@@ -14,6 +14,8 @@ Writes are atomic: a hidden temporary file beside the final name, fsynced, then 
 under a final name is always complete; ``list_checkpoints`` never considers the ``.*.tmp`` files.
 A write that fails (disk full, quota, I/O error) removes its temporary file and stops the run with
 one line naming the file and the last complete checkpoint, which ``resume=auto`` then continues from.
+No checkpoint with non-finite weights is written (the training loop checks before it writes), and
+``refuse_nonfinite`` turns away one that an older version wrote, so ``resume=auto`` skips it.
 
 What is written is tensors and plain Python values only (the RNG states included), so
 ``torch.load(path)`` with PyTorch's safe default ``weights_only=True`` opens a checkpoint.
@@ -32,7 +34,7 @@ import pickle
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -251,6 +253,31 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint {path}: missing {', '.join(repr(k) for k in missing)}; not a cit_fast "
                               f"checkpoint{hint}")
     return state
+
+
+def nonfinite_values(tensors: Iterable[Tuple[str, torch.Tensor]]) -> Tuple[int, List[str]]:
+    """(how many values are nan or inf, the names of the tensors holding them) over floating tensors
+    (parameters and buffers; integer ones, such as batch norm's counters, cannot be non-finite).
+    Host sync: once, over all the tensors."""
+    names, counts = [], []
+    for name, t in tensors:
+        if torch.is_tensor(t) and t.is_floating_point() and t.numel():
+            names.append(name)
+            counts.append((~torch.isfinite(t.detach())).sum())
+    if not counts:
+        return 0, []
+    per = torch.stack([c.to(counts[0].device) for c in counts]).tolist()  # host sync: one per check
+    return int(sum(per)), [n for n, c in zip(names, per) if c]
+
+
+def refuse_nonfinite(state_dict: Dict[str, Any], path: Path) -> None:
+    """A checkpoint whose weights hold nan or inf (written by a run that diverged, before cit_fast
+    refused to write one) is not a state to continue from: one clear error."""
+    count, names = nonfinite_values(state_dict.items())
+    if count:
+        shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise CheckpointError(f"checkpoint {path}: its weights hold {count:,} non-finite values (nan/inf, in "
+                              f"{shown}); it was written by a run that diverged")
 
 
 def _looks_like_state_dict(obj: Any) -> bool:

@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (single process, or under torchrun / deepspeed)",
                        epilog="Every config key, its default and its meaning: `cit-fast config`. The merged config "
-                              "a run would use: `cit-fast config --config FILE key=value ...`.")
+                              "a run would use: `cit-fast config --config FILE key=value ...`. Exit codes: 0 done, "
+                              "2 a user error (one line), 3 the run diverged (a non-finite loss or weights: it "
+                              "stopped, naming the step and the last finite checkpoint), 130 interrupted.")
     t.add_argument("--config", help="YAML config file")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.05 intervention.plan=stratify_c")
     t.add_argument("--local_rank", "--local-rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out-dir", default="runs/table4")
     b.add_argument("--results-md", default="", help="append the table to this markdown file")
     b.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    b.add_argument("--seeds", type=int, default=1, help="run every cell for seeds 0..N-1 (seed and the data's seed, "
+                   "paired across the methods) and print mean ± 95%% CI and the paired differences (B - baseline, "
+                   "C|A - baseline, B - C|A) with their CIs")
     b.add_argument("--images", action="append", default=[], metavar="DATASET:DIR",
                    help="cifar10:DIR and/or cifar100:DIR (repeat): Table IV from those CIFAR images at the paper's "
                         "recipe (ResNet-20, 160 epochs, lr x0.1 at 80 and 120), with the paper's numbers beside ours")
@@ -192,12 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_train(args) -> int:
     from .config import load_config
+    from .train.divergence import Diverged
     from .train.loop import main
     from .utils import print0
 
     cfg = load_config(args.config, args.overrides)
     args.out_dir = cfg.out_dir  # for the Ctrl-C message
-    result = main(cfg)
+    try:
+        result = main(cfg)
+    except Diverged as e:  # every rank stops together; rank 0 says where
+        print0(f"cit-fast train: stopped: {e}", file=sys.stderr)
+        return Diverged.exit_code
     keys = ("test_mAP", "test_top1", "test_top5", "seconds") if result.get("test_mAP") is not None else \
         ("test_top1", "test_top5", "seconds")
     print0(json.dumps({k: result.get(k) for k in keys}, indent=None))
@@ -280,7 +290,8 @@ def _cmd_table4(args) -> int:
         raise UsageError(f"{', '.join(used)}: for Table IV from CIFAR images (--images cifar10:DIR); the embedded "
                          f"table takes overrides instead (optim.epochs=N data.synthetic_train_per_class=N "
                          f"data.synthetic_test_bias=...)")
-    run_table4(Path(args.out_dir), args.overrides, jobs=args.jobs, results_md=args.results_md or None)
+    run_table4(Path(args.out_dir), args.overrides, jobs=args.jobs, results_md=args.results_md or None,
+               seeds=args.seeds)
     return 0
 
 

@@ -77,6 +77,7 @@ TASKS = ("auto", "single", "double", "multilabel")
 CONFOUNDER_SOURCES = ("kmeans", "early", "label", "random")
 MERGES = ("sum", "linear", "proposed")
 CORRELATIONS = ("residual", "raising")
+INTERVENTIONS = ("residual", "vcrcnn")
 SCHEDULES = ("multistep", "cosine")
 OPTIMIZERS = ("sgd", "adamw")
 LOSSES = ("auto", "ce", "bce", "asl")
@@ -206,12 +207,29 @@ class ModelConfig:
                                           "raising (minus j's baseline under the prior)", choices=CORRELATIONS)
     branch1_loss: float = option(0.0, "weight of a second loss on branch 1's logits alone (0 = the merged "
                                       "output only)")
-    confounder_net: str = option("", "local single-branch checkpoint (trunk's architecture): k-means over ITS "
-                                     "spatial features (frozen), not the model's", path=True)
+    confounder_net: str = option("", "local single-branch checkpoint (of model.confounder_backbone): k-means "
+                                     "over ITS spatial features (frozen), not the model's", path=True)
+    confounder_backbone: str = option("", "architecture of model.confounder_net (a resnet* name; empty = the "
+                                          "trunk's)")
+    intervention: str = option("residual", "the causal branch: residual (H_i = LN(X_i + o(E_i)), E_i over "
+                                           "projected values), vcrcnn (branch 2 reads [X_i detached ; E_i], E_i "
+                                           "over the raw prototypes; probability raising merged with detached "
+                                           "p = sigmoid(logits1); branch 1 keeps its own loss)",
+                               choices=INTERVENTIONS)
     freeze_trunk: bool = option(False, "multi-label models: the (pre-trained) trunk is not trained, its batch "
                                        "norm stays in eval mode")
     trunk_cache_mb: int = option(0, "with freeze_trunk: cache the trunk's maps of seen training inputs, up to "
                                     "this many MB (no augmentation: later epochs skip the trunk)")
+    feature_split: bool = option(False, "Singh et al.'s feature splitting with their weighted loss (CVPR 2020): "
+                                        "for images with b but not c, b's logit reads only the first half of "
+                                        "the feature; decoder_* (each label feature) and resnet* (the pooled "
+                                        "feature) on multi-hot labels with BCE; needs model.biased_pairs",
+                                 section="feature splitting (decoder_* and multi-label resnet*)")
+    biased_pairs: str = option("", "the biased pairs feature splitting acts on: b:c,b2:c2 (class names or "
+                                   "indices)")
+    feature_split_alpha_min: float = option(3.0, "floor of the exclusive images' loss weight, max(sqrt(n_cooccur "
+                                                 "/ n_exclusive), this) per pair in training (Singh et al.: 3 on "
+                                                 "COCO-Stuff, 5 on DeepFashion; 1 = no floor)")
 
 
 @dataclass
@@ -399,15 +417,28 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), base:
     (data.source inferred, paths absolute: relative ones are taken from ``base``, default the
     current directory)."""
     tree = read_mapping_file(Path(path), "config file", ConfigError, empty_ok=True) if path else {}
-    tree = merge_trees(tree, parse_overrides(overrides))
+    tree = merge_trees(without_resolved(tree), parse_overrides(overrides))  # a saved run's config.yaml reruns
     cfg = _build(TrainConfig, tree, "")
     validate(cfg)
     return finalize(cfg, base)
 
 
+# keys added after runs were saved, with the value those runs ran with: a saved tree whose section
+# lacks the key gets that value, not today's default (old checkpoints rebuild the model they hold)
+SAVED_BEFORE = {("model", "intervention"): "residual"}
+
+
+def _saved_defaults(tree: Dict[str, Any]) -> Dict[str, Any]:
+    tree = dict(tree)
+    for (section, key), value in SAVED_BEFORE.items():
+        if isinstance(tree.get(section), dict) and key not in tree[section]:
+            tree[section] = {**tree[section], key: value}
+    return tree
+
+
 def from_dict(tree: Dict[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
     """TrainConfig from a saved tree (config.yaml, a checkpoint's config) plus overrides."""
-    cfg = _build(TrainConfig, merge_trees(tree, parse_overrides(overrides)), "")
+    cfg = _build(TrainConfig, merge_trees(_saved_defaults(without_resolved(tree)), parse_overrides(overrides)), "")
     validate(cfg)
     return cfg
 
@@ -546,10 +577,22 @@ def validate(cfg: TrainConfig) -> None:
     mc = cfg.model
     _positive(mc.branch1_loss, "model.branch1_loss", allow_zero=True)
     _positive(mc.trunk_cache_mb, "model.trunk_cache_mb", allow_zero=True)
+    if mc.feature_split and not mc.biased_pairs.strip():
+        raise ConfigError("model.feature_split: needs model.biased_pairs (b:c,... : the pairs whose b images "
+                          "without c read only x_o)")
+    if mc.feature_split_alpha_min < 1:
+        raise ConfigError(f"model.feature_split_alpha_min: expected a weight >= 1, got {mc.feature_split_alpha_min}")
     if mc.trunk_cache_mb and not mc.freeze_trunk:
         raise ConfigError("model.trunk_cache_mb: only a frozen trunk's maps can be cached; set model.freeze_trunk=true")
     if mc.confounder_net and (mc.confounder_source != "kmeans" or mc.observed_confounders):
         raise ConfigError("model.confounder_net: needs model.confounder_source=kmeans and no model.observed_confounders")
+    if mc.confounder_backbone and not mc.confounder_net:
+        raise ConfigError("model.confounder_backbone: names the architecture of model.confounder_net; set that too")
+    if mc.intervention == "vcrcnn" and (mc.observed_confounders or mc.confounder_refresh or mc.merge != "proposed"):
+        raise ConfigError("model.intervention=vcrcnn: the dictionary is fitted once (model.confounder_refresh=0), "
+                          "z is not observed (model.observed_confounders=false) and the merge is its own "
+                          f"(model.merge=proposed); got confounder_refresh={mc.confounder_refresh}, "
+                          f"observed_confounders={mc.observed_confounders}, merge={mc.merge!r}")
     if mc.observed_confounders and mc.confounder_source != "kmeans":
         raise ConfigError("model.observed_confounders: needs model.confounder_source=kmeans (prototypes of the "
                           f"projected tokens), got {mc.confounder_source!r}")
@@ -580,8 +623,22 @@ def validate(cfg: TrainConfig) -> None:
     _positive(m.linger_seconds, "metrics.linger_seconds", allow_zero=True)
 
 
-def save_config(cfg: TrainConfig, path: Path) -> None:
-    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+# a run's config.yaml (and its checkpoints' config) records, under this key, what the run resolved
+# from its data beside what was asked (model.num_classes: 0 -> the class count, ...): a record for
+# readers, written by the training loop; reading a saved config back ignores it
+RESOLVED = "resolved"
+
+
+def without_resolved(tree: Dict[str, Any]) -> Dict[str, Any]:
+    """A saved config tree without its ``resolved`` record (what the run found, not a setting)."""
+    return {k: v for k, v in tree.items() if k != RESOLVED} if isinstance(tree, dict) else tree
+
+
+def save_config(cfg: TrainConfig, path: Path, resolved: Optional[Dict[str, Any]] = None) -> None:
+    tree = to_dict(cfg)
+    if resolved:
+        tree[RESOLVED] = resolved
+    atomic_write_text(Path(path), yaml.safe_dump(tree, sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------

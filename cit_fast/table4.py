@@ -3,6 +3,12 @@
 Rows: baseline trained on the original data (grey border, one run for all versions), baseline on
 the synthetic data, CIT Stratify-B and CIT Stratify-C|A, each for V1-V4; all tested on the
 version's own test set (whose bias B no longer tells the class).
+
+With ``--seeds N`` every cell is run for seeds 0..N-1 (``seed`` and ``data.synthetic_seed`` both set
+to the seed: the three methods of a version see the same data and start from the same weights under
+one seed, so their differences are paired) and printed as mean +/- the half-width of its 95% CI, with
+the paired differences Stratify B - baseline, Stratify C|A - baseline and B - C|A per version, each
+with its 95% CI (Student t over seeds, ``cit_fast.stats``).
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .config import SYNTHETIC_VERSIONS, load_config
+from .errors import UsageError
+from .stats import mean_ci, paired_ci
 from .train.loop import main
 from .utils import append_section
 
@@ -39,23 +47,84 @@ def _run_one(args: Tuple[str, List[str], str]) -> Tuple[str, float, float]:
     return name, float(res["test_top1"]), time.perf_counter() - t0
 
 
-def plan_runs(out_dir: Path, overrides: Sequence[str]) -> Dict[str, List[str]]:
+SEED_KEYS = ("seed", "data.synthetic_seed")  # what one seed of --seeds sets
+
+
+def seed_overrides(seed: int) -> List[str]:
+    """One seed of ``--seeds``: the same seed for the data and for the init, plans and augmentation."""
+    return [f"{k}={seed}" for k in SEED_KEYS]
+
+
+def check_seeds(seeds: int, overrides: Sequence[str]) -> None:
+    if seeds < 1:
+        raise UsageError(f"--seeds: expected at least 1, got {seeds}")
+    taken = [o for o in overrides if o.partition("=")[0].strip() in SEED_KEYS]
+    if seeds > 1 and taken:
+        raise UsageError(f"--seeds {seeds} sets {' and '.join(SEED_KEYS)} of every run (0..{seeds - 1}); "
+                         f"drop {', '.join(taken)} from the overrides")
+
+
+def plan_runs(out_dir: Path, overrides: Sequence[str], seeds: int = 1) -> Dict[str, List[str]]:
+    """The 13 runs of Table IV, keyed '<plan>-<version>'; with seeds > 1, 13 per seed, keyed
+    'seed<s>/<plan>-<version>' (each seed's directory a complete sweep that ``cit-fast report`` reads)."""
     runs: Dict[str, List[str]] = {}
-    for label, fixed_version, plan in ROWS:
-        for v in ([fixed_version] if fixed_version else VERSIONS):
-            key = f"{plan}-{v}"
-            runs[key] = [f"data.synthetic_version={v}", f"intervention.plan={plan}",
-                         f"out_dir={out_dir / key}", "threads=1", *overrides]
+    for s in range(seeds):
+        for label, fixed_version, plan in ROWS:
+            for v in ([fixed_version] if fixed_version else VERSIONS):
+                key = f"{plan}-{v}" if seeds == 1 else f"seed{s}/{plan}-{v}"
+                runs[key] = [f"data.synthetic_version={v}", f"intervention.plan={plan}",
+                             f"out_dir={out_dir / key}", "threads=1", *(seed_overrides(s) if seeds > 1 else []),
+                             *overrides]
     return runs
 
 
-def format_table(acc: Dict[str, float]) -> str:
+def by_cell(acc: Dict[str, float], seeds: int, prefix: str = "") -> Dict[str, List[float]]:
+    """'[prefix]seed<s>/<cell>' -> value  =>  '[prefix]<cell>' -> [value of seed 0, 1, ...] (paired by position)."""
+    out: Dict[str, List[float]] = {}
+    for s in range(seeds):
+        head = f"{prefix}seed{s}/"
+        for key, value in acc.items():
+            if key.startswith(head):
+                out.setdefault(prefix + key[len(head):], []).append(value)
+    return out
+
+
+def fmt_mean_ci(values: Sequence[float], digits: int = 1) -> str:
+    """'mean ± half-width of the 95% CI' (just the mean for one value)."""
+    m, lo, hi = mean_ci(values)
+    return f"{m:.{digits}f}" if lo != lo else f"{m:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
+
+
+def fmt_diff_ci(diffs: Sequence[float], digits: int = 1) -> str:
+    """'+mean [+low, +high]': a paired difference and its 95% CI."""
+    m, lo, hi = paired_ci(diffs)
+    return f"{m:+.{digits}f}" if lo != lo else f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+# the paired differences printed with --seeds: (row label, minuend plan, subtrahend plan)
+DIFFS = (("Stratify B - Baseline on Syn.", "stratify_b", "none"),
+         ("Stratify C\\|A - Baseline on Syn.", "stratify_c", "none"),
+         ("Stratify B - Stratify C\\|A", "stratify_b", "stratify_c"))
+
+
+def format_table(acc: Dict[str, object]) -> str:
+    """Table IV in markdown. ``acc``: '<plan>-<version>' -> top-1 (%), or -> [top-1 per seed] (then each
+    cell is mean ± its 95% CI half-width, and the three paired differences follow, each with its CI)."""
+    seeded = isinstance(next(iter(acc.values())), (list, tuple))
     lines = ["| Training method | V1 | V2 | V3 | V4 |", "|---|---|---|---|---|"]
     for label, fixed_version, plan in ROWS:
         cells = [acc[f"{plan}-{fixed_version or v}"] for v in VERSIONS]
-        lines.append(f"| {label.replace('|', chr(92) + '|')} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
-    diff = [acc[f"stratify_b-{v}"] - acc[f"stratify_c-{v}"] for v in VERSIONS]
-    lines.append("| Stratify B - Stratify C\\|A | " + " | ".join(f"{d:+.1f}" for d in diff) + " |")
+        lines.append(f"| {label.replace('|', chr(92) + '|')} | "
+                     + " | ".join(fmt_mean_ci(c) if seeded else f"{c:.1f}" for c in cells) + " |")
+    if not seeded:
+        diff = [acc[f"stratify_b-{v}"] - acc[f"stratify_c-{v}"] for v in VERSIONS]
+        lines.append("| Stratify B - Stratify C\\|A | " + " | ".join(f"{d:+.1f}" for d in diff) + " |")
+        return "\n".join(lines)
+    n = len(acc[f"stratify_b-{VERSIONS[0]}"])
+    lines += ["", f"| paired difference, mean [95% CI] over {n} seeds | V1 | V2 | V3 | V4 |", "|---|---|---|---|---|"]
+    for label, a, b in DIFFS:
+        cells = [fmt_diff_ci([x - y for x, y in zip(acc[f"{a}-{v}"], acc[f"{b}-{v}"])]) for v in VERSIONS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -107,20 +176,24 @@ def append_results(results_md: str, title: str, cmd: str, body: str) -> None:
 
 
 def run_table4(out_dir: Path, overrides: Sequence[str] = (), jobs: int = 2,
-               results_md: Optional[str] = None) -> Dict[str, float]:
+               results_md: Optional[str] = None, seeds: int = 1) -> Dict[str, float]:
+    check_seeds(seeds, overrides)
     load_config(str(DEFAULT_CONFIG), overrides)  # fail fast on a bad override
-    runs = plan_runs(out_dir, overrides)
+    runs = plan_runs(out_dir, overrides, seeds)
     t0 = time.perf_counter()
-    print(f"CIT Table IV: {len(runs)} runs, {jobs} at a time, results under {out_dir}", flush=True)
+    print(f"CIT Table IV: {len(runs)} runs" + (f" ({seeds} seeds)" if seeds > 1 else "")
+          + f", {jobs} at a time, results under {out_dir}", flush=True)
     acc = run_many(runs, jobs)
     minutes = (time.perf_counter() - t0) / 60
-    table = format_table(acc)
-    print("\nTest accuracy (%) on the synthetic CIT benchmark (embedded shapes, 10 classes, ResNet-20):\n")
+    table = format_table(by_cell(acc, seeds) if seeds > 1 else acc)
+    what = f"mean ± 95% CI half-width over seeds 0-{seeds - 1}, " if seeds > 1 else ""
+    print(f"\nTest accuracy (%) on the synthetic CIT benchmark ({what}embedded shapes, 10 classes, ResNet-20):\n")
     print(table)
     print(f"\n{len(runs)} runs in {minutes:.1f} min")
     if results_md:
         cmd = "cit-fast " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("cit-fast") else "make demo"
-        append_results(results_md, f"CIT Table IV (synthetic V1-V4), {minutes:.1f} min", cmd, table)
+        title = f"CIT Table IV (synthetic V1-V4{f', {seeds} paired seeds' if seeds > 1 else ''}), {minutes:.1f} min"
+        append_results(results_md, title, cmd, table)
     return acc
 
 

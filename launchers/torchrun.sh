@@ -41,6 +41,11 @@ else
   CONF="join_timeout=${RDZV_JOIN_TIMEOUT:-600},last_call_timeout=${RDZV_LAST_CALL_TIMEOUT:-30}"
   CONF+=",close_timeout=${RDZV_CLOSE_TIMEOUT:-30},keep_alive_interval=${RDZV_KEEP_ALIVE:-5},keep_alive_max_attempt=3"
   [[ -n "${RDZV_IS_HOST:-}" ]] && CONF+=",is_host=${RDZV_IS_HOST}"
+  # Every rendezvous round publishes its own MASTER_ADDR/PORT. With torch's shared agent store
+  # (the default) rank 0 writes them only in the first round it leads, so a node that is started
+  # again and joins a later round waits for them until both agents fail (DistStoreError ...
+  # MASTER_ADDR / role_info; pytorch/pytorch#147064): tests/train/test_node_restart.py.
+  export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
   ARGS+=(--rdzv_backend c10d --rdzv_endpoint "${RDZV_HOST:?set RDZV_HOST for multi-node}:${RDZV_PORT:-29400}"
          --rdzv_id "${JOB_ID:-cit_fast}" --rdzv_conf "$CONF")
 fi

@@ -12,6 +12,14 @@
   images: a C x K heat-map of which contexts each class attends to; beside it the same average over
   the images that hold the class.
 
+- ``intervention_probes``: whether the intervention acts, in numbers: the norm of the intervention
+  term against the label feature's (``norm_ratio``: ||o(E_i)|| / ||X_i|| of the residual reading, and for
+  vcrcnn ||W_E E_i|| / ||W_X X_i||, the two parts of branch 2's first layer over [X_i ; E_i]; ``input_ratio``:
+  ||E_i|| / ||X_i|| as fed), how much the term varies across images against the feature
+  (``spread_ratio``), the attention's entropy over the K confounders / log K (``entropy``: 1 = uniform),
+  and branch 2's share of the merged logits (``branch2_share``: mean |logits2| / mean |logits1|). The
+  training loop writes them into results.json (``intervention``) and ``cit-fast report`` prints them.
+
 ``run_diagnostics(checkpoint, out_dir)`` renders both PNGs for a ``causal_*`` checkpoint (only the
 embedding, without confounders, for a ``decoder_*`` baseline); ``cit-fast report`` and
 ``cit-fast explain --diagnostics`` call it.
@@ -19,6 +27,7 @@ embedding, without confounders, for a ``decoder_*`` baseline); ``cit-fast report
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -27,6 +36,7 @@ import torch
 import yaml
 
 from ..errors import UsageError
+from ..kernels import causal_attention
 from ..models import list_models
 from ..utils import atomic_path
 from .collect import collect_outputs
@@ -71,6 +81,84 @@ def collect(model: torch.nn.Module, batches) -> Dict[str, np.ndarray]:
         return collect_outputs(model, batches, outputs)
     except ValueError:
         raise UsageError("diagnostics: no test batches") from None
+
+
+def _norm_ratio(a: torch.Tensor, b: torch.Tensor) -> float:
+    """mean ||a|| / mean ||b|| over all rows (..., D)."""
+    return float(a.norm(dim=-1).mean() / b.norm(dim=-1).mean().clamp_min(1e-12))
+
+
+def _spread(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, D) -> (C,): the size of each label's vector's variation across the N images."""
+    return t.var(0, unbiased=False).sum(-1).sqrt()
+
+
+@torch.no_grad()
+def intervention_probes(model: torch.nn.Module, feats: torch.Tensor) -> Dict[str, float]:
+    """Label features X (N, C, D) of test images -> the probes of the module doc (an empty dict for a
+    model without an intervention)."""
+    if not getattr(model, "causal", False):
+        return {}
+    feats = feats.float()
+    if getattr(model, "intervention", "residual") == "vcrcnn":
+        e, attn = model.expected_confounder(feats, return_attn=True)  # (N, C, Dz), (N, 1, C, K)
+        d = feats.shape[-1]
+        w = model.branch2.weight.float()
+        xpart, epart = feats @ w[:, :d].T, e @ w[:, d:].T  # branch 2's first layer, split by its input
+        inp = _norm_ratio(e, feats)
+    else:
+        h, attn = model.intervene(feats, return_attn=True)
+        z = model.confounders.z.float()
+        e = causal_attention(model.q_proj(feats), model.k_proj(z), model.v_proj(z), model.confounders.prior.float(),
+                             model.num_heads)
+        xpart, epart = feats, model.out_proj(e)  # H = LN(X + o(E))
+        inp = _norm_ratio(e, feats)
+    a = attn.float().clamp_min(1e-30)
+    k = a.shape[-1]
+    entropy = float((-(a * a.log()).sum(-1)).mean() / math.log(k)) if k > 1 else 1.0
+    was = model.training
+    model.eval()
+    try:
+        heads = model.heads_of(feats)
+    finally:
+        model.train(was)
+    logits1, logits2 = heads["logits1"], heads["logits2"]
+    out = {"norm_ratio": _norm_ratio(epart, xpart), "input_ratio": inp,
+           "spread_ratio": float((_spread(epart) / _spread(xpart).clamp_min(1e-12)).mean()),
+           "entropy": entropy, "confounders": float(k), "images": float(len(feats))}
+    out["branch2_share"] = float(logits2.abs().mean() / logits1.abs().mean().clamp_min(1e-12))
+    return out
+
+
+def probes_line(p: Dict[str, float]) -> str:
+    """One line of the probes for a log."""
+    if not p:
+        return ""
+    return (f"intervention probes ({int(p['images'])} test images): |E-part| / |x-part| {p['norm_ratio']:.3f} "
+            f"(as fed: {p['input_ratio']:.3f}), across-image spread ratio {p['spread_ratio']:.3f}, attention "
+            f"entropy {p['entropy']:.3f} of log K (K = {int(p['confounders'])})"
+            + f", |logits2| / |logits1| {p['branch2_share']:.3f}")
+
+
+def probe_batches(model: torch.nn.Module, batches, max_images: int = 512) -> Dict[str, float]:
+    """The probes over (up to ``max_images`` of) a pipeline's composed batches."""
+    if not getattr(model, "causal", False):
+        return {}
+    feats, n = [], 0
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                feats.append(model.label_features(batch.image).float())
+                n += len(feats[-1])
+                if n >= max_images:
+                    break
+    finally:
+        model.train(was)
+    if not feats:
+        return {}
+    return intervention_probes(model, torch.cat(feats)[:max_images])
 
 
 def confounder_points(model: torch.nn.Module, space: str) -> np.ndarray:

@@ -50,7 +50,7 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn as nn
 
-from ..config import CORRELATIONS, MERGES
+from ..config import CORRELATIONS, INTERVENTIONS, MERGES
 from ..kernels import causal_attention
 from .confounders import CONFOUNDER_SOURCES, ConfounderBank, nearest_center
 from .double_branch import load_single_branch, split_stages
@@ -116,8 +116,16 @@ class CausalMultiLabel(nn.Module):
                  causal: bool = True, num_confounders: int = 16, confounder_source: str = "kmeans",
                  merge: str = "proposed", observed_confounders: bool = False, init: str = "",
                  correlation: str = "residual", branch1_loss: float = 0.0, confounder_net: str = "",
-                 freeze_trunk: bool = False, trunk_cache_mb: int = 0, feature_split: bool = False):
+                 freeze_trunk: bool = False, trunk_cache_mb: int = 0, feature_split: bool = False,
+                 intervention: str = "residual", confounder_backbone: str = ""):
         super().__init__()
+        if intervention not in INTERVENTIONS:
+            raise ValueError(f"intervention must be one of {', '.join(INTERVENTIONS)}, got {intervention!r}")
+        if intervention == "vcrcnn" and causal and (observed_confounders or merge != "proposed"):
+            raise ValueError("intervention vcrcnn: z is not observed and the merge is its own (merge proposed), got "
+                             f"observed_confounders={observed_confounders}, merge={merge!r}")
+        if confounder_backbone and not confounder_net:
+            raise ValueError("confounder_backbone names the architecture of confounder_net; give confounder_net too")
         if feature_split and causal:
             raise ValueError("feature_split: Singh et al.'s feature splitting is an option of the decoder-only "
                              "model (causal=False), got causal=True")
@@ -145,6 +153,8 @@ class CausalMultiLabel(nn.Module):
         self.observed_confounders = observed_confounders
         self.correlation, self.branch1_loss = correlation, float(branch1_loss)
         self.backbone_name, self.confounder_net = backbone, confounder_net
+        self.confounder_backbone = confounder_backbone or backbone
+        self.intervention = intervention if causal else "residual"
         self._confounder_net: list = []  # the loaded network, outside the state dict (Z is what is kept)
         self.freeze_trunk = freeze_trunk
         if trunk_cache_mb and not freeze_trunk:
@@ -169,6 +179,9 @@ class CausalMultiLabel(nn.Module):
         if causal:
             if confounder_source == "label":
                 num_confounders = num_classes  # one prototype per class
+            if self.intervention == "vcrcnn":
+                self._init_vcrcnn(num_classes, num_confounders, confounder_source, d)
+                return  # nothing else of the causal branch below belongs to this reading
             zdim = self._early_dim() if confounder_source == "early" else (self.num_features if confounder_net else d)
             self.confounders = ConfounderBank(num_confounders, zdim)
             self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(zdim, d), nn.Linear(zdim, d)
@@ -181,6 +194,22 @@ class CausalMultiLabel(nn.Module):
             if merge == "linear":
                 self.mix = nn.Parameter(torch.stack([torch.ones(num_classes), torch.ones(num_classes),
                                                      torch.zeros(num_classes)]))  # (3, C): u, v, e
+
+    def _init_vcrcnn(self, num_classes: int, num_confounders: int, source: str, d: int) -> None:
+        """The rebuilt causal branch (see the module doc): Z holds raw prototypes (K, Dz), the attention
+        projects the (detached) label feature and the prototypes to Dz, branch 2 reads [X_i ; E_i]."""
+        if source == "early":
+            zdim = self._early_dim()
+        elif source == "label":
+            zdim, num_confounders = d, num_classes
+        elif self.confounder_net and self.confounder_backbone != self.backbone_name:
+            zdim = create_model(self.confounder_backbone, num_classes=1).num_features
+        else:  # the separate network's map, or the trunk's own raw map as it is before training
+            zdim = self.num_features
+        self.confounders = ConfounderBank(num_confounders, zdim)
+        self.q_proj, self.k_proj = nn.Linear(d, zdim), nn.Linear(zdim, zdim)  # one head, over Dz
+        self.branch2 = nn.Linear(d + zdim, d)  # the first layer of branch 2 over [X_i ; E_i]
+        self.head2 = GroupLinear(num_classes, d)  # s_j(u) = w2_j . relu(branch2(u)) + c2_j
 
     def _early_dim(self) -> int:
         with torch.no_grad():
@@ -231,12 +260,15 @@ class CausalMultiLabel(nn.Module):
         if self.confounder_net:
             with torch.no_grad():
                 return self._pretrained_net(x).forward_features(x).flatten(2).transpose(1, 2)
+        if self.intervention == "vcrcnn":  # raw prototypes: the trunk's own map, as it is before training
+            with torch.no_grad():
+                return self.backbone.forward_features(x).flatten(2).transpose(1, 2)
         return self.tokens(x)
 
     def _pretrained_net(self, x: torch.Tensor) -> nn.Module:
         """The frozen network of ``confounder_net``, loaded at its first use (on x's device)."""
         if not self._confounder_net:
-            net = load_single_branch(self.backbone_name, self.confounder_net, what="model.confounder_net")
+            net = load_single_branch(self.confounder_backbone, self.confounder_net, what="model.confounder_net")
             net.fc = nn.Identity()
             self._confounder_net.append(net.requires_grad_(False).eval())
         return self._confounder_net[0].to(x.device)
@@ -269,9 +301,40 @@ class CausalMultiLabel(nn.Module):
         u = self.ctx_head(self.ctx_proj(self.confounders.z.to(mix.dtype)))  # (K, C)
         return mix @ u
 
+    def expected_confounder(self, feats: torch.Tensor, return_attn: bool = False):
+        """vcrcnn: X (B, C, D) -> E (B, C, Dz) = K sum_z softmax_z(q(X_i) . k(z) / sqrt(Dz)) P(z) z, the raw
+        prototypes as values (one head; the factor K puts E on a prototype's scale: a uniform attention
+        gives the prior mean sum_z P(z) z); with ``return_attn`` also the attention (B, 1, C, K)."""
+        z = self.confounders.z.to(feats.dtype)
+        out = causal_attention(self.q_proj(feats), self.k_proj(z), z, self.confounders.prior.to(feats.dtype), 1,
+                               return_attn=return_attn)
+        e, attn = out if return_attn else (out, None)
+        e = e * self.confounders.num
+        return (e, attn) if return_attn else e
+
+    def branch2_input(self, feats: torch.Tensor):
+        """vcrcnn: the label features X (B, C, D) -> branch 2's inputs [X_i ; E_i] (B, C, D + Dz) and the
+        no-category baseline [0 ; E_0] (D + Dz,), E_0 = the prior mean of the prototypes (the attention of
+        a zero query is uniform). X is detached: branch 2 cannot write into the trunk, decoder or queries."""
+        x = feats.detach()
+        e = self.expected_confounder(x)
+        z, prior = self.confounders.z.to(x.dtype), self.confounders.prior.to(x.dtype)
+        u0 = torch.cat([torch.zeros(self.embed_dim, dtype=x.dtype, device=x.device), prior @ z])
+        return torch.cat([x, e], -1), u0
+
+    def branch2_scores(self, u: torch.Tensor) -> torch.Tensor:
+        """vcrcnn: branch 2's inputs (..., D + Dz) -> every label's score s_j (..., C)."""
+        h = torch.relu(self.branch2(u))
+        return h @ self.head2.weight.T + self.head2.bias
+
     def intervene(self, feats: torch.Tensor, return_attn: bool = False):
         """Label features X (B, C, D) -> intervened features H (B, C, D) (backdoor over Z); with
-        ``return_attn`` also the attention over the confounders (B, heads, C, K) (diagnostics)."""
+        ``return_attn`` also the attention over the confounders (B, heads, C, K) (diagnostics). vcrcnn:
+        H = [X ; E] (B, C, D + Dz), branch 2's input."""
+        if self.intervention == "vcrcnn":
+            e, attn = self.expected_confounder(feats.detach(), return_attn=True)
+            h = torch.cat([feats.detach(), e], -1)
+            return (h, attn) if return_attn else h
         z = self.confounders.z.to(feats.dtype)
         out = causal_attention(self.q_proj(feats), self.k_proj(z), self.v_proj(z),
                                self.confounders.prior.to(feats.dtype), self.num_heads, return_attn=return_attn)
@@ -289,7 +352,12 @@ class CausalMultiLabel(nn.Module):
 
     def correlations(self, feats: torch.Tensor) -> torch.Tensor:
         """Causal label correlations R (B, C, C): R[b, i, j] = effect of category i on category j
-        (``residual``: s_j(H_i); ``raising``: s_j(H_i) - s_j(H_0), see the module doc)."""
+        (``residual``: s_j(H_i); ``raising``: s_j(H_i) - s_j(H_0); ``vcrcnn``: s_j([X_i ; E_i]) - s_j([0 ; E_0])
+        with i's effect on itself zero, see the module doc)."""
+        if self.intervention == "vcrcnn":
+            u, u0 = self.branch2_input(feats)
+            r = self.branch2_scores(u) - self.branch2_scores(u0)  # (B, C, C) - (C,)
+            return r * (1 - torch.eye(self.num_classes, dtype=r.dtype, device=r.device))
         h = self.intervene(feats)
         if self.correlation == "raising":
             return torch.einsum("bid,jd->bij", h - self.baseline_feature(h.dtype), self.head2.weight)
@@ -300,7 +368,11 @@ class CausalMultiLabel(nn.Module):
         trunk's map ``fmap``)."""
         fmap = self._trunk_map(x) if fmap is None else fmap
         proj = self.proj(fmap)  # (B, D, h, w)
-        feats = self._decode(proj)
+        return self.heads_of(self._decode(proj), proj)
+
+    def heads_of(self, feats: torch.Tensor, proj: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """The label features X (B, C, D) -> branch logits, R and the merged logits (``proj``, the projected
+        map, is needed only by a training forward with ``observed_confounders``)."""
         logits1 = self.head(feats)  # (B, C)
         out = {"features": feats, "logits1": logits1}
         if self.feature_split is not None and self.training:  # branch 1 with x_s at its running mean
@@ -310,6 +382,10 @@ class CausalMultiLabel(nn.Module):
             return out
         r = self.correlations(feats)  # (B, C, C)
         c = self.num_classes
+        if self.intervention == "vcrcnn":  # logits1 + sum_i p_i R_ij, p = sigmoid(logits1) detached, not normalised
+            logits2 = torch.einsum("bi,bij->bj", torch.sigmoid(logits1.detach()), r)
+            out.update(correlations=r, logits2=logits2, logits=logits1 + logits2)
+            return out
         raising = self.correlation == "raising"
         if self.merge == "proposed":
             a = torch.sigmoid(logits1)  # (B, C) the categories branch 1 sees in the image
@@ -345,6 +421,9 @@ class CausalMultiLabel(nn.Module):
         out = self.forward_all(x)
         if "split_logits" in out:
             return FeatureSplitOutput(out["logits"], out["split_logits"])
+        if self.training and self.intervention == "vcrcnn":  # branch 2 learns on top of a fixed branch 1
+            return MultiLabelOutput(out["logits1"].detach() + out["logits2"], {"branch1": out["logits1"]},
+                                    {"branch1": self.branch1_loss or 1.0})
         if self.training and self.causal and self.branch1_loss > 0:
             return MultiLabelOutput(out["logits"], {"branch1": out["logits1"]}, {"branch1": self.branch1_loss})
         return out["logits"]
@@ -368,13 +447,15 @@ def _causal(backbone: str) -> Callable[..., nn.Module]:
            dropout: float = 0.1, init_single: str = "", freeze_trunk: bool = False, trunk_cache_mb: int = 0,
            num_confounders: int = 16, confounder_source: str = "kmeans", merge: str = "proposed",
            observed_confounders: bool = False, correlation: str = "residual", branch1_loss: float = 0.0,
-           confounder_net: str = "") -> CausalMultiLabel:
+           confounder_net: str = "", intervention: str = "residual", confounder_backbone: str = ""
+           ) -> CausalMultiLabel:
         return CausalMultiLabel(backbone, num_classes, embed_dim=embed_dim, num_heads=num_heads,
                                 decoder_layers=decoder_layers, dropout=dropout, causal=True, init=init_single,
                                 freeze_trunk=freeze_trunk, trunk_cache_mb=trunk_cache_mb,
                                 num_confounders=num_confounders, confounder_source=confounder_source,
                                 merge=merge, observed_confounders=observed_confounders, correlation=correlation,
-                                branch1_loss=branch1_loss, confounder_net=confounder_net)
+                                branch1_loss=branch1_loss, confounder_net=confounder_net,
+                                intervention=intervention, confounder_backbone=confounder_backbone)
 
     fn.__doc__ = f"Causal multi-label model over a {backbone} trunk."
     return fn

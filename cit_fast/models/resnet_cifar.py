@@ -1,6 +1,8 @@
 """CIFAR ResNets of He et al. (2016), Section 4.2: 6n+2 layers, widths 16/32/64, option-A shortcuts.
 
 ResNet-20/32/56 are n = 3/5/9. ``resnet8`` (n = 1) is a fast variant for smoke tests.
+``feature_split`` (multi-label training): Singh et al.'s feature splitting of the pooled feature
+(``feature_split.py``); a training forward then returns the full and split logits.
 """
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .feature_split import FeatureSplit, FeatureSplitOutput
 from .registry import register_model
 
 
@@ -34,7 +37,8 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int, num_classes: int = 10, width: int = 16, in_chans: int = 3):
+    def __init__(self, depth: int, num_classes: int = 10, width: int = 16, in_chans: int = 3,
+                 feature_split: bool = False):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
@@ -50,6 +54,7 @@ class CifarResNet(nn.Module):
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
         self.fc = nn.Linear(self.num_features, num_classes)
+        self.feature_split = FeatureSplit(1, self.num_features) if feature_split else None  # pooled = [x_o, x_s]
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
@@ -61,25 +66,29 @@ class CifarResNet(nn.Module):
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         return self.fc(feats.mean(dim=(2, 3)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor):
+        """Logits (B, C); a ``FeatureSplitOutput`` in training with ``feature_split``."""
+        if self.feature_split is None or not self.training:
+            return self.forward_head(self.forward_features(x))
+        pooled = self.forward_features(x).mean(dim=(2, 3))
+        return FeatureSplitOutput(self.fc(pooled), self.feature_split(pooled, self.fc.weight, self.fc.bias))
 
 
 @register_model
-def resnet8(num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(8, num_classes)
+def resnet8(num_classes: int = 10, feature_split: bool = False) -> CifarResNet:
+    return CifarResNet(8, num_classes, feature_split=feature_split)
 
 
 @register_model
-def resnet20(num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(20, num_classes)
+def resnet20(num_classes: int = 10, feature_split: bool = False) -> CifarResNet:
+    return CifarResNet(20, num_classes, feature_split=feature_split)
 
 
 @register_model
-def resnet32(num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(32, num_classes)
+def resnet32(num_classes: int = 10, feature_split: bool = False) -> CifarResNet:
+    return CifarResNet(32, num_classes, feature_split=feature_split)
 
 
 @register_model
-def resnet56(num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(56, num_classes)
+def resnet56(num_classes: int = 10, feature_split: bool = False) -> CifarResNet:
+    return CifarResNet(56, num_classes, feature_split=feature_split)

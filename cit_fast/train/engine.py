@@ -3,7 +3,10 @@
 
 The loop only calls:
     engine.model(*inputs)            forward (wrapped model)
-    engine.backward_step(loss)       backward; at an accumulation boundary: clip, step, LR step
+    engine.backward_step(loss)       backward; at an accumulation boundary: clip, step, LR step;
+                                     returns whether the loss scaler skipped that step (None between)
+    engine.loss_scaled               a loss scaler may skip steps (fp16)
+    engine.nonfinite_weights()       (count, tensor names) of nan/inf weights (collective)
     engine.lr                        current learning rate
     engine.save(dir, epoch, step, client_state) / engine.load(path) -> client_state
     engine.list_checkpoints(dir)     complete checkpoints, oldest first (never a half-written one)
@@ -15,7 +18,7 @@ import contextlib
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -43,7 +46,32 @@ class Engine(ABC):
         return self.cfg.dist.grad_accum
 
     @abstractmethod
-    def backward_step(self, loss: torch.Tensor) -> None: ...
+    def backward_step(self, loss: torch.Tensor) -> Optional[Union[bool, torch.Tensor]]:
+        """Backward; at an accumulation boundary also the optimizer step, returning whether the loss
+        scaler skipped it (a bool, or a device bool scalar that is not read back); None between."""
+
+    @property
+    def loss_scaled(self) -> bool:
+        """Whether a loss scaler may skip optimizer steps (fp16 overflow)."""
+        return False
+
+    def _local_weights(self) -> Iterator[Tuple[str, torch.Tensor]]:
+        """This rank's parameters and buffers."""
+        return iter(self.module.state_dict().items())
+
+    def _sharded(self) -> bool:
+        """Whether ranks hold different parts of the weights (their non-finite counts add up)."""
+        return False
+
+    def nonfinite_weights(self) -> Tuple[int, List[str]]:
+        """Collective: how many weights are nan/inf, over every rank, and in which tensors (this
+        rank's). Host sync: once (called before checkpoints only)."""
+        count, names = ckpt.nonfinite_values(self._local_weights())
+        if self.env.distributed and dist.is_initialized():
+            box = torch.tensor([count], dtype=torch.int64, device=self.env.device)
+            dist.all_reduce(box, op=dist.ReduceOp.SUM if self._sharded() else dist.ReduceOp.MAX)
+            count = int(box.item())  # host sync: before a checkpoint only
+        return count, names or (["(another rank's shard)"] if count else [])
 
     @property
     @abstractmethod
@@ -96,19 +124,27 @@ class DDPEngine(Engine):
             last = (self._micro + 1) % self.accum == 0
             self.model.require_backward_grad_sync = last or self.sync_every_micro_step
 
-    def backward_step(self, loss: torch.Tensor) -> None:
+    @property
+    def loss_scaled(self) -> bool:
+        return self.scaler.is_enabled()
+
+    def backward_step(self, loss: torch.Tensor):
         self.scaler.scale(loss / self.accum).backward()
         self._micro += 1
         self._set_grad_sync()
         if self._micro % self.accum:
-            return
+            return None
         if self.cfg.dist.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.dist.grad_clip)
+        # GradScaler halves its scale exactly when it found inf/nan gradients and skipped the step;
+        # its scale tensor (not get_scale(), which syncs) compared on the device: no host sync
+        before = self.scaler._scale.clone() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        return False if before is None else self.scaler._scale < before
 
     @property
     def lr(self) -> float:
@@ -131,6 +167,7 @@ class DDPEngine(Engine):
 
     def load(self, path):
         state = ckpt.load_checkpoint(Path(path), map_location=self.env.device)
+        ckpt.refuse_nonfinite(state["model"], Path(path))  # an older version's checkpoint of a diverged run
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -237,9 +274,25 @@ class DeepSpeedEngine(Engine):
         # (ranks may evaluate different numbers of batches)
         return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
 
+    @property
+    def loss_scaled(self) -> bool:
+        return bool(self.ds_config.get("fp16", {}).get("enabled"))  # DeepSpeed's dynamic loss scaler
+
+    def _local_weights(self):
+        """Under ZeRO-3 a parameter holds only this rank's partition (``ds_tensor``)."""
+        for name, p in self.module.named_parameters():
+            yield name, getattr(p, "ds_tensor", p)
+        yield from self.module.named_buffers()
+
+    def _sharded(self) -> bool:
+        return self.cfg.dist.zero_stage == 3
+
     def backward_step(self, loss):
+        boundary = self.model.is_gradient_accumulation_boundary()  # (asked before step() moves on)
         self.model.backward(loss)  # scales by 1/grad_accum itself
         self.model.step()  # steps optimizer and LR schedule at accumulation boundaries
+        # DeepSpeed's fp16 optimizer skips a step with overflowing gradients (a host bool it read itself)
+        return (not self.model.was_step_applied()) if boundary else None
 
     @property
     def lr(self):
@@ -282,7 +335,7 @@ class DeepSpeedEngine(Engine):
         client = ckpt.deepspeed_client_state(path)  # checks the COMPLETE marker; weights_only read
         saved_world = int(client.get("world_size") or client.get("dp_world_size") or self.env.world_size)
         if saved_world != self.env.world_size and self.cfg.dist.zero_stage > 0:
-            return load_consolidated(self, path, client, saved_world)
+            return self._refuse_nonfinite(load_consolidated(self, path, client, saved_world), path)
         try:
             with ckpt.weights_only_torch_load():
                 _, client_state = self.model.load_checkpoint(str(path.parent), tag=path.name)
@@ -293,6 +346,15 @@ class DeepSpeedEngine(Engine):
                                        f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
         if client_state is None:
             raise ckpt.CheckpointError(f"checkpoint {path}: DeepSpeed could not load it")
+        return self._refuse_nonfinite(client_state, path)
+
+    def _refuse_nonfinite(self, client_state, path):
+        """Collective: a loaded checkpoint whose weights are not finite (an older version's, of a run
+        that diverged) is refused on every rank alike."""
+        count, names = self.nonfinite_weights()
+        if count:
+            raise ckpt.CheckpointError(f"checkpoint {path}: its weights hold {count:,} non-finite values (nan/inf, "
+                                       f"in {', '.join(names[:3])}); it was written by a run that diverged")
         return client_state
 
     @staticmethod

@@ -7,6 +7,7 @@ epoch, the pipeline's position and every rank's RNG states are in the checkpoint
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -20,21 +21,24 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..config import TrainConfig, finalize, save_config, to_dict
+from ..config import RESOLVED, TrainConfig, finalize, save_config, to_dict
 from ..data.build import build_datasets, build_pipeline, require_masks
 from ..data.pipelines.mix import soft_cross_entropy
 from ..data.pipelines.batch import ImageBatch, ModelBatch
 from ..models import build_model, model_task
 from ..models.causal_multilabel import MultiLabelOutput
+from ..eval.diagnostics import probe_batches, probes_line
 from ..models.confounders import fit_confounders
 from ..metrics import TrainingMetrics
-from ..errors import CheckpointError, ConfigError, UsageError
+from .. import checkpoint as ckpt
+from ..errors import CheckpointError, ConfigError, UsageError, UserError
 from ..utils import atomic_write_json, print0
 from .callbacks import Callback, ProgressBar, PrometheusSteps, StepCheckpoints, StepInfo, StopAfter
 from .distributed import DistEnv, setup_distributed
+from .divergence import Diverged, DivergenceWatch, chance_loss
 from .engine import Engine, autocast_dtype, build_engine
 from .evaluate import evaluate
-from .losses import build_loss
+from .losses import build_loss, feature_split_loss
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -133,12 +137,48 @@ class Trainer:
         self._prepare_out_dir()
         self._build_data()
         self._build_model_and_engine()
+        self.resolved = self._resolved()
+        if self.env.rank == 0:  # config.yaml again, now with what the run resolved from its data
+            save_config(cfg, self.out / "config.yaml", self.resolved)
         self.metrics = TrainingMetrics(cfg.metrics, self.env.rank, self.env.local_rank, cfg.model.name,
                                        cfg.out_dir, self.env.device.type)
         self.callbacks = self._callbacks(callbacks)
         self.history: list = []
         self.start_epoch, self.start_step = 0, 0
         self.total_steps = 0
+        self.last_checkpoint: Optional[Path] = None  # written or resumed from by this run: finite
+        self.watch = DivergenceWatch(self.env, self.steps_per_epoch, self.engine.loss_scaled,
+                                     chance_loss(self.num_classes, self.train_set.multilabel), self._advice())
+
+    def _resolved(self) -> Dict[str, Any]:
+        """What the run found beside what was asked (config.yaml's and the checkpoints' ``resolved``
+        section): model.num_classes 0 and data.image_size 0 mean "from the data"; these are the values."""
+        cfg, train = self.cfg, self.train_set
+        size = cfg.data.image_size
+        if not size and len(train):  # the source's own size (uniform arrays)
+            shape = train.images.shape[1:3] if train.in_memory else None
+            with contextlib.suppress(UserError, OSError):
+                shape = shape or train.image(0).shape[:2]
+            if shape is not None:
+                h, w = (int(x) for x in shape)
+                size = h if h == w else [h, w]
+        return {"num_classes": int(self.num_classes), "image_size": size, "source": cfg.data.source,
+                "task": self.task, "multilabel": bool(train.multilabel), "train_samples": len(train),
+                "test_samples": len(self.test_set), "world_size": self.env.world_size,
+                "global_batch_size": cfg.data.batch_size * self.env.world_size * cfg.dist.grad_accum,
+                "steps_per_epoch": self.steps_per_epoch}
+
+    def _advice(self) -> str:
+        """What a diverged or exploding run names: the learning rate and the batch size it ran with."""
+        cfg = self.cfg
+        glob = cfg.data.batch_size * self.env.world_size * cfg.dist.grad_accum
+        return (f"optim.lr={cfg.optim.lr:g} and data.batch_size={cfg.data.batch_size} (global batch {glob}) may be "
+                f"too high for this model: lower optim.lr, or add optim.warmup_epochs / dist.grad_clip")
+
+    def _last_checkpoint(self) -> str:
+        if self.last_checkpoint is not None:
+            return str(self.last_checkpoint)
+        return f"none (no checkpoint in {self.ckpt_dir} from this run)"
 
     def _callbacks(self, extra: Sequence[Callback]) -> list:
         cfg = self.cfg
@@ -190,6 +230,8 @@ class Trainer:
         self.test_pipe = build_pipeline(self.test_set, cfg, train=False, output=output, **kw)
         o = cfg.optim
         self.criterion = build_loss(o.loss, self.train_set.multilabel, o.asl_gamma_neg, o.asl_gamma_pos, o.asl_clip)
+        if cfg.model.feature_split:  # Singh et al.'s weighted loss: the biased pairs and the training labels
+            self.criterion = feature_split_loss(cfg.model, o.loss, self.train_set, self.task)
         steps = len(self.train_pipe)
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
@@ -206,11 +248,19 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, epoch: int, step_in_epoch: int) -> None:
+        """Checkpoint (epoch = epochs completed, step_in_epoch = batches done in the current one), never
+        of a run that has diverged: the losses since the last log point and the weights are checked
+        first (collective; raises Diverged on every rank, and nothing is written)."""
+        self.watch.check(self._last_checkpoint, explosion=False)
+        self.watch.weights(self.engine.nonfinite_weights(), epoch, step_in_epoch, self._last_checkpoint)
         client = {"pipeline": {"epoch": epoch, "start_batch": step_in_epoch}, "rng": _all_rng_states(self.env),
-                  "config": to_dict(self.cfg), "history": self.history, "world_size": self.env.world_size}
+                  "config": {**to_dict(self.cfg), RESOLVED: self.resolved}, "history": self.history,
+                  "world_size": self.env.world_size}
         t0 = time.perf_counter()
         self.engine.save(self.ckpt_dir, epoch, step_in_epoch, client)
         self.metrics.checkpoint(time.perf_counter() - t0)
+        self.last_checkpoint = self.ckpt_dir / (ckpt.deepspeed_tag(epoch, step_in_epoch) if self.cfg.dist.engine ==
+                                                "deepspeed" else ckpt.checkpoint_name(epoch, step_in_epoch))
 
     def maybe_resume(self) -> None:
         """resume=auto: the newest complete checkpoint that loads (a corrupt newest one is skipped with a
@@ -237,6 +287,7 @@ class Trainer:
                 print0(f"warning: resume=auto: skipping {path.name}, which cannot be used ({e}); "
                        f"trying {candidates[k + 1].name}", file=sys.stderr)
         self.start_epoch, self.start_step = int(state["epoch"]), int(state["step_in_epoch"])
+        self.last_checkpoint = path
         self.history = state.get("history", [])
         rngs = state.get("rng") or []
         if len(rngs) == self.env.world_size:
@@ -280,7 +331,8 @@ class Trainer:
             t_batch = time.perf_counter()
             with engine.autocast():
                 loss = compute_loss(engine.model, batch, self.criterion)
-            engine.backward_step(loss)
+            self.watch.record(epoch, step, loss)
+            self.watch.optimizer_step(engine.backward_step(loss))
             step_losses.append(loss.detach())
             seen += len(batch)
             self.total_steps += 1
@@ -290,6 +342,8 @@ class Trainer:
                             t_batch - t_prev, log_point=(step + 1) % cfg.log_interval == 0 or step == start or last,
                             last_in_epoch=last)
             t_prev = t_end
+            if info.log_point:  # non-finite loss: every rank stops here together (collective, one sync)
+                self.watch.check(self._last_checkpoint)
             if any([cb.on_step_end(self, info) for cb in self.callbacks]):  # every callback runs, then stop
                 if not last:
                     self.save(epoch, step + 1)
@@ -303,7 +357,8 @@ class Trainer:
             dist.all_reduce(losses)
             losses /= env.world_size
         losses = losses.cpu().tolist()  # host sync: once per epoch
-        return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses), "seconds": dt,
+        finite = [x for x in losses if math.isfinite(x)]  # an fp16 step the loss scaler skipped: not averaged
+        return {"loss": sum(finite) / max(len(finite), 1), "steps": len(losses), "seconds": dt,
                 "samples_per_s": seen * env.world_size / dt, "step_losses": losses}
 
     def fit(self) -> Dict[str, Any]:
@@ -348,7 +403,11 @@ class Trainer:
                   "test_mAP": final.get("test_mAP"), "task": self.task,
                   "epochs": cfg.optim.epochs, "history": self.history, "seconds": time.perf_counter() - t_start,
                   "world_size": env.world_size, "engine": cfg.dist.engine, "model": cfg.model.name,
-                  "plan": cfg.intervention.plan, "config": to_dict(cfg)}
+                  "plan": cfg.intervention.plan, "config": to_dict(cfg), RESOLVED: self.resolved}
+        probes = probe_batches(self.engine.module, self.test_pipe) if self.task == "multilabel" else {}
+        if probes:  # a causal multi-label model: does its intervention act? (eval.diagnostics)
+            result["intervention"] = probes
+            print0(probes_line(probes))
         if env.rank == 0:
             atomic_write_json(self.out / "results.json", result)
         env.barrier()

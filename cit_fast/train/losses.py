@@ -1,17 +1,23 @@
-"""Losses: cross-entropy (single label), BCE and ASL (multi-label).
+"""Losses: cross-entropy (single label), BCE and ASL (multi-label), and Singh et al.'s feature-split loss.
 
 Multi-label losses are summed over classes and averaged over the batch, so BCE and ASL share a scale
 (ASL's reference implementation returns the sum over the batch too; we average it).
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, List, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import LOSSES
-from ..errors import ConfigError
+from ..config import LOSSES, ModelConfig
+from ..errors import ConfigError, UsageError
+from ..eval.scores import parse_pairs
+from ..models.feature_split import FeatureSplitOutput
+from ..models.registry import model_entry
+from ..utils import print0
 
 
 
@@ -61,3 +67,69 @@ def build_loss(name: str, multilabel: bool, gamma_neg: float = 4.0, gamma_pos: f
     if name == "bce":
         return bce_loss
     return lambda logits, y: asl_loss(logits, y, gamma_neg, gamma_pos, clip)
+
+
+def feature_split_weights(labels: np.ndarray, pairs: Sequence[Tuple[int, int]],
+                          alpha_min: float = 3.0) -> List[float]:
+    """Singh et al.'s loss weight of b on the images where b occurs without c, per pair (b, c):
+    max(sqrt(n_cooccur / n_exclusive), alpha_min) over the training labels (alpha_min without exclusive images)."""
+    t = np.asarray(labels) > 0.5
+    out = []
+    for b, c in pairs:
+        n_co, n_ex = int((t[:, b] & t[:, c]).sum()), int((t[:, b] & ~t[:, c]).sum())
+        out.append(max(math.sqrt(n_co / n_ex), alpha_min) if n_ex else float(alpha_min))
+    return out
+
+
+class FeatureSplitLoss:
+    """BCE (summed over classes, averaged over the batch) where, for every pair (b, c) and image with b
+    but not c, b's term uses the split logit (x_o only) and is weighted by the pair's weight; every other
+    term is plain BCE on the full logits. A plain tensor of logits (no split: evaluation) gets plain BCE."""
+
+    def __init__(self, pairs: Sequence[Tuple[int, int]], weights: Sequence[float]):
+        if len(pairs) != len(weights) or not pairs:
+            raise ValueError(f"feature split loss: {len(pairs)} pairs and {len(weights)} weights")
+        self.pairs, self.weights = [tuple(map(int, p)) for p in pairs], [float(w) for w in weights]
+
+    def masks(self, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(exclusive (B, C) bool: the terms that use the split logit, weight (B, C))."""
+        t = targets > 0.5  # soft (mixed) targets: a label counts as present above one half
+        excl = torch.zeros_like(t)
+        weight = torch.ones_like(targets, dtype=torch.float32)
+        for (b, c), w in zip(self.pairs, self.weights):
+            e = t[:, b] & ~t[:, c]
+            excl[:, b] |= e
+            weight[e, b] = w
+        return excl, weight
+
+    def __call__(self, out, targets: torch.Tensor) -> torch.Tensor:
+        if not isinstance(out, FeatureSplitOutput):
+            return bce_loss(out, targets)
+        y = targets.float()
+        excl, weight = self.masks(targets)
+        full = F.binary_cross_entropy_with_logits(out.logits.float(), y, reduction="none")
+        split = F.binary_cross_entropy_with_logits(out.split_logits.float(), y, reduction="none")
+        return (torch.where(excl, split, full) * weight).sum() / y.shape[0]
+
+
+def feature_split_loss(mcfg: ModelConfig, loss: str, train_set, task: str) -> FeatureSplitLoss:
+    """The criterion of ``model.feature_split``: the pairs of ``model.biased_pairs`` resolved against the
+    training classes, their weights from the training labels; one clear error where it cannot apply."""
+    if "feature_split" not in model_entry(mcfg.name).options:
+        raise ConfigError(f"model.feature_split: model {mcfg.name} has no feature split (decoder_* and resnet* do)")
+    if task != "multilabel" or not train_set.multilabel:
+        raise ConfigError(f"model.feature_split: needs multi-hot labels and a multi-label model; the task is {task}")
+    if loss not in ("auto", "bce"):
+        raise ConfigError(f"optim.loss={loss}: model.feature_split's weighted loss is BCE (use optim.loss=bce)")
+    try:
+        pairs = parse_pairs(mcfg.biased_pairs, train_set.classes)
+    except UsageError as e:
+        raise ConfigError(f"model.biased_pairs: {e}") from None
+    if not pairs:
+        raise ConfigError(f"model.biased_pairs: no pair in {mcfg.biased_pairs!r} (expected b:c,...)")
+    weights = feature_split_weights(train_set.labels, pairs, mcfg.feature_split_alpha_min)
+    t = np.asarray(train_set.labels) > 0.5
+    print0("feature split: " + ", ".join(
+        f"{train_set.classes[b]}:{train_set.classes[c]} ({int((t[:, b] & ~t[:, c]).sum())} exclusive / "
+        f"{int((t[:, b] & t[:, c]).sum())} co-occur, weight {w:.2f})" for (b, c), w in zip(pairs, weights)))
+    return FeatureSplitLoss(pairs, weights)

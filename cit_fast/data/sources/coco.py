@@ -20,7 +20,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -33,8 +33,9 @@ from .registry import Source
 
 
 def split_name(ann_path: Path) -> str:
+    """instances_val2017.json (stuff_val2017.json: COCO-Stuff's) -> val2017."""
     stem = ann_path.stem
-    return stem.split("_", 1)[1] if stem.startswith("instances_") else stem
+    return stem.split("_", 1)[1] if stem.startswith(("instances_", "stuff_")) else stem
 
 
 def _resolve_image(ann_path: Path, root: str, file_name: str) -> Path:
@@ -48,11 +49,15 @@ def _resolve_image(ann_path: Path, root: str, file_name: str) -> Path:
     return std if std.exists() else beside
 
 
+def cache_dir() -> Path:
+    """Where derived files (masks) are written once: $CIT_FAST_CACHE, else ~/.cache/cit_fast."""
+    return Path(os.environ.get("CIT_FAST_CACHE", Path.home() / ".cache" / "cit_fast"))
+
+
 def default_mask_dir(ann_path: Path) -> Path:
-    base = Path(os.environ.get("CIT_FAST_CACHE", Path.home() / ".cache" / "cit_fast"))
     st = ann_path.stat()
     key = hashlib.sha1(f"{ann_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
-    return base / "coco_masks" / f"{ann_path.stem}-{key}"
+    return cache_dir() / "coco_masks" / f"{ann_path.stem}-{key}"
 
 
 def _read_json(path: Path) -> dict:
@@ -100,13 +105,22 @@ def _instance_mask(coco, ann: dict, h: int, w: int, where: str) -> np.ndarray:
 def load_coco(ann_file: str, root: str = "", classes: Optional[Sequence[str]] = None, masks: bool = True,
               mask_dir: str = "", verify: str = "header") -> SampleSet:
     """A COCO instances JSON as a multi-label SampleSet (with union masks unless masks=False)."""
+    path = Path(ann_file)
+    return coco_samples(_read_json(path), path, f"coco annotations {path}", root, classes, masks,
+                        Path(mask_dir) if mask_dir else default_mask_dir(path), verify)
+
+
+def coco_samples(data: dict, path: Path, where: str, root: str = "", classes: Optional[Sequence[str]] = None,
+                 masks: bool = True, mask_dir: Optional[Path] = None, verify: str = "header",
+                 is_object: Callable[[dict], bool] = lambda ann: True) -> SampleSet:
+    """COCO-format annotations already read (``_read_json``) as a multi-label SampleSet: labels from
+    every annotation, masks (written once to ``mask_dir``) the union of the annotations ``is_object``
+    admits (COCO-Stuff's merged pair: the thing instances, not the stuff). ``path`` places the images
+    (its split) and ``where`` names the file(s) in errors."""
     try:
         from pycocotools.coco import COCO
     except ImportError:  # pragma: no cover - the `coco` extra
         raise DataError("the coco source needs pycocotools: pip install 'cit_fast[coco]'") from None
-    path = Path(ann_file)
-    data = _read_json(path)
-    where = f"coco annotations {path}"
     cats = sorted(data["categories"], key=lambda c: c["id"])
     names = [str(c["name"]) for c in cats]
     training_split = classes is None
@@ -135,10 +149,12 @@ def load_coco(ann_file: str, root: str = "", classes: Optional[Sequence[str]] = 
     images = [str(_resolve_image(path, root, im["file_name"])) for im in data["images"]]
     mask_paths: Optional[List[str]] = None
     if masks:
-        out_dir = Path(mask_dir) if mask_dir else default_mask_dir(path)
+        out_dir = mask_dir if mask_dir is not None else default_mask_dir(path)
         out_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            coco = COCO(str(path))
+            coco = COCO()
+            coco.dataset = data  # already read and checked: the file is not parsed twice
+            coco.createIndex()
         mask_paths = []
         for im in data["images"]:
             mp = out_dir / f"{im['id']}.png"
@@ -147,7 +163,7 @@ def load_coco(ann_file: str, root: str = "", classes: Optional[Sequence[str]] = 
                 continue
             h, w = int(im["height"]), int(im["width"])
             m = np.zeros((h, w), bool)
-            for a in coco.imgToAnns.get(im["id"], []):
+            for a in (a for a in coco.imgToAnns.get(im["id"], []) if is_object(a)):
                 m |= _instance_mask(coco, a, h, w, f"{where}: annotation {a.get('id', '?')}")
             with atomic_path(mp) as tmp:
                 Image.fromarray(m.astype(np.uint8) * 255).save(tmp, format="PNG")

@@ -21,6 +21,12 @@ the home scene (c absent there, q < 1) and half elsewhere (eps > 0):
 - ``3``, ``15``, ``28``: f ~ 3 %, 15 %, 28 %.
 - ``placebo``: the rule of ``synthetic.multilabel``: b => c is added, with S independent of every
                label; P(b), P(c) and P(b, c) match the control arm's. No common cause in the image.
+- ``salient``: the positive control, built the way COCO-Stuff's contextual bias arises (Singh et al.,
+               CVPR 2020): a small, weakly visible b (``b_scale`` 0.5, blended at ``b_alpha`` 0.5 over
+               the scene) beside a full-size, opaque c, P(c | b) = 0.9 in training (f = 10 %) with S
+               independent of the labels; P(b) and P(c) are the control's. In test c is independent of
+               b, as in every arm. A decoder-only model reads b partly off c here (measured in
+               bench/RESULTS.md), so a debiasing method has something to remove.
 
 Label counts are exact, not sampled: in every scene, each pair's four (b, c) cells get their expected
 counts (largest-remainder rounding) and are shuffled independently of the other pairs', so the
@@ -46,7 +52,7 @@ from .multilabel import _resize_patch, pair_indices
 
 SCENE_PAIRS: Tuple[Tuple[str, str], ...] = (("circle", "frame"), ("triangle", "bar"), ("star", "crescent"),
                                             ("cross", "ring"))
-ARMS = ("control", "3", "15", "28", "placebo")
+ARMS = ("control", "3", "15", "28", "placebo", "salient")
 GRID = 3  # objects on a GRID x GRID grid, one per cell
 P_B_HOME, P_C_AWAY, P_OTHER, P_C_TEST = 0.5, 0.05, 0.15, 0.5
 
@@ -61,6 +67,14 @@ class SceneArm:
     eps: float  # P(b | S != h)
     n_scenes: int = 4  # scenes, equally frequent
     placebo: bool = False  # b => c added, S independent of the labels
+    salient: bool = False  # P(c | b) = 1 - exclusive, S independent of the labels; b small and faint
+    b_scale: float = 0.75  # b's side as a fraction of a grid cell (its rendering default)
+    b_alpha: float = 1.0  # b's opacity over the scene (its rendering default)
+
+    @property
+    def scene_free(self) -> bool:
+        """Whether S is independent of every label (no common cause in the image)."""
+        return self.placebo or self.salient
 
     @property
     def p_b(self) -> float:
@@ -85,6 +99,8 @@ def scene_arm(name: str, n_scenes: int = 4) -> SceneArm:
         raise ValueError(f"scene arm must be one of {', '.join(ARMS)}, got {name!r}")
     if name == "placebo":
         return SceneArm(name, 0.0, q=1.0, eps=0.0, n_scenes=n_scenes, placebo=True)
+    if name == "salient":  # P(b), P(c) of the control (q = 1, eps = 0 in the properties), P(c | b) = 0.9
+        return SceneArm(name, 0.10, q=1.0, eps=0.0, n_scenes=n_scenes, salient=True, b_scale=0.5, b_alpha=0.5)
     home = 1.0 / n_scenes
     f = 0.0 if name == "control" else int(name) / 100
     eps = f * home * P_B_HOME / 2 / ((1 - home) * (1 - P_C_AWAY - f / 2))
@@ -95,12 +111,12 @@ def scene_arm(name: str, n_scenes: int = 4) -> SceneArm:
 
 def _cell_table(arm: SceneArm, scene: int, home: int, test: bool) -> np.ndarray:
     """(2, 2) probabilities of (b, c) in ``scene`` for a pair whose home is ``home``: [b][c]."""
-    if arm.placebo:  # the same table in every scene: S independent of the labels
-        p_b = arm.p_b
+    if arm.scene_free:  # the same table in every scene: S independent of the labels
+        p_b, f = arm.p_b, arm.exclusive
         if test:
             return np.outer([1 - p_b, p_b], [1 - P_C_TEST, P_C_TEST])
-        r = (arm.p_c - p_b) / (1 - p_b)  # P(c | not b), with P(c | b) = 1
-        return np.array([[(1 - p_b) * (1 - r), (1 - p_b) * r], [0.0, p_b]])
+        r = (arm.p_c - p_b * (1 - f)) / (1 - p_b)  # P(c | not b), with P(c | b) = 1 - f (placebo: f = 0)
+        return np.array([[(1 - p_b) * (1 - r), (1 - p_b) * r], [p_b * f, p_b * (1 - f)]])
     p_b = P_B_HOME if scene == home else arm.eps
     p_c = P_C_TEST if test else (arm.q if scene == home else P_C_AWAY)
     return np.outer([1 - p_b, p_b], [1 - p_c, p_c])
@@ -186,8 +202,10 @@ def _object_bank(n_per_class: int, seed: int, cell: int, b_scale: float) -> Dict
 
 
 def _render(rng: np.random.Generator, labels: np.ndarray, scene: np.ndarray, size: int, n_scenes: int,
-            bank: Dict[str, object], small_classes: set, grid: int = GRID) -> Tuple[np.ndarray, np.ndarray]:
-    """uint8 images (n, size, size, 3) and union object masks (n, size, size); objects on a grid x grid grid."""
+            bank: Dict[str, object], small_classes: set, grid: int = GRID,
+            small_alpha: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+    """uint8 images (n, size, size, 3) and union object masks (n, size, size); objects on a grid x grid grid.
+    The small classes' objects are blended at opacity ``small_alpha`` over the scene (the masks stay whole)."""
     n = len(labels)
     cell = size // grid
     imgs = scene_backgrounds(rng, scene, size, n_scenes)
@@ -203,7 +221,8 @@ def _render(rng: np.random.Generator, labels: np.ndarray, scene: np.ndarray, siz
             oy = (cell_id // grid) * cell + int(rng.integers(0, cell - side + 1))
             ox = (cell_id % grid) * cell + int(rng.integers(0, cell - side + 1))
             region = imgs[i, oy:oy + side, ox:ox + side]
-            imgs[i, oy:oy + side, ox:ox + side] = pm[..., None] * patch + (1 - pm[..., None]) * region
+            a = pm[..., None] * (small_alpha if cls in small_classes else 1.0)
+            imgs[i, oy:oy + side, ox:ox + side] = a * patch + (1 - a) * region
             masks[i, oy:oy + side, ox:ox + side] = np.maximum(masks[i, oy:oy + side, ox:ox + side], pm)
     imgs = imgs + rng.normal(0, 0.03, imgs.shape).astype(np.float32)
     return np.clip(np.round(imgs * 255), 0, 255).astype(np.uint8), np.round(masks * 255).astype(np.uint8)
@@ -219,20 +238,26 @@ def _pair_indices(pairs: Sequence[Tuple[str, str]]) -> List[Tuple[int, int]]:
 
 def make_scene_multilabel(arm: str = "15", n_train: int = 7600, n_test: int = 8000, size: int = 48,
                           pairs: Sequence[Tuple[str, str]] = SCENE_PAIRS, n_scenes: int = 4,
-                          b_scale: float = 0.75, seed: int = 0) -> Dict[str, object]:
+                          b_scale: Optional[float] = None, seed: int = 0,
+                          b_alpha: Optional[float] = None) -> Dict[str, object]:
     """{'train', 'test': SampleSet (strata = scene S), 'pairs': [(b, c) indices], 'pair_names',
     'home': [scene of each pair], 'arm': SceneArm, 'overflow': {split: scenes whose free classes were redrawn}}.
 
-    The same ``seed`` gives the same object instances, scenes and rendering randomness in every arm;
-    the arms differ only in their labels."""
+    ``b_scale`` / ``b_alpha`` (b's size as a fraction of a cell, its opacity): the arm's own by default
+    (0.75 / 1 but for ``salient``, 0.5 / 0.5). The same ``seed`` gives the same object instances, scenes and
+    rendering randomness in every arm; the arms of one b_scale and b_alpha differ only in their labels."""
     if len(pairs) > n_scenes:
         raise ValueError(f"{len(pairs)} pairs need at least as many scenes (one home each), got n_scenes={n_scenes}")
     if size % GRID or size // GRID < 8:
         raise ValueError(f"size must be a multiple of {GRID} with cells of at least 8 pixels, got {size}")
+    spec = scene_arm(arm, n_scenes)
+    b_scale = spec.b_scale if b_scale is None else b_scale
+    b_alpha = spec.b_alpha if b_alpha is None else b_alpha
     if not 0.5 <= b_scale <= 1:
         raise ValueError(f"b_scale must be in [0.5, 1], got {b_scale}")
+    if not 0 < b_alpha <= 1:
+        raise ValueError(f"b_alpha must be in (0, 1], got {b_alpha}")
     idx = _pair_indices(pairs)
-    spec = scene_arm(arm, n_scenes)
     out: Dict[str, object] = {"pairs": idx, "pair_names": [tuple(p) for p in pairs], "arm": spec,
                               "home": list(range(len(idx))), "overflow": {}}
     small = {b for b, _ in idx}
@@ -241,7 +266,7 @@ def make_scene_multilabel(arm: str = "15", n_train: int = 7600, n_test: int = 80
         rng = np.random.default_rng([seed, test, 0x5CE7E])
         bank = _object_bank(40, 2000 + 2 * seed + test, size // GRID, b_scale)
         labels, scene, overflow = scene_labels(arm, n, split, pairs, n_scenes, seed)
-        images, masks = _render(rng, labels, scene, size, n_scenes, bank, small)
+        images, masks = _render(rng, labels, scene, size, n_scenes, bank, small, small_alpha=b_alpha)
         out[split] = SampleSet(images, masks, labels, list(SHAPE_CLASSES), strata=scene,
                                name=f"scene multi-label {arm} {split}")
         out["overflow"][split] = overflow

@@ -1,0 +1,158 @@
+"""Feature splitting (Singh et al., CVPR 2020): the split forward, the weighted loss, the salient scene arm,
+the context lift, and a tiny training through the CLI."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cit_fast.data.synthetic.benchmark import save_arrays
+from cit_fast.data.synthetic.scenes import SCENE_PAIRS, label_statistics, make_scene_multilabel, scene_labels
+from cit_fast.eval.context_bias import context_lift
+from cit_fast.models.causal_multilabel import CausalMultiLabel
+from cit_fast.models.feature_split import FeatureSplit, FeatureSplitOutput
+from cit_fast.models.resnet_cifar import CifarResNet
+from cit_fast.train.losses import FeatureSplitLoss, feature_split_weights
+
+
+@pytest.mark.parametrize("per_label", [True, False])
+def test_split_logits_give_x_s_no_gradient(per_label):
+    torch.manual_seed(0)
+    rows, d, c = (3, 8, 3) if per_label else (1, 8, 3)
+    fs = FeatureSplit(rows, d).train()
+    w, bias = torch.randn(c, d, requires_grad=True), torch.randn(c, requires_grad=True)
+    x = torch.randn(5, rows, d) if per_label else torch.randn(5, d)
+    x.requires_grad_(True)
+    out = fs(x, w, bias)
+    assert out.shape == (5, c)
+    out[:, 1].sum().backward()
+    g = x.grad if per_label else x.grad[:, None]
+    assert g[..., 4:].abs().max() == 0  # x_s: nothing from the split logit
+    assert g[..., :4].abs().max() > 0
+    ctx = (x if per_label else x[:, None]).detach()[..., 4:].mean(0)  # the first batch: its own mean
+    expect = ctx[1] if per_label else ctx[0]
+    torch.testing.assert_close(w.grad[1, 4:], expect * 5)  # W_s sees the mean, once per image
+    # value: x_o . W_o + mean(x_s) . W_s + b
+    xo = (x if per_label else x[:, None]).detach()[..., :4]
+    ref = (xo[:, 1 if per_label else 0] * w.detach()[1, :4]).sum(-1) + (expect * w.detach()[1, 4:]).sum() + bias[1]
+    torch.testing.assert_close(out[:, 1].detach(), ref.detach())
+
+
+def test_context_mean_is_over_the_last_ten_batches():
+    fs = FeatureSplit(1, 4, history=10).train()
+    w, b = torch.zeros(2, 4), torch.zeros(2)
+    for k in range(12):
+        fs(torch.full((3, 4), float(k)), w, b)
+    assert int(fs.count) == 12
+    torch.testing.assert_close(fs.context_mean(), torch.full((1, 2), float(np.mean(range(2, 12)))))
+    fs.eval()
+    fs(torch.full((3, 4), 100.0), w, b)  # evaluation records nothing
+    assert int(fs.count) == 12
+
+
+def test_models_return_both_logits_in_training_only():
+    x = torch.randn(4, 3, 16, 16)
+    dec = CausalMultiLabel("resnet8", 5, embed_dim=16, num_heads=2, causal=False, feature_split=True).train()
+    res = CifarResNet(8, 5, feature_split=True).train()
+    for m in (dec, res):
+        out = m(x)
+        assert isinstance(out, FeatureSplitOutput) and out.logits.shape == out.split_logits.shape == (4, 5)
+        a, b = out.chunk(2)
+        assert a.logits.shape == (2, 5) and b.split_logits.shape == (2, 5)
+        assert m.eval()(x).shape == (4, 5)
+    with pytest.raises(ValueError, match="decoder-only"):
+        CausalMultiLabel("resnet8", 5, embed_dim=16, num_heads=2, causal=True, feature_split=True)
+
+
+def test_weights_are_singh_et_al():
+    t = np.zeros((100, 3), np.float32)
+    t[:90, 0] = 1; t[:81, 1] = 1  # b=0: 81 co-occur, 9 exclusive -> sqrt(9) = 3
+    t[:50, 2] = 1  # pair (2, 1): 50 co-occur, 0 exclusive -> alpha_min
+    assert feature_split_weights(t, [(0, 1), (2, 1)], alpha_min=2.0) == [3.0, 2.0]
+    t[:40, 1] = 0  # b=0: 41 co-occur, 49 exclusive -> sqrt < 1 -> the floor
+    assert feature_split_weights(t, [(0, 1)], alpha_min=3.0) == [3.0]
+    t[:80, 1] = 1; t[80:89, 1] = 1  # 89 co-occur, 1 exclusive
+    assert feature_split_weights(t, [(0, 1)], alpha_min=3.0) == [pytest.approx(math.sqrt(89))]
+
+
+def test_loss_uses_the_split_logit_for_exclusive_b_only_with_its_weight():
+    y = torch.tensor([[1., 0., 0.], [1., 1., 0.], [0., 1., 1.]])  # image 0: b=0 without c=1
+    full, split = torch.randn(3, 3), torch.randn(3, 3)
+    loss = FeatureSplitLoss([(0, 1)], [4.0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    terms = bce(full, y, reduction="none")
+    terms[0, 0] = 4.0 * bce(split[0, 0], y[0, 0])
+    torch.testing.assert_close(loss(FeatureSplitOutput(full, split), y), terms.sum() / 3)
+    torch.testing.assert_close(loss(full, y), bce(full, y, reduction="sum") / 3)  # no split: plain BCE
+
+
+def test_salient_arm_labels_and_rendering():
+    labels, scene, overflow = scene_labels("salient", 7600, "train")
+    pairs = [(int(b), int(c)) for b, c in make_scene_multilabel("salient", 12, 12)["pairs"]]
+    for r in label_statistics(labels, scene, pairs):
+        assert abs(r["exclusive"] - 0.10) <= 0.01 and r["n_exclusive"] >= 90
+        assert r["p_b"] == pytest.approx(0.125, abs=2e-3)
+        assert max(r["p_b_scene"]) - min(r["p_b_scene"]) < 2e-3  # S carries nothing about b
+    test, tscene, _ = scene_labels("salient", 8000, "test")
+    for r in label_statistics(test, tscene, pairs):
+        assert r["p_c"] == pytest.approx(0.5, abs=1e-3) and r["n_exclusive"] >= 400
+    faint = make_scene_multilabel("salient", n_train=60, n_test=8, seed=1)["train"]
+    opaque = make_scene_multilabel("salient", n_train=60, n_test=8, seed=1, b_alpha=1.0)["train"]
+    np.testing.assert_array_equal(faint.labels, opaque.labels)
+    assert (faint.images != opaque.images).any() and (faint.masks == opaque.masks).all()
+
+
+def test_context_lift_on_a_model_that_reads_b_off_c():
+    rng = np.random.default_rng(0)
+    t = np.zeros((2000, 2), np.float32)
+    t[:, 0] = rng.random(2000) < 0.3
+    t[:, 1] = rng.random(2000) < 0.5
+    s = rng.normal(size=(2000, 2))
+    s[:, 0] += 2 * t[:, 0] + 0.8 * t[:, 1]  # b's logit reads c too
+    s[:, 1] += 2 * t[:, 1]  # c's logit reads c alone
+    r = context_lift(s, t, [(0, 1)])
+    b, c = t[:, 0] > 0, t[:, 1] > 0
+    assert r["with_b"] == pytest.approx(s[b & c, 0].mean() - s[b & ~c, 0].mean())
+    assert 0.6 < r["with_b"] < 1.0 and 0.6 < r["without_b"] < 1.0
+    assert abs(context_lift(s, t, [(1, 0)])["with_b"]) < 0.2  # c's own logit does not depend on b
+
+
+def _write_data(tmp_path):
+    d = make_scene_multilabel("salient", n_train=64, n_test=32, seed=0)
+    save_arrays(d["train"], str(tmp_path / "train.npz"))
+    save_arrays(d["test"], str(tmp_path / "test.npz"))
+
+
+@pytest.mark.parametrize("model", ["decoder_resnet8", "resnet8"])
+def test_tiny_training_through_the_cli(tmp_path, model, capsys):
+    from cit_fast.cli import main
+
+    _write_data(tmp_path)
+    pairs = ",".join(f"{b}:{c}" for b, c in SCENE_PAIRS)
+    args = ["train", f"data.train={tmp_path / 'train.npz'}", f"data.test={tmp_path / 'test.npz'}",
+            f"model.name={model}", "model.feature_split=true", f"model.biased_pairs={pairs}", "model.embed_dim=16",
+            "model.num_heads=2", "data.batch_size=16", "optim.epochs=1", "max_steps_per_epoch=2", "threads=1",
+            "progress=false", f"out_dir={tmp_path / 'run'}", "optim.optimizer=adamw", "optim.lr=0.001"]
+    main(args)
+    out = capsys.readouterr().out
+    assert "feature split: circle:frame" in out and "weight 3.00" in out
+    assert (tmp_path / "run" / "results.json").exists()
+    state = torch.load(next((tmp_path / "run" / "checkpoints").glob("*.pt")), weights_only=False)
+    model_state = state.get("model", state)
+    assert any(k.endswith("feature_split.count") for k in model_state)
+
+
+@pytest.mark.parametrize("extra, match", [(["model.biased_pairs="], "needs model.biased_pairs"),
+                                          (["model.biased_pairs=circle:blob"], "model.biased_pairs"),
+                                          (["model.name=causal_resnet8", "model.biased_pairs=circle:frame"],
+                                           "has no feature split")])
+def test_errors_name_the_key(tmp_path, extra, match, capsys):
+    from cit_fast.cli import main
+
+    _write_data(tmp_path)
+    args = ["train", f"data.train={tmp_path / 'train.npz'}", f"data.test={tmp_path / 'test.npz'}",
+            "model.name=decoder_resnet8", "model.feature_split=true", "optim.epochs=1", "max_steps_per_epoch=1",
+            "threads=1", "progress=false", f"out_dir={tmp_path / 'run'}", *extra]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert match in capsys.readouterr().err

@@ -1,0 +1,213 @@
+"""A run that diverges stops with one line and exit code 3, never writes a non-finite checkpoint, and
+is never resumed from one; an fp16 step the loss scaler skips is not a failure; an exploding loss
+gets one warning. The injection wraps the loop's ``compute_loss`` (the loop knows nothing of it)."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cit_fast.train.loop as loop
+from cit_fast import checkpoint as ckpt
+from cit_fast.cli import main as cli
+from cit_fast.config import load_config
+from cit_fast.train.distributed import DistEnv
+from cit_fast.train.divergence import EXIT_CODE, Diverged, DivergenceWatch
+from cit_fast.train.loop import Trainer, main
+
+# 240 samples / 32 = 7 steps per epoch
+SMALL = ["model.name=resnet8", "data.synthetic_train_per_class=24", "data.synthetic_test_per_class=8",
+         "data.batch_size=32", "optim.epochs=2", "progress=false", "threads=1"]
+
+
+def args_for(out, *extra):
+    return [*SMALL, f"out_dir={out}", *extra]
+
+
+def inject(monkeypatch, at=None, times=None, scale=None):
+    """Wrap compute_loss: record every loss (detached, before the injection); micro-step ``at``
+    (1-based) gets loss * nan; from micro-step ``times`` on, the loss reads ``scale`` times higher
+    (its gradient unchanged, so training goes on as before)."""
+    seen = []
+    original = loop.compute_loss
+
+    def compute_loss(model, batch, criterion=None):
+        loss = original(model, batch, criterion)
+        seen.append(loss.detach().clone())
+        if at is not None and len(seen) == at:
+            return loss * float("nan")
+        if times is not None and len(seen) >= times:
+            return loss + (scale - 1) * loss.detach()
+        return loss
+
+    monkeypatch.setattr(loop, "compute_loss", compute_loss)
+    return seen
+
+
+def stopped_lines(err: str):
+    return [l for l in err.splitlines() if l.startswith("cit-fast train: stopped:")]
+
+
+def finite(path: Path) -> bool:
+    return ckpt.nonfinite_values(ckpt.load_checkpoint(path)["model"].items())[0] == 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The losses of the run without an injection (and its stderr: no warning)."""
+    mp = pytest.MonkeyPatch()
+    out = tmp_path_factory.mktemp("full")
+    seen = inject(mp)
+    try:
+        main(load_config(None, args_for(out, "checkpoint_every_steps=2", "log_interval=4")))
+    finally:
+        mp.undo()
+    return [float(x) for x in seen]
+
+
+def test_nonfinite_loss_stops_the_cli_with_one_line_and_exit_code_3(tmp_path, monkeypatch, capsys, uninterrupted):
+    # micro-step 11 = epoch 2, step 4; log points every 4 steps: it is found right there, after the
+    # step-2 checkpoint of epoch 2 and before the step-4 one
+    seen = inject(monkeypatch, at=11)
+    rc = cli(["train", *args_for(tmp_path, "checkpoint_every_steps=2", "log_interval=4")])
+    err = capsys.readouterr().err
+    assert rc == EXIT_CODE == 3
+    lines = stopped_lines(err)
+    newest = ckpt.find_latest(tmp_path / "checkpoints")
+    assert newest.name == "ckpt_e0001_s000002.pt"
+    assert len(lines) == 1 and "loss is not finite (nan) at epoch 2, step 4/7" in lines[0], err
+    assert f"the last finite checkpoint is {newest}" in lines[0] and "optim.lr=0.1" in lines[0] \
+        and "data.batch_size=32" in lines[0]
+    assert all(finite(p) for p in ckpt.list_checkpoints(tmp_path / "checkpoints"))
+    assert not (tmp_path / "results.json").exists()
+    before = [float(x) for x in seen[:10]]
+    assert before == uninterrupted[:10]  # bitwise on the CPU: the injection changed nothing before it
+    assert "exploded" not in err
+
+
+@pytest.mark.parametrize("where", ["parameter", "buffer"])
+def test_nonfinite_weights_are_never_checkpointed(tmp_path, where):
+    trainer = Trainer(load_config(None, args_for(tmp_path, "optim.epochs=1")))
+    m = trainer.engine.module
+    t = m.fc.weight if where == "parameter" else next(b for n, b in m.named_buffers() if n.endswith("running_var"))
+    with torch.no_grad():
+        t.view(-1)[3] = float("inf")
+    with pytest.raises(Diverged, match=r"weights are not finite after epoch 1 \(1 non-finite values"):
+        trainer.save(1, 0)
+    with pytest.raises(Diverged, match="at epoch 1, step 2/7"):
+        trainer.save(0, 2)  # a step checkpoint alike
+    assert ckpt.list_checkpoints(tmp_path / "checkpoints") == []
+    trainer.env.shutdown()
+
+
+def test_resume_auto_skips_an_old_nonfinite_checkpoint(tmp_path, capsys):
+    extra = ["optim.epochs=1", "max_steps_per_epoch=4", "checkpoint_every_steps=2"]
+    full = main(load_config(None, args_for(tmp_path / "full", *extra)))
+    out = tmp_path / "run"
+    main(load_config(None, args_for(out, *extra)))
+    cks = ckpt.list_checkpoints(out / "checkpoints")
+    assert [p.name for p in cks] == ["ckpt_e0000_s000002.pt", "ckpt_e0001_s000000.pt"]
+    # what an older version wrote after a divergence: the newest checkpoint with nan weights
+    state = torch.load(cks[-1], weights_only=True)
+    state["model"]["fc.weight"][0, 0] = float("nan")
+    state["model"]["fc.bias"][:] = float("inf")
+    torch.save(state, cks[-1])
+    # asked for by name, it is one clear error
+    capsys.readouterr()
+    assert cli(["train", *args_for(out, *extra, f"resume={cks[-1]}")]) == 2
+    assert "its weights hold 11 non-finite values" in capsys.readouterr().err
+    resumed = main(load_config(None, args_for(out, *extra, "resume=auto")))
+    err = capsys.readouterr()
+    assert "warning: resume=auto: skipping ckpt_e0001_s000000.pt" in err.err
+    assert "11 non-finite values" in err.err and "a run that diverged" in err.err
+    assert f"resumed from {cks[0]} at epoch 1, step 2" in err.out
+    # it re-did epoch 1 from step 2: the losses of the uninterrupted run
+    assert resumed["history"][-1]["step_losses"] == full["history"][0]["step_losses"][2:]
+    assert finite(cks[-1])  # written again, by the resumed run
+
+
+@pytest.mark.parametrize("precision, stops", [("fp16", False), ("fp32", True)])
+def test_a_step_the_fp16_loss_scaler_skips_is_not_a_failure(tmp_path, monkeypatch, precision, stops):
+    """GradScaler (ddp engine, fp16 autocast on the CPU) skips the step of a nan loss: the run goes on;
+    the same nan in fp32 stops it."""
+    inject(monkeypatch, at=2)
+    cfg = load_config(None, args_for(tmp_path, "optim.epochs=1", "max_steps_per_epoch=4", "log_interval=1",
+                                     f"dist.precision={precision}", "device=cpu"))
+    if stops:
+        with pytest.raises(Diverged, match="at epoch 1, step 2/4"):
+            main(cfg)
+        return
+    res = main(cfg)
+    losses = res["history"][0]["step_losses"]
+    assert math.isnan(losses[1]) and all(math.isfinite(x) for x in losses[:1] + losses[2:])
+    assert math.isfinite(res["history"][0]["train_loss"])  # the skipped step is not averaged in
+    assert finite(ckpt.find_latest(tmp_path / "checkpoints"))
+
+
+def test_watch_decides_with_the_scalers_own_skip_signal():
+    """The decision itself, with device flags as GradScaler gives them and host flags as DeepSpeed's."""
+    env = DistEnv(0, 1, 0, torch.device("cpu"))
+    for flag, fails in [(torch.tensor(True), False), (torch.tensor(False), True), (True, False), (False, True)]:
+        w = DivergenceWatch(env, 5, scaled=True, floor=0.0, advice="advice")
+        w.record(0, 0, torch.tensor(2.0))
+        w.optimizer_step(False)
+        w.record(0, 1, torch.tensor(float("inf")))
+        w.check(lambda: "none")  # the inf step's optimizer step is still to come: not decided yet
+        w.optimizer_step(flag)
+        if fails:
+            with pytest.raises(Diverged, match=r"not finite \(inf\) at epoch 1, step 2/5"):
+                w.check(lambda: "none")
+        else:
+            w.check(lambda: "none")
+
+
+def test_an_exploding_loss_gets_one_warning(tmp_path, monkeypatch, capsys):
+    inject(monkeypatch, times=5, scale=100.0)  # finite, 100x from micro-step 5 on
+    res = main(load_config(None, args_for(tmp_path, "log_interval=2")))
+    err = capsys.readouterr().err
+    warnings = [l for l in err.splitlines() if "the training loss exploded" in l]
+    assert len(warnings) == 1, err
+    assert "at epoch 1, step 6" in warnings[0] and "optim.lr=0.1" in warnings[0] and "data.batch_size=32" in warnings[0]
+    assert res["test_top1"] is not None  # a warning, not a stop
+
+
+# ---------------------------------------------------------------------------------------------
+# two processes: only rank 1 goes non-finite, both stop
+
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+PROBE = str(Path(__file__).with_name("nonfinite_probe.py"))
+DDP = ["model.name=resnet8", "data.synthetic_train_per_class=24", "data.synthetic_test_per_class=8",
+       "data.batch_size=8", "optim.epochs=1", "progress=false", "threads=1", "checkpoint_every_steps=2",
+       "log_interval=3"]  # 240 / (8 x 2) = 15 steps per epoch
+
+
+def torchrun(out: Path, step: int, rank: int):
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", PROBE, str(step), str(rank), str(out / "losses"),
+           *DDP, f"out_dir={out}"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ddp_nonfinite_on_rank_1_stops_both_ranks(tmp_path):
+    full = torchrun(tmp_path / "full", 0, 1)
+    assert full.returncode == 0, full.stderr[-3000:]
+    # rank 1's micro-step 5 (epoch 1, step 5) goes nan; the log point at step 6 finds it on both ranks
+    r = torchrun(tmp_path / "nan", 5, 1)
+    text = r.stdout + r.stderr
+    assert r.returncode != 0
+    lines = stopped_lines(text)
+    newest = ckpt.find_latest(tmp_path / "nan" / "checkpoints")
+    assert newest.name == "ckpt_e0000_s000004.pt"
+    assert len(lines) == 1 and "at epoch 1, step 5/15 (rank 1)" in lines[0] and str(newest) in lines[0], text[-3000:]
+    assert text.count("exitcode  : 3") == 2 or "exitcode: 3" in text or "exit code 3" in text, text[-3000:]
+    assert all(finite(p) for p in ckpt.list_checkpoints(tmp_path / "nan" / "checkpoints"))
+    for rank in (0, 1):
+        a = json.loads((tmp_path / "full" / "losses" / f"losses_rank{rank}.json").read_text())
+        b = json.loads((tmp_path / "nan" / "losses" / f"losses_rank{rank}.json").read_text())
+        assert len(b) == 6 and b[:5] == a[:5]  # both stopped at step 6; the steps before it as uninterrupted
