@@ -1,5 +1,6 @@
 """The cifar source on files written in each exact download layout, its restricted unpickler, and
 the CIT benchmark (Table III) built from CIFAR images."""
+import codecs
 import os
 import pickle
 
@@ -92,6 +93,73 @@ def test_pickled_callable_never_runs(tmp_path, evil, capsys):
     assert "\n" not in msg and "data_batch_3" in msg and "refused" in msg
     assert ("posix.system" in msg or "os.system" in msg) if evil is _Evil else "io.open" in msg
     assert not marker.exists()
+
+
+def repickle_python3(root, protocol=2):
+    """Every pickle of a CIFAR python directory loaded and dumped again by Python 3's own pickle
+    (``pickle.dump(protocol=2)``: its bytes keys and array buffers become ``_codecs.encode(str, 'latin1')``)."""
+    for f in sorted(root.iterdir()):
+        if f.suffix != ".npz" and not f.name.endswith(".png"):
+            obj = pickle.loads(f.read_bytes(), encoding="bytes")
+            with open(f, "wb") as fh:
+                pickle.dump(obj, fh, protocol=protocol)
+
+
+@pytest.mark.parametrize("kind", ["cifar10-python", "cifar100-python"])
+def test_python3_protocol2_batches_read_through_the_cli(tmp_path, kind, capsys):
+    from cit_fast.cli import main as cli
+
+    root = tmp_path / kind
+    tr, ltr, te, lte, _ = make_cifar(root, kind, per_class=1)
+    repickle_python3(root)
+    raw = (root / ("data_batch_1" if kind == "cifar10-python" else "train")).read_bytes()
+    assert raw[:2] == b"\x80\x02" and b"c_codecs\nencode\n" in raw and b"latin1" in raw  # Python 3's protocol 2
+    train = load_cifar(str(root), "train")
+    np.testing.assert_array_equal(train.images, tr)
+    np.testing.assert_array_equal(train.labels, ltr)
+    np.testing.assert_array_equal(load_cifar(str(root), "test", classes=train.classes).images, te)
+    assert cli(["masks", str(root), "--method", "spectral", "--no-progress"]) == 0
+    n = len(ltr) + len(lte)
+    assert f"{n} masks written" in capsys.readouterr().out and (root / "masks_train.npz").is_file()
+
+
+class _Call:
+    """A pickled call of ``fn(*args)``: what a crafted file can ask the unpickler to run."""
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+@pytest.mark.parametrize("call, refused", [
+    ((codecs.encode, "x" * 40, "zlib_codec"), "_codecs.encode(str, 'zlib_codec')"),  # a codec is a program
+    ((codecs.encode, "eA==", "base64"), "_codecs.encode('eA==', 'base64')"),
+    ((codecs.encode, "x", "utf-16"), "_codecs.encode('x', 'utf-16')"),
+    ((codecs.encode, b"x", "latin1"), "_codecs.encode(bytes, 'latin1')"),  # latin-1 of a str only
+    ((codecs.encode, "x"), "_codecs.encode('x')"),
+    ((bytes, 10 ** 9), "bytes(int)"),  # b"" only: not a gigabyte of zeros
+    ((os.system, "touch {marker}"), "system"),
+])
+def test_python3_protocol2_refuses_every_other_call(tmp_path, call, refused, capsys):
+    from cit_fast.cli import main as cli
+
+    root = tmp_path / "c"
+    make_cifar(root, "cifar10-python", per_class=1)
+    repickle_python3(root)
+    marker = tmp_path / "pwned"
+    fn, *args = call
+    args = [a.format(marker=marker) if isinstance(a, str) else a for a in args]
+    good = pickle.loads((root / "data_batch_2").read_bytes(), encoding="bytes")
+    good[b"labels"] = _Call(fn, *args)
+    with open(root / "data_batch_2", "wb") as fh:
+        pickle.dump(good, fh, protocol=2)
+    assert b"c_codecs\nencode\n" in (root / "data_batch_2").read_bytes()  # the admitted call is in it too
+    assert cli(["masks", str(root), "--method", "spectral", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "data_batch_2: refused to unpickle " in err and refused in err, err
+    assert "a pickle that names code to run" in err
+    assert not marker.exists() and not (root / "masks_train.npz").exists()
 
 
 def test_refuses_object_reconstruction_through_numpy(tmp_path):
