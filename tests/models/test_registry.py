@@ -37,11 +37,13 @@ def test_every_model_builds_runs_forward_and_backward(name):
 
 def test_options_reach_the_constructor_that_names_them():
     cfg = ModelConfig(merge="linear", shared_low=False, embed_dim=16)
-    assert model_kwargs("resnet20", cfg) == {}
+    assert model_kwargs("resnet20", cfg) == {"feature_split": False}  # its multi-label option (Singh et al.)
     assert model_kwargs("double_resnet8", cfg) == {"shared_low": False, "freeze_low": False, "init_single": ""}
     assert model_kwargs("objonly_resnet8", cfg) == {"init_single": ""}
     assert model_kwargs("causal_resnet8", cfg)["merge"] == "linear"
     assert "merge" not in model_kwargs("decoder_resnet8", cfg) and model_kwargs("decoder_resnet8", cfg)["embed_dim"] == 16
+    assert model_kwargs("decoder_resnet8", dataclasses.replace(cfg, feature_split=True))["feature_split"] is True
+    assert "feature_split" not in model_kwargs("causal_resnet8", cfg)  # the decoder-only model's option
 
 
 @pytest.mark.parametrize("name, data_multilabel, task", [
