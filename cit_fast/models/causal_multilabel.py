@@ -376,7 +376,7 @@ class CausalMultiLabel(nn.Module):
         logits1 = self.head(feats)  # (B, C)
         out = {"features": feats, "logits1": logits1}
         if self.feature_split is not None and self.training:  # branch 1 with x_s at its running mean
-            out["split_logits"] = self.feature_split(feats, self.head.weight, self.head.bias)
+            out["split_logits"], out["split_context"] = self.feature_split(feats, self.head.weight, self.head.bias)
         if not self.causal:
             out["logits"] = logits1
             return out
@@ -420,7 +420,7 @@ class CausalMultiLabel(nn.Module):
         carries branch 1's logits and their loss weight."""
         out = self.forward_all(x)
         if "split_logits" in out:
-            return FeatureSplitOutput(out["logits"], out["split_logits"])
+            return FeatureSplitOutput(out["logits"], out["split_logits"], out["split_context"])
         if self.training and self.intervention == "vcrcnn":  # branch 2 learns on top of a fixed branch 1
             return MultiLabelOutput(out["logits1"].detach() + out["logits2"], {"branch1": out["logits1"]},
                                     {"branch1": self.branch1_loss or 1.0})

@@ -71,7 +71,7 @@ class CifarResNet(nn.Module):
         if self.feature_split is None or not self.training:
             return self.forward_head(self.forward_features(x))
         pooled = self.forward_features(x).mean(dim=(2, 3))
-        return FeatureSplitOutput(self.fc(pooled), self.feature_split(pooled, self.fc.weight, self.fc.bias))
+        return FeatureSplitOutput(self.fc(pooled), *self.feature_split(pooled, self.fc.weight, self.fc.bias))
 
 
 @register_model

@@ -82,23 +82,28 @@ def feature_split_weights(labels: np.ndarray, pairs: Sequence[Tuple[int, int]],
 
 
 class FeatureSplitLoss:
-    """BCE (summed over classes, averaged over the batch) where, for every pair (b, c) and image with b
-    but not c, b's term uses the split logit (x_o only) and is weighted by the pair's weight; every other
-    term is plain BCE on the full logits. A plain tensor of logits (no split: evaluation) gets plain BCE."""
+    """Singh et al.'s feature-split loss (``models.feature_split`` says where it follows their code and
+    where not): BCE summed over classes and averaged over the batch, where an image in which some pair's b
+    occurs without its c (an exclusive image) is scored by the split logits of every class (x_s at its
+    running mean) with the context term of the biased b's detached (W_s of b learns nothing there), and
+    b's term on its exclusive images is weighted by the pair's alpha_b; every other image is plain BCE on
+    the full logits. A plain tensor of logits (no split: evaluation) gets plain BCE."""
 
     def __init__(self, pairs: Sequence[Tuple[int, int]], weights: Sequence[float]):
         if len(pairs) != len(weights) or not pairs:
             raise ValueError(f"feature split loss: {len(pairs)} pairs and {len(weights)} weights")
         self.pairs, self.weights = [tuple(map(int, p)) for p in pairs], [float(w) for w in weights]
+        self.biased = sorted({b for b, _ in self.pairs})  # the classes whose W_s rows the split protects
 
     def masks(self, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(exclusive (B, C) bool: the terms that use the split logit, weight (B, C))."""
+        """(exclusive images (B,) bool: they use the split logits, weight (B, C): alpha_b where b is
+        exclusive, 1 elsewhere)."""
         t = targets > 0.5  # soft (mixed) targets: a label counts as present above one half
-        excl = torch.zeros_like(t)
+        excl = torch.zeros(t.shape[0], dtype=torch.bool, device=t.device)
         weight = torch.ones_like(targets, dtype=torch.float32)
         for (b, c), w in zip(self.pairs, self.weights):
             e = t[:, b] & ~t[:, c]
-            excl[:, b] |= e
+            excl |= e
             weight[e, b] = w
         return excl, weight
 
@@ -107,9 +112,12 @@ class FeatureSplitLoss:
             return bce_loss(out, targets)
         y = targets.float()
         excl, weight = self.masks(targets)
-        full = F.binary_cross_entropy_with_logits(out.logits.float(), y, reduction="none")
-        split = F.binary_cross_entropy_with_logits(out.split_logits.float(), y, reduction="none")
-        return (torch.where(excl, split, full) * weight).sum() / y.shape[0]
+        split = out.split_logits.float()
+        cols = torch.tensor(self.biased, device=split.device)
+        ctx = out.context.float()[cols]  # (n_b,): W_s,b . mean(x_s), detached below for the b's
+        split = split.index_add(1, cols, (ctx.detach() - ctx).expand(split.shape[0], -1))
+        logits = torch.where(excl[:, None], split, out.logits.float())  # (B, C)
+        return (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * weight).sum() / y.shape[0]
 
 
 def feature_split_loss(mcfg: ModelConfig, loss: str, train_set, task: str) -> FeatureSplitLoss:
@@ -122,9 +130,9 @@ def feature_split_loss(mcfg: ModelConfig, loss: str, train_set, task: str) -> Fe
     if loss not in ("auto", "bce"):
         raise ConfigError(f"optim.loss={loss}: model.feature_split's weighted loss is BCE (use optim.loss=bce)")
     try:
-        pairs = parse_pairs(mcfg.biased_pairs, train_set.classes)
+        pairs = parse_pairs(mcfg.biased_pairs, train_set.classes, "model.biased_pairs")
     except UsageError as e:
-        raise ConfigError(f"model.biased_pairs: {e}") from None
+        raise ConfigError(str(e) if str(e).startswith("model.biased_pairs") else f"model.biased_pairs: {e}") from None
     if not pairs:
         raise ConfigError(f"model.biased_pairs: no pair in {mcfg.biased_pairs!r} (expected b:c,...)")
     weights = feature_split_weights(train_set.labels, pairs, mcfg.feature_split_alpha_min)

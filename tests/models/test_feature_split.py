@@ -23,8 +23,8 @@ def test_split_logits_give_x_s_no_gradient(per_label):
     w, bias = torch.randn(c, d, requires_grad=True), torch.randn(c, requires_grad=True)
     x = torch.randn(5, rows, d) if per_label else torch.randn(5, d)
     x.requires_grad_(True)
-    out = fs(x, w, bias)
-    assert out.shape == (5, c)
+    out, context = fs(x, w, bias)
+    assert out.shape == (5, c) and context.shape == (c,)
     out[:, 1].sum().backward()
     g = x.grad if per_label else x.grad[:, None]
     assert g[..., 4:].abs().max() == 0  # x_s: nothing from the split logit
@@ -36,6 +36,7 @@ def test_split_logits_give_x_s_no_gradient(per_label):
     xo = (x if per_label else x[:, None]).detach()[..., :4]
     ref = (xo[:, 1 if per_label else 0] * w.detach()[1, :4]).sum(-1) + (expect * w.detach()[1, 4:]).sum() + bias[1]
     torch.testing.assert_close(out[:, 1].detach(), ref.detach())
+    torch.testing.assert_close(context[1].detach(), (expect * w.detach()[1, 4:]).sum())
 
 
 def test_context_mean_is_over_the_last_ten_batches():
@@ -57,8 +58,9 @@ def test_models_return_both_logits_in_training_only():
     for m in (dec, res):
         out = m(x)
         assert isinstance(out, FeatureSplitOutput) and out.logits.shape == out.split_logits.shape == (4, 5)
+        assert out.context.shape == (5,)
         a, b = out.chunk(2)
-        assert a.logits.shape == (2, 5) and b.split_logits.shape == (2, 5)
+        assert a.logits.shape == (2, 5) and b.split_logits.shape == (2, 5) and b.context is out.context
         assert m.eval()(x).shape == (4, 5)
     with pytest.raises(ValueError, match="decoder-only"):
         CausalMultiLabel("resnet8", 5, embed_dim=16, num_heads=2, causal=True, feature_split=True)
@@ -75,15 +77,57 @@ def test_weights_are_singh_et_al():
     assert feature_split_weights(t, [(0, 1)], alpha_min=3.0) == [pytest.approx(math.sqrt(89))]
 
 
-def test_loss_uses_the_split_logit_for_exclusive_b_only_with_its_weight():
-    y = torch.tensor([[1., 0., 0.], [1., 1., 0.], [0., 1., 1.]])  # image 0: b=0 without c=1
-    full, split = torch.randn(3, 3), torch.randn(3, 3)
+def test_loss_against_a_hand_computation():
+    """Image 0 holds b=0 without c=1 (exclusive): all its terms read the split logits, b's weighted by 4;
+    image 1 holds b with c and image 2 no b: plain BCE on the full logits."""
+    y = torch.tensor([[1., 0., 0.], [1., 1., 0.], [0., 1., 1.]])
+    full = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7], [-2.0, 1.0, 0.1]])
+    split = torch.tensor([[-0.4, 0.2, 1.0], [9.0, 9.0, 9.0], [9.0, 9.0, 9.0]])  # rows 1, 2 never read
     loss = FeatureSplitLoss([(0, 1)], [4.0])
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-    terms = bce(full, y, reduction="none")
-    terms[0, 0] = 4.0 * bce(split[0, 0], y[0, 0])
-    torch.testing.assert_close(loss(FeatureSplitOutput(full, split), y), terms.sum() / 3)
-    torch.testing.assert_close(loss(full, y), bce(full, y, reduction="sum") / 3)  # no split: plain BCE
+
+    def bce(z, t):  # -[t log sigma(z) + (1 - t) log(1 - sigma(z))]
+        return -(t * math.log(1 / (1 + math.exp(-z))) + (1 - t) * math.log(1 - 1 / (1 + math.exp(-z))))
+
+    rows = [[4.0 * bce(-0.4, 1), bce(0.2, 0), bce(1.0, 0)],
+            [bce(1.5, 1), bce(0.3, 1), bce(-0.7, 0)],
+            [bce(-2.0, 0), bce(1.0, 1), bce(0.1, 1)]]
+    expect = sum(map(sum, rows)) / 3
+    got = loss(FeatureSplitOutput(full, split, torch.zeros(3)), y)
+    assert got.item() == pytest.approx(expect, rel=1e-6)
+    bce_t = torch.nn.functional.binary_cross_entropy_with_logits
+    torch.testing.assert_close(loss(full, y), bce_t(full, y, reduction="sum") / 3)  # no split: plain BCE
+
+
+@pytest.mark.parametrize("per_label", [True, False])
+def test_exclusive_images_train_x_o_and_leave_w_s_of_b_alone(per_label):
+    """Through a model: an exclusive image of b gives W_s of b no gradient and x_s none at all; W_o of b
+    and W_s of the other classes still learn from it; a co-occur image trains W_s of b."""
+    torch.manual_seed(0)
+    if per_label:
+        model = CausalMultiLabel("resnet8", 3, embed_dim=16, num_heads=2, dropout=0.0, causal=False,
+                                 feature_split=True).train()
+        head, k = model.head, model.feature_split.split
+    else:
+        model = CifarResNet(8, 3, feature_split=True).train()
+        head, k = model.fc, model.feature_split.split
+    loss = FeatureSplitLoss([(0, 1)], [3.0])
+    x = torch.randn(2, 3, 16, 16)
+    model(x)  # a first batch: x_s's running mean is set
+    exclusive = torch.tensor([[1., 0., 1.]])
+    cooccur = torch.tensor([[1., 1., 0.]])
+    for y, ws_b_learns in ((exclusive, False), (cooccur, True)):
+        model.zero_grad()
+        feats = {}
+        hook = (model.feature_split.register_forward_pre_hook(lambda m, a: feats.update(x=a[0].retain_grad() or a[0])))
+        out = model(x[:1])
+        hook.remove()
+        loss(out, y).backward()
+        g = head.weight.grad
+        assert bool(g[0, k:].abs().max() > 0) is ws_b_learns
+        assert g[0, :k].abs().max() > 0 and g[2, k:].abs().max() > 0
+        xs_grad = feats["x"].grad[..., k:]
+        if not ws_b_learns:  # the split logits: nothing reaches x_s (the full logits do, for a co-occur image)
+            assert xs_grad.abs().max() == 0
 
 
 def test_salient_arm_labels_and_rendering():
