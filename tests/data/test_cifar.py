@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from cit_fast.data.sources.cifar import _py2_pickle, detect_cifar, load_cifar, write_cifar
+from cit_fast.data.sources.cifar import detect_cifar, load_cifar, python2_pickle, write_cifar
 from cit_fast.data.sources.records import DataError
 from cit_fast.data.sources.safe_pickle import safe_load
 
@@ -86,7 +86,7 @@ def test_pickled_callable_never_runs(tmp_path, evil, capsys):
     marker = tmp_path / "pwned"
     good = pickle.loads((tmp_path / "data_batch_3").read_bytes(), encoding="bytes")
     good[b"labels"] = evil(str(marker))  # the callable sits where the labels were
-    (tmp_path / "data_batch_3").write_bytes(_py2_pickle(good))  # as the real files: bytes are BINSTRINGs
+    (tmp_path / "data_batch_3").write_bytes(python2_pickle(good))  # as the real files: bytes are BINSTRINGs
     with pytest.raises(DataError) as e:
         load_cifar(str(tmp_path), "train")
     msg = str(e.value)

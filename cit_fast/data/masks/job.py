@@ -35,9 +35,9 @@ from PIL import Image
 from ...errors import DataError, UsageError
 from ...utils import atomic_path, atomic_write_bytes, atomic_write_text, dist_info
 from ..sources.records import decode_image
-from ..sources.shards import INDEX, MASKS, PARTS, ShardIndex, _TarOut, is_shard_dir, sample_key, shard_name
+from ..sources.shards import INDEX, MASKS, PARTS, ShardIndex, TarOut, is_shard_dir, sample_key, shard_name
 from .quality import coverage, spread, write_montage
-from .outputs import _UMASK, MONTAGE_TILES, MaskReport, _thumbnail, find_images, mask_layout, montage_path
+from .outputs import MONTAGE_TILES, UMASK, MaskReport, find_images, mask_layout, montage_path, thumbnail
 from .saliency import SaliencyMasker
 
 JOB_DIR = ".cit-fast-masks-job"  # the ranks' summaries, beside the montage; removed by rank 0 when merged
@@ -128,12 +128,12 @@ def _finish(img, m, key, ref, target, tile) -> dict:
     if target:
         with atomic_path(Path(target)) as tmp:
             Image.fromarray(m).save(tmp, format="PNG")
-            tmp.chmod(0o666 & ~_UMASK)  # mkstemp makes it private; a mask is as readable as its image
+            tmp.chmod(0o666 & ~UMASK)  # mkstemp makes it private; a mask is as readable as its image
         out["target"] = str(target)
     else:
         out["png"] = _png(m)
     if tile:
-        out["tile"] = (_thumbnail(img), _thumbnail(m))
+        out["tile"] = (thumbnail(img), thumbnail(m))
     return out
 
 
@@ -394,7 +394,7 @@ def _shard_masks(root: Path, masker, workers: int, batch_size: int, overwrite: b
             report.failed.update({r["ref"]: r["failed"] for r in bad})
             continue
         with atomic_path(mroot / name) as tmp:
-            t = _TarOut(tmp)
+            t = TarOut(tmp)
             loc = [t.add(f"{r['key']}.mask.png", r["png"]) for r in results]
             size = t.close()
         buf = io.BytesIO()

@@ -18,8 +18,8 @@ from .quality import MaskQuality
 MONTAGE_NAME = "masks_montage.png"
 # the process umask (read once: os.umask can only be read by setting it): a mask written through a
 # private temporary file is made as readable as its image
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 MONTAGE_TILES = 24  # images shown in the montage, spread over the classes
@@ -103,7 +103,7 @@ def find_images(layout: FolderLayout) -> List[Tuple[Path, str]]:
     return [(p, k) for k, p in found.items()]
 
 
-def _thumbnail(x: np.ndarray, side: int = 320) -> np.ndarray:
+def thumbnail(x: np.ndarray, side: int = 320) -> np.ndarray:
     """A montage-sized copy (so the montage holds at most MONTAGE_TILES small images)."""
     h, w = x.shape[:2]
     if max(h, w) <= side:

@@ -36,7 +36,7 @@ from .contract import (Pipeline, PipelineSpec, compose, crop_pairs, crop_window,
                        flip_flags, uses_windows, window_uses)
 from ..sources.members import read_bytes
 from .dali_feed import SharedFeed
-from ..sources.records import DataError, SampleSet
+from ..sources.records import DataError, SampleSet, open_image
 
 PREFETCH = 2  # batches DALI prepares ahead of the one being consumed
 
@@ -92,9 +92,7 @@ class _Source:
             if isinstance(s.images, np.ndarray):
                 self._sizes[k] = s.images[k].shape[:2]
             else:
-                from .torch_pipeline import _open
-
-                with _open(s.images[k], "image") as im:
+                with open_image(s.images[k], "image") as im:
                     self._sizes[k] = (im.size[1], im.size[0])
         return self._sizes[k]
 

@@ -24,8 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from .batch import RawBatch
 from .contract import (Pipeline, PipelineSpec, crop_pairs, crop_window, decode_set, eval_geometry, flip_flags,
                        uses_windows, window_uses)
-from ..sources.members import image_file
-from ..sources.records import DataError, SampleSet, named_decode_errors
+from ..sources.records import DataError, SampleSet, named_decode_errors, open_image
 
 DRAFT_FACTORS = (8, 4, 2)  # the JPEG decoder's DCT scalings (PIL's Image.draft)
 
@@ -53,14 +52,6 @@ def _resize(images: List[np.ndarray], masks: List[np.ndarray], size: int) -> Tup
         out_m[ks] = F.interpolate(torch.from_numpy(msks)[:, None], size=(size, size), mode="bilinear",
                                   antialias=True, align_corners=False)[:, 0].numpy()
     return out_i, out_m
-
-
-def _open(path: str, kind: str):
-    """A lazily decoded PIL image (header read), or a DataError naming the file."""
-    from PIL import Image
-
-    with named_decode_errors(kind, path):
-        return Image.open(image_file(path, kind))
 
 
 def _decoded(im, path: str, kind: str, mode: str):
@@ -203,12 +194,12 @@ class CompositeDataset(Dataset):
             im, path = Image.fromarray(s.images[k]), ""
         else:
             path = s.images[k]
-            im = _open(path, "image")
+            im = open_image(path, "image")
         if s.masks is None:
             return im, None, path
         if isinstance(s.masks, np.ndarray):
             return im, Image.fromarray(s.masks[k]), path
-        return im, _open(s.masks[k], "mask"), path
+        return im, open_image(s.masks[k], "mask"), path
 
     def _fetch_windows(self, index: np.ndarray, partner: np.ndarray) -> Dict[str, np.ndarray]:
         """Each (sample, role) of the batch cut from its window and resized to image_size (antialiased

@@ -230,7 +230,7 @@ def cifar_images(path: str, split: str) -> Dict[str, object]:
 # ---------------------------------------------------------------------------------------------
 # writing the same layouts (the tests and bench/table4_cifar.py make CIFAR-format files from other images)
 
-def _py2_pickle(obj) -> bytes:
+def python2_pickle(obj) -> bytes:
     """``obj`` as Python 2's cPickle wrote the CIFAR batches: protocol 2, every str and bytes a
     BINSTRING (so a reader with encoding="bytes" gets bytes keys), numpy under numpy.core."""
     import io
@@ -285,10 +285,10 @@ def write_cifar(root: str | Path, kind: str, splits: Dict[str, Tuple[np.ndarray,
         for f, idx in zip(files, parts):
             fine = labels[idx]
             if kind == "cifar10-python":
-                put(f.name, _py2_pickle({"batch_label": f"{split} batch", "labels": [int(x) for x in fine],
+                put(f.name, python2_pickle({"batch_label": f"{split} batch", "labels": [int(x) for x in fine],
                                          "data": planes[idx], "filenames": [f"img_{i}.png" for i in idx]}))
             elif kind == "cifar100-python":
-                put(f.name, _py2_pickle({"filenames": [f"img_{i}.png" for i in idx], "batch_label": split,
+                put(f.name, python2_pickle({"filenames": [f"img_{i}.png" for i in idx], "batch_label": split,
                                          "fine_labels": [int(x) for x in fine],
                                          "coarse_labels": [int(coarse[x]) for x in fine], "data": planes[idx]}))
             elif kind == "cifar10-binary":
@@ -298,9 +298,9 @@ def write_cifar(root: str | Path, kind: str, splits: Dict[str, Tuple[np.ndarray,
                                             planes[idx]], 1).tobytes())
     names = list(classes)
     if kind == "cifar10-python":
-        put("batches.meta", _py2_pickle({"num_cases_per_batch": 10000, "label_names": names, "num_vis": PIXELS}))
+        put("batches.meta", python2_pickle({"num_cases_per_batch": 10000, "label_names": names, "num_vis": PIXELS}))
     elif kind == "cifar100-python":
-        put("meta", _py2_pickle({"fine_label_names": names, "coarse_label_names": list(coarse_classes)}))
+        put("meta", python2_pickle({"fine_label_names": names, "coarse_label_names": list(coarse_classes)}))
     elif kind == "cifar10-binary":
         put("batches.meta.txt", "\n".join(names) + "\n\n")
     else:

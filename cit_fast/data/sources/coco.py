@@ -60,7 +60,9 @@ def default_mask_dir(ann_path: Path) -> Path:
     return cache_dir() / "coco_masks" / f"{ann_path.stem}-{key}"
 
 
-def _read_json(path: Path) -> dict:
+def read_annotations(path: Path) -> dict:
+    """A COCO-format annotations file as a dict (images, annotations, categories); a DataError naming the
+    file if it is missing, not JSON or lacks one of those keys."""
     if not path.is_file():
         raise DataError(f"coco annotations {path}: not found")
     try:
@@ -106,14 +108,14 @@ def load_coco(ann_file: str, root: str = "", classes: Optional[Sequence[str]] = 
               mask_dir: str = "", verify: str = "header") -> SampleSet:
     """A COCO instances JSON as a multi-label SampleSet (with union masks unless masks=False)."""
     path = Path(ann_file)
-    return coco_samples(_read_json(path), path, f"coco annotations {path}", root, classes, masks,
+    return coco_samples(read_annotations(path), path, f"coco annotations {path}", root, classes, masks,
                         Path(mask_dir) if mask_dir else default_mask_dir(path), verify)
 
 
 def coco_samples(data: dict, path: Path, where: str, root: str = "", classes: Optional[Sequence[str]] = None,
                  masks: bool = True, mask_dir: Optional[Path] = None, verify: str = "header",
                  is_object: Callable[[dict], bool] = lambda ann: True) -> SampleSet:
-    """COCO-format annotations already read (``_read_json``) as a multi-label SampleSet: labels from
+    """COCO-format annotations already read (``read_annotations``) as a multi-label SampleSet: labels from
     every annotation, masks (written once to ``mask_dir``) the union of the annotations ``is_object``
     admits (COCO-Stuff's merged pair: the thing instances, not the stuff). ``path`` places the images
     (its split) and ``where`` names the file(s) in errors."""

@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .coco import _read_json, cache_dir, coco_samples, default_mask_dir, split_name
+from .coco import cache_dir, coco_samples, default_mask_dir, read_annotations, split_name
 from .files import check_pairs
 from .multilabel import check_multi_hot
 from .records import DataError, SampleSet
@@ -293,7 +293,7 @@ def merged_stuff_json(stuff_path: Path) -> Tuple[dict, Path]:
     if not inst_path.is_file():
         raise DataError(f"cocostuff {stuff_path}: no {inst_path.name} beside it (COCO's thing annotations, "
                         f"annotations_trainval2017.zip); the stuff JSON holds the stuff classes only")
-    stuff, inst = _read_json(stuff_path), _read_json(inst_path)
+    stuff, inst = read_annotations(stuff_path), read_annotations(inst_path)
     stuff_cats = [c for c in stuff["categories"] if c["id"] != OTHER_STUFF]
     clash = sorted({c["id"] for c in stuff_cats} & {c["id"] for c in inst["categories"]})
     if clash:

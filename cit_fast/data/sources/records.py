@@ -35,6 +35,14 @@ def named_decode_errors(kind: str, path: str) -> Iterator[None]:
         raise DataError(f"{kind} {path}: cannot decode ({type(e).__name__}: {e})") from None
 
 
+def open_image(path: str, kind: str = "image") -> Image.Image:
+    """File (or shard member) -> a lazily decoded PIL image (only its header read: size and mode are
+    known, the pixels come on ``convert``/``load``); a DataError naming ``kind`` and ``path`` if it
+    cannot be opened."""
+    with named_decode_errors(kind, path):
+        return Image.open(image_file(path, kind))
+
+
 def decode_image(path: str) -> np.ndarray:
     """File (or shard member) -> uint8 (H, W, 3) RGB; a clear DataError naming it if it cannot be decoded."""
     with named_decode_errors("image", path), Image.open(image_file(path)) as im:

@@ -264,7 +264,7 @@ def _label_member(labels: np.ndarray, i: int) -> Tuple[str, bytes]:
     return "labels.json", json.dumps([float(v) for v in y]).encode()
 
 
-class _TarOut:
+class TarOut:
     """One shard being written: members appended with deterministic headers, offsets recorded."""
 
     def __init__(self, path: Path):
@@ -391,7 +391,7 @@ def write_shards(samples: SampleSet, out, *, shard_bytes: int = 1 << 30, samples
             rows: Dict[str, list] = {c: [] for c in ("image", "image_crc", "image_ext", "mask", "mask_crc", "mask_ext")}
             first = i
             with atomic_path(out / name) as tmp:
-                t = _TarOut(tmp)
+                t = TarOut(tmp)
                 while i < n:
                     key = sample_key(i)
                     img, ext = _encoded(samples.images, i, "image")

@@ -70,14 +70,15 @@ def _shape_inside(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape class {cls}")
 
 
-def _random_colors(rng: np.random.Generator, n: int, sat=(0.35, 1.0), val=(0.35, 1.0)) -> np.ndarray:
+def random_colors(rng: np.random.Generator, n: int, sat=(0.35, 1.0), val=(0.35, 1.0)) -> np.ndarray:
+    """(n, 3) float32 RGB in [0, 1]: uniform hues, saturation and value drawn in ``sat`` and ``val``."""
     h = rng.random(n)
     s = rng.uniform(*sat, n)
     v = rng.uniform(*val, n)
     return np.array([colorsys.hsv_to_rgb(*x) for x in zip(h, s, v)], np.float32).reshape(n, 3)
 
 
-def _smooth_noise(rng: np.random.Generator, n: int, size: int, cells: int) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, n: int, size: int, cells: int) -> np.ndarray:
     """(n, size, size) low-frequency noise in [0, 1]: a random grid upsampled bilinearly."""
     import torch
     import torch.nn.functional as F
@@ -113,8 +114,8 @@ def make_shapes(n_per_class: int, size: int = 24, seed: int = 0, supersample: in
     masks = masks_ss.reshape(n, size, supersample, size, supersample).mean(axis=(2, 4)).astype(np.float32)
 
     # background: two random colours mixed by smooth noise, plus clutter blobs
-    c1, c2 = _random_colors(rng, n, val=(0.2, 0.9)), _random_colors(rng, n, val=(0.2, 0.9))
-    mix = _smooth_noise(rng, n, size, 4)[..., None]
+    c1, c2 = random_colors(rng, n, val=(0.2, 0.9)), random_colors(rng, n, val=(0.2, 0.9))
+    mix = smooth_noise(rng, n, size, 4)[..., None]
     bg = c1[:, None, None] * mix + c2[:, None, None] * (1 - mix)
     pix = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     py, px = np.meshgrid(pix, pix, indexing="ij")
@@ -123,10 +124,10 @@ def make_shapes(n_per_class: int, size: int = 24, seed: int = 0, supersample: in
         rx, ry = rng.uniform(0.06, 0.18, (2, n, 1, 1)).astype(np.float32)
         blob = np.clip(1.5 - ((px - cx) / rx) ** 2 - ((py - cy) / ry) ** 2, 0, 1)[..., None]
         blob *= (rng.random((n, 1, 1, 1)) < 0.5)
-        bg = bg * (1 - blob) + _random_colors(rng, n)[:, None, None] * blob
+        bg = bg * (1 - blob) + random_colors(rng, n)[:, None, None] * blob
     # object: a random colour with a little shading texture
-    obj_col = _random_colors(rng, n)
-    shade = 0.75 + 0.5 * _smooth_noise(rng, n, size, 3)[..., None]
+    obj_col = random_colors(rng, n)
+    shade = 0.75 + 0.5 * smooth_noise(rng, n, size, 3)[..., None]
     obj = np.clip(obj_col[:, None, None] * shade, 0, 1)
     m = masks[..., None]
     img = m * obj + (1 - m) * bg

@@ -20,13 +20,13 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from ..sources.records import SampleSet
-from .benchmark import SHAPE_CLASSES, _random_colors, _smooth_noise, make_shapes
+from .benchmark import SHAPE_CLASSES, make_shapes, random_colors, smooth_noise
 
 DEFAULT_PAIRS: Tuple[Tuple[str, str], ...] = (("circle", "ring"), ("square", "frame"), ("star", "cross"))
 N_STYLES = 4  # scene styles: background palettes
 
 
-def _resize_patch(img: np.ndarray, mask: np.ndarray, side: int) -> Tuple[np.ndarray, np.ndarray]:
+def resize_patch(img: np.ndarray, mask: np.ndarray, side: int) -> Tuple[np.ndarray, np.ndarray]:
     """Object patch (s,s,3) float and mask (s,s) float -> (side,side), antialiased."""
     import torch
     import torch.nn.functional as F
@@ -47,8 +47,8 @@ def _backgrounds(rng: np.random.Generator, n: int, size: int) -> Tuple[np.ndarra
 
     base = np.array([colorsys.hsv_to_rgb(h, 0.45, 0.55) for h in hues], np.float32)  # (S, 3)
     c1 = base[style] + rng.normal(0, 0.06, (n, 3)).astype(np.float32)
-    c2 = base[style] * 0.6 + _random_colors(rng, n, sat=(0.1, 0.4), val=(0.2, 0.6)) * 0.4
-    mix = _smooth_noise(rng, n, size, 5)[..., None]
+    c2 = base[style] * 0.6 + random_colors(rng, n, sat=(0.1, 0.4), val=(0.2, 0.6)) * 0.4
+    mix = smooth_noise(rng, n, size, 5)[..., None]
     bg = c1[:, None, None] * mix + c2[:, None, None] * (1 - mix)
     return np.clip(bg, 0, 1), style
 
@@ -104,7 +104,7 @@ def _render(sets: List[List[int]], size: int, rng: np.random.Generator, obj_imag
             patch = obj_images[j].astype(np.float32) / 255
             pm = obj_masks[j].astype(np.float32) / 255
             side = max(6, int(round(cell * (b_scale if cls in small else 1.0))))
-            patch, pm = _resize_patch(patch, pm, side)
+            patch, pm = resize_patch(patch, pm, side)
             oy = (cell_id // 2) * cell + int(rng.integers(0, cell - side + 1))
             ox = (cell_id % 2) * cell + int(rng.integers(0, cell - side + 1))
             region = imgs[i, oy:oy + side, ox:ox + side]

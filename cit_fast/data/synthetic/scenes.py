@@ -47,8 +47,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..sources.records import SampleSet
-from .benchmark import SHAPE_CLASSES, _smooth_noise, make_shapes
-from .multilabel import _resize_patch, pair_indices
+from .benchmark import SHAPE_CLASSES, make_shapes, smooth_noise
+from .multilabel import pair_indices, resize_patch
 
 SCENE_PAIRS: Tuple[Tuple[str, str], ...] = (("circle", "frame"), ("triangle", "bar"), ("star", "crescent"),
                                             ("cross", "ring"))
@@ -186,7 +186,7 @@ def scene_backgrounds(rng: np.random.Generator, scene: np.ndarray, size: int, n_
     yy, xx = np.meshgrid(pix, pix, indexing="ij")
     t = (xx[None] * np.cos(theta)[:, None, None] + yy[None] * np.sin(theta)[:, None, None])
     stripes = 0.5 + 0.5 * np.sin(2 * np.pi * t / period[:, None, None] + phase[:, None, None])  # (n, H, W)
-    mix = np.clip(0.65 * stripes + 0.35 * _smooth_noise(rng, n, size, 4), 0, 1)[..., None]
+    mix = np.clip(0.65 * stripes + 0.35 * smooth_noise(rng, n, size, 4), 0, 1)[..., None]
     bg = pal[:, None, None, 0] * mix + pal[:, None, None, 1] * (1 - mix)
     return np.clip(bg, 0, 1).astype(np.float32)
 
@@ -196,7 +196,7 @@ def _object_bank(n_per_class: int, seed: int, cell: int, b_scale: float) -> Dict
     imgs, masks, labels = make_shapes(n_per_class, size=cell, seed=seed)
     small = max(6, int(round(cell * b_scale)))
     im, ms = imgs.astype(np.float32) / 255, masks.astype(np.float32) / 255
-    rs = [_resize_patch(im[j], ms[j], small) for j in range(len(im))]
+    rs = [resize_patch(im[j], ms[j], small) for j in range(len(im))]
     return {"full": (im, ms), "small": (np.stack([r[0] for r in rs]), np.stack([r[1] for r in rs])),
             "by_class": [np.nonzero(labels == c)[0] for c in range(len(SHAPE_CLASSES))]}
 
