@@ -10,7 +10,9 @@ No cgroups (proctrack/linuxproc, task/none) and no accounting database: job stat
 `scontrol show job`. The daemons and every job are stopped on exit, failures included."""
 from __future__ import annotations
 
+import getpass
 import os
+import random
 import re
 import shutil
 import signal
@@ -20,19 +22,37 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-DAEMONS = ("munged", "slurmctld", "slurmd", "slurmstepd", "sbatch", "scontrol")
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
             "BOOT_FAIL", "DEADLINE"}
 
 
-def missing_package() -> Optional[str]:
-    """The Debian package whose programs are missing (None: everything is there)."""
-    if shutil.which("munged") is None or shutil.which("munge") is None:
-        return "munge"
-    for prog in DAEMONS[1:]:
-        if shutil.which(prog) is None:
-            return "slurm-wlm"
-    return None
+# the Debian package of each program the cluster runs
+PACKAGES = {"munged": "munge", "slurmctld": "slurmctld", "slurmd": "slurmd", "slurmstepd": "slurmd",
+            "sbatch": "slurm-client", "scontrol": "slurm-client", "sinfo": "slurm-client", "scancel": "slurm-client"}
+
+
+def missing_packages() -> List[str]:
+    """The Debian packages whose programs are missing (empty: everything is there)."""
+    return sorted({pkg for prog, pkg in PACKAGES.items() if shutil.which(prog) is None})
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def first_job_id(jobs: int = 8) -> int:
+    """A first job id whose jobs' rendezvous ports (launchers/slurm.sbatch: 20000 + id % 20000) are
+    free now, so that two clusters on one machine (or other tests) do not meet at one port."""
+    rng = random.Random()
+    while True:
+        first = rng.randrange(1, 20000 - jobs)
+        if all(_port_free(20000 + first + k) for k in range(jobs)):
+            return first
 
 
 def free_ports(n: int) -> List[int]:
@@ -82,9 +102,13 @@ def _tail(path: Optional[Path], n: int = 4000) -> str:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path, cpus: int = 2, memory_mb: int = 4000):
+    def __init__(self, root: Path, cpus: int = 4, memory_mb: int = 4000):
+        """cpus: what the node declares (a job's --cpus-per-task is counted against it, not against
+        the machine's cores: with 4, two 1-CPU jobs and a 2-task job can run side by side)."""
         self.root = Path(root)
         self.cpus, self.memory_mb = cpus, memory_mb
+        self.user = getpass.getuser()
+        self.first_job_id = first_job_id()
         self.node = socket.gethostname().split(".")[0]
         self.procs: Dict[str, subprocess.Popen] = {}
         self.conf = self.root / "slurm.conf"
@@ -135,11 +159,12 @@ ClusterName=cittest
 SlurmctldHost={self.node}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
-SlurmUser=root
-SlurmdUser=root
+SlurmUser={self.user}
+SlurmdUser={self.user}
+FirstJobId={self.first_job_id}
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket}
+AuthInfo=socket={self.munge_socket},cred_expire=5
 StateSaveLocation={r / 'state'}
 SlurmdSpoolDir={r / 'spool' / '%n'}
 SlurmctldPidFile={r / 'run' / 'slurmctld.pid'}
@@ -149,13 +174,14 @@ SlurmdLogFile={r / 'log' / 'slurmd.log'}
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/affinity
+TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 SwitchType=switch/none
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SlurmdParameters=config_overrides
