@@ -70,6 +70,7 @@ PIPELINES = ("torch", "dali")
 TEST_BIAS = ("random", "misleading")
 VERIFY_MODES = ("header", "full")
 MISSING_MASKS = ("error", "full")
+DEEPFASHION_TEST_SPLITS = ("test", "val")
 TRAIN_CROPS = ("resize", "random_resized")
 BAD_SAMPLES = ("error", "skip")
 MIX_MODES = ("none", "mixup", "cutmix")
@@ -162,6 +163,11 @@ class DataConfig:
                                    "full = decode all", choices=VERIFY_MODES)
     missing_masks: str = option("error", "no masks but a plan/model needs them: error, or full = every pixel "
                                          "object (an explicit opt-in)", choices=MISSING_MASKS)
+    deepfashion_attributes: int = option(250, "keep the K attributes most frequent in the training partition "
+                                              "(Singh et al.: 250); 0 = all of list_attr_cloth.txt",
+                                         section="deepfashion source (Category and Attribute Prediction Benchmark)")
+    deepfashion_test_split: str = option("test", "the partition data.test reads (list_eval_partition.txt)",
+                                         choices=DEEPFASHION_TEST_SPLITS)
 
 
 @dataclass
