@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from .context_bias import context_lift
 
 # ---------------------------------------------------------------------------------------------
 # metrics on (scores, targets)
@@ -173,11 +174,17 @@ def multilabel_hits(scores: np.ndarray, targets: np.ndarray) -> Dict[str, float]
 
 def multilabel_report(scores: np.ndarray, targets: np.ndarray, classes: Sequence[str],
                       pairs: Sequence[Tuple[int, int]] = (), k: int = 3) -> Dict[str, Any]:
-    """mAP, per-class AP, top-k recall and (with pairs) Exclusive / Co-occur AP and recall."""
+    """mAP, per-class AP, top-k recall and (with pairs) Exclusive / Co-occur AP and recall, and how much c
+    lifts b's score (``context_bias.context_lift``: ``c_lift_b`` on the images with b, ``c_lift`` on those
+    without b; per pair and their means)."""
     m, ap = mean_ap(scores, targets)
     rep: Dict[str, Any] = {"mAP": m, "per_class_ap": {c: (None if math.isnan(a) else float(a)) for c, a in zip(classes, ap)},
                            f"top{k}_recall": top_k_recall(scores, targets, k), "n": int(len(scores))}
     if pairs:
         rep["biased_pairs"] = biased_pairs(scores, targets, pairs, classes)
         rep["biased_pairs"].update(biased_pairs_recall(scores, targets, pairs, k))
+        lift = context_lift(scores, targets, pairs)  # c's lift of b's score, with b / without b
+        for row, r in zip(rep["biased_pairs"]["pairs"], lift["pairs"]):
+            row["c_lift_b"], row["c_lift"] = r["with_b"], r["without_b"]
+        rep["biased_pairs"].update(c_lift_b=lift["with_b"], c_lift=lift["without_b"])
     return rep
