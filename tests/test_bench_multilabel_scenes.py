@@ -51,3 +51,36 @@ def test_scene_scores_exclusive_cooccur_and_c_lift():
     nob = t[:, 0] == 0
     lift = s[nob & (t[:, 1] > 0), 0].mean() - s[nob & (t[:, 1] == 0), 0].mean()
     assert r["c_lift"] == pytest.approx(lift) and 0.6 < r["c_lift"] < 1.4
+
+
+def _fake(ex, co, b1_ex=None, probes=None):
+    r = {"exclusive": ex, "cooccur": co, "mAP": 60.0, "pairs_all": 70.0, "c_lift": 0.1, "c_lift_b": 0.2,
+         "seconds": 1.0, "b1": {"exclusive": ex if b1_ex is None else b1_ex, "cooccur": co, "mAP": 59.0}}
+    if probes:
+        r["probes"] = probes
+    return r
+
+
+def test_summary_rows_branch_one_probes_and_the_default_rule():
+    from multilabel_scenes import default_rule, summarise
+
+    seeds = [0, 1, 2]
+    probes = {"norm_ratio": 0.5, "spread_ratio": 0.2, "entropy": 0.6, "branch2_share": 0.1}
+    results = {}
+    for s in seeds:
+        results[f"15/baseline_s{s}"] = _fake(50.0 + s, 60.0 + s)
+        results[f"15/rebuilt_s{s}"] = _fake(49.5 + s, 58.0 + s, b1_ex=50.0 + s, probes=probes)  # ties: -0.5, gap -1.5
+        results[f"15/residual_s{s}"] = _fake(45.0 + 2 * s, 62.0 + s, probes=probes)  # loses: -5 + s
+    stats = {"train": [{"exclusive": 0.15, "n_exclusive": 10}], "test": [{"n_exclusive": 5, "n_cooccur": 5}]}
+    table, verdict = summarise(["15"], ["baseline", "residual", "rebuilt"], seeds, results,
+                               {"15": {"stats": stats, "target": 0.15}}, {})
+    ex, lo, hi = verdict["15"]["rebuilt-baseline"]["exclusive"]
+    assert ex == pytest.approx(-0.5) and lo == hi == pytest.approx(-0.5)
+    assert verdict["15"]["rebuilt-baseline"]["gap"][0] == pytest.approx(-1.5)
+    assert verdict["15"]["rebuilt-baseline"]["b1_exclusive"][0] == pytest.approx(0.0)
+    assert "51.00 / 59.00 / 59.00" in table  # the rebuilt model's branch 1 alone, seed-mean
+    assert "0.500 (0.500-0.500)" in table and "|logits2| / |logits1|" in table
+    assert "51.00 +- 2.48" in table  # the baseline's Exclusive mean +- t_{0.975,2} sd / sqrt(3)
+    rule = "\n".join(default_rule(verdict, ["baseline", "residual", "rebuilt"]))
+    assert "rebuilt" in rule and "arm 15: ties" in rule
+    assert "arm 15: LOSES" in [line for line in rule.splitlines() if "residual" in line][0]

@@ -190,3 +190,8 @@ def test_training_fits_the_dictionary_once_and_reports_the_probes(tmp_path, monk
     assert saved == res["intervention"]
     assert {"norm_ratio", "input_ratio", "spread_ratio", "entropy", "branch2_share"} <= set(saved)
     assert 0 < saved["entropy"] <= 1 and saved["norm_ratio"] > 0
+    from cit_fast import checkpoint as ckpt
+    from cit_fast.eval.diagnostics import run_diagnostics
+
+    paths = run_diagnostics(ckpt.find_latest(tmp_path / "run" / "checkpoints"), tmp_path / "diag", max_images=8)
+    assert paths["embedding"].stat().st_size > 1000 and paths["attention"].stat().st_size > 1000  # Dz != D: drawn
