@@ -9,7 +9,7 @@ setup(
     # The design card keeps kernels/ at the top level; it installs as cit_fast.kernels because PyPI
     # already has an unrelated, popular top-level package named `kernels`.
     package_dir={"cit_fast.kernels": "kernels"},
-    package_data={"cit_fast": ["configs/*.yaml"]},
+    package_data={"cit_fast": ["configs/*.yaml", "data/presets/*.yaml"]},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",

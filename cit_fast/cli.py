@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a checkpoint file (ckpt_e*_s*.pt), a DeepSpeed checkpoint directory (ds_e*_s*) or a run "
                         "directory (its newest checkpoint)")
     e.add_argument("--out", help="write the JSON report here")
-    e.add_argument("--pairs", default="", help="multi-label: biased pairs 'b:c,b2:c2' (class names or indices) "
-                   "for Exclusive / Co-occur AP")
+    e.add_argument("--pairs", default="", help="multi-label: biased pairs for Exclusive / Co-occur AP: 'b:c,b2:c2' "
+                   "(class names or indices), a preset (coco-stuff, deepfashion: Singh et al.'s 20 pairs; pairs whose "
+                   "classes the data lacks are skipped) or a pairs file (one b:c per line, or YAML)")
     e.add_argument("--top-k", type=int, default=3, help="multi-label: k of the top-k recall")
     e.add_argument("--bg-challenge", action="store_true",
                    help="also Mixed-Same / Mixed-Rand / Only-FG accuracy and BG-Gap (needs masks)")

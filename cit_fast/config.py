@@ -232,7 +232,8 @@ class ModelConfig:
                                         "feature) on multi-hot labels with BCE; needs model.biased_pairs",
                                  section="feature splitting (decoder_* and multi-label resnet*)")
     biased_pairs: str = option("", "the biased pairs feature splitting acts on: b:c,b2:c2 (class names or "
-                                   "indices)")
+                                   "indices), a preset (coco-stuff, deepfashion: Singh et al.'s 20 pairs) or a "
+                                   "pairs file (one b:c per line, or YAML)")
     feature_split_alpha_min: float = option(3.0, "floor of the exclusive images' loss weight, max(sqrt(n_cooccur "
                                                  "/ n_exclusive), this) per pair in training (Singh et al.: 3 on "
                                                  "COCO-Stuff, 5 on DeepFashion; 1 = no floor)")

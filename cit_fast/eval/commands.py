@@ -38,7 +38,7 @@ def run_eval(checkpoint: str, overrides: Sequence[str] = (), out: Optional[str] 
         if not test_set.multilabel:
             raise UsageError(f"{test_set.name}: a multi-label model needs multi-hot test labels")
         scores, targets = collect(model, pipe)
-        pair_idx = parse_pairs(pairs, run.classes) if pairs else []
+        pair_idx = parse_pairs(pairs, run.classes, "--pairs") if pairs else []
         report["test"] = {**multilabel_hits(scores, targets),
                           **multilabel_report(scores, targets, run.classes, pair_idx, top_k)}
     else:

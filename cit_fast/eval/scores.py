@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..data.pairs import class_index, resolve_pairs
 from ..errors import UsageError
 from .context_bias import context_lift
 
@@ -55,36 +56,16 @@ def mean_ap(scores: np.ndarray, targets: np.ndarray) -> Tuple[float, np.ndarray]
     return (float(ap[valid].mean()) if valid.any() else float("nan")), ap
 
 
-def _class_index(spec, classes: Sequence[str]) -> int:
-    if isinstance(spec, (int, np.integer)):
-        idx = int(spec)
-    elif str(spec).lstrip("-").isdigit() and str(spec) not in classes:
-        idx = int(spec)
-    elif str(spec) in classes:
-        return list(classes).index(str(spec))
-    else:
-        raise UsageError(f"biased pair: class {spec!r} is not among the classes ({', '.join(list(classes)[:10])}...)")
-    if not 0 <= idx < len(classes):
-        raise UsageError(f"biased pair: class index {idx} is out of range [0, {len(classes) - 1}]")
-    return idx
-
-
-def parse_pairs(text: str | Sequence, classes: Sequence[str]) -> List[Tuple[int, int]]:
-    """'b:c,b2:c2' (names or indices) or [(b, c), ...] -> [(b, c)] class indices."""
+def parse_pairs(text: str | Sequence, classes: Sequence[str], label: str = "biased pairs") -> List[Tuple[int, int]]:
+    """A preset name (coco-stuff, deepfashion), a pairs file or 'b:c,b2:c2' (names or indices), or
+    [(b, c), ...] -> [(b, c)] class indices (``cit_fast.data.pairs``)."""
     if isinstance(text, str):
-        items = [p.strip() for p in text.split(",") if p.strip()]
-        raw = []
-        for p in items:
-            if ":" not in p:
-                raise UsageError(f"biased pair {p!r}: expected 'b:c' (the biased class, then its context class)")
-            raw.append(tuple(p.split(":", 1)))
-    else:
-        raw = list(text)
+        return resolve_pairs(text, classes, label)
     out = []
-    for b, c in raw:
-        bi, ci = _class_index(b, classes), _class_index(c, classes)
+    for b, c in text:
+        bi, ci = class_index(b, classes, label), class_index(c, classes, label)
         if bi == ci:
-            raise UsageError(f"biased pair ({b}, {c}): b and c must differ")
+            raise UsageError(f"{label} ({b}, {c}): b and c must differ")
         out.append((bi, ci))
     return out
 
