@@ -74,7 +74,7 @@ def test_test_split_c_independent_with_enough_positives_and_hard_negatives(arm):
                 sel = rows_s & (t[:, b] == has_b)
                 if sel.sum() > 50:
                     assert t[sel, c].mean() == pytest.approx(0.5, abs=0.02)
-        if arm != "placebo":  # b from P(b | S) as in training; c-only home-scene images as hard negatives
+        if not scene_arm(arm).scene_free:  # b from P(b | S) as in training; c-only home-scene images as hard negatives
             assert r["p_b_scene"][k] == pytest.approx(0.5, abs=2e-3)
             assert (t[:, c] & ~t[:, b] & (scene == k)).sum() >= 500
     assert np.bincount(scene).tolist() == [N_TEST // 4] * 4  # S uniform
@@ -123,3 +123,27 @@ def test_bad_arguments():
         make_scene_multilabel("15", n_train=8, n_test=8, n_scenes=3)
     with pytest.raises(ValueError, match="shape class"):
         make_scene_multilabel("15", n_train=8, n_test=8, pairs=(("circle", "blob"),))
+
+
+# the salient arm's (b, c) cells per scene, by hand: P(b) = 0.125, P(c) = 0.2875, P(not c | b) = 0.1 in
+# training, so P(c | not b) = (0.2875 - 0.1125) / 0.875 = 0.2 and the cells [b][c] are 0.7, 0.175 / 0.0125,
+# 0.1125 of a scene's rows, rounded by largest remainder (7600 / 4 = 1900 rows: 1330, 332.5, 23.75, 213.75
+# -> 1330, 332, 24, 214; 3000 / 4 = 750: 525, 131.25, 9.375, 84.375 -> 525, 131, 10, 84); in test b and c
+# are independent, P(c) = 0.5 (8000 / 4 = 2000: 875, 875, 125, 125)
+@pytest.mark.parametrize("split, n, cells", [("train", 7600, [[1330, 332], [24, 214]]),
+                                             ("train", 3000, [[525, 131], [10, 84]]),
+                                             ("test", 8000, [[875, 875], [125, 125]])])
+def test_salient_arm_exact_counts_in_every_scene(split, n, cells):
+    labels, scene, overflow = scene_labels("salient", n, split)
+    assert overflow == 0
+    t = labels > 0
+    for b, c in PAIRS:
+        for s in range(4):
+            rows = scene == s
+            got = [[int((rows & (t[:, b] == vb) & (t[:, c] == vc)).sum()) for vc in (False, True)]
+                   for vb in (False, True)]
+            assert got == cells, (b, c, s)  # the same in every scene: S says nothing about b or c
+    r = label_statistics(labels, scene, PAIRS)[0]
+    assert (r["n_exclusive"], r["n_cooccur"]) == (4 * cells[1][0], 4 * cells[1][1])
+    a = scene_arm("salient")
+    assert (a.exclusive, a.p_b, a.p_c, a.b_scale, a.b_alpha) == pytest.approx((0.1, 0.125, 0.2875, 0.5, 0.5))
