@@ -10,7 +10,7 @@ from PIL import Image
 from cit_fast import checkpoint as ckpt
 from cit_fast.cli import main as cli
 from cit_fast.config import ConfigError, load_config
-from cit_fast.data.build import build_datasets
+from cit_fast.data.build import build_datasets, load_split
 from cit_fast.data.sources import registry
 
 SIDE = 16
@@ -107,6 +107,8 @@ def test_labels_partitions_and_k(tmp_path, monkeypatch, zero_one):
     cols = [NAMES.index(n) for n in train.classes]
     np.testing.assert_array_equal(train.labels, PRESENCE[:8][:, cols])
     np.testing.assert_array_equal(test.labels, PRESENCE[10:][:, cols])
+    alone = load_split(cfg.data, cfg.data.test, split="test")  # read alone (cross-eval's target): training's top K still
+    assert alone.classes == train.classes and len(alone) == 2
     val = load_config(None, [f"data.train={root}", f"data.test={root}", "data.deepfashion_test_split=val"])
     _, v = build_datasets(val.data)
     assert len(v) == 2 and v.images[1].endswith(RELS[9])

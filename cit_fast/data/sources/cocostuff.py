@@ -228,9 +228,11 @@ def _write_png(path: Path, a: np.ndarray) -> None:
 
 def _cache_key(maps: Sequence[Path]) -> str:
     h = hashlib.sha1()
+    folders: Dict[Path, Path] = {}
     for m in maps:
         st = m.stat()
-        h.update(f"{m.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        folder = folders.get(m.parent) or folders.setdefault(m.parent, m.parent.resolve())
+        h.update(f"{folder / m.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:12]
 
 
@@ -280,7 +282,7 @@ def load_cocostuff_maps(path: str, split: str, classes: Optional[Sequence[str]] 
     kept = [names[i] for i in KEPT_IDS]
     where = f"cocostuff {img_dir}"
     names_out, labels = _columns(kept, labels, classes, where)
-    check_multi_hot(labels, names_out, where, require_all=classes is None)
+    check_multi_hot(labels, names_out, where, require_all=classes is None and split == "train")
     if verify != "none":
         check_pairs([str(p) for p in images], masks, verify)
     return SampleSet([str(p) for p in images], masks, labels, names_out, name=where)

@@ -131,13 +131,18 @@ def _read_attr_img(path: str, size: int, mtime_ns: int, width: int) -> Tuple[Tup
 
 
 def read_attr_img(path: Path, width: int) -> Tuple[Tuple[str, ...], np.ndarray]:
-    """list_attr_img.txt -> (image paths, bool (N, width) presence)."""
+    """list_attr_img.txt -> (image paths, bit-packed presence (N, ceil(width / 8)); ``unpack`` a row subset)."""
     try:
         st = path.stat()
     except FileNotFoundError:
         raise DataError(f"deepfashion {path}: file not found") from None
     paths, packed, _ = _read_attr_img(str(path), st.st_size, st.st_mtime_ns, width)
-    return paths, np.unpackbits(packed, axis=1, count=width).astype(bool)
+    return paths, packed
+
+
+def unpack(packed: np.ndarray, rows: Sequence[int], width: int) -> np.ndarray:
+    """bool (len(rows), width) presence of the given rows (the whole table unpacked is 289 MB)."""
+    return np.unpackbits(packed[np.asarray(rows)], axis=1, count=width).astype(bool)
 
 
 def read_partition(path: Path) -> List[Tuple[int, str, str]]:
@@ -243,7 +248,7 @@ def load_deepfashion(path: str, split: str, classes: Optional[Sequence[str]] = N
         raise ConfigError(f"data.deepfashion_attributes={attributes}: expected 0 (all) .. {len(names)} (the "
                           f"attributes {anno / 'list_attr_cloth.txt'} lists)")
     attr_file = anno / "list_attr_img.txt"
-    paths, present = read_attr_img(attr_file, len(names))
+    paths, packed = read_attr_img(attr_file, len(names))
     part_file = root / "Eval" / "list_eval_partition.txt"
     partition = read_partition(part_file)
     index = {p: i for i, p in enumerate(paths)}
@@ -255,11 +260,13 @@ def load_deepfashion(path: str, split: str, classes: Optional[Sequence[str]] = N
     if not rows:
         raise DataError(f"deepfashion {part_file}: no image in the {want!r} partition")
     where = f"deepfashion {root} ({want})"
-    if classes is None:
-        train_rows = [index[rel] for _, rel, s in partition if s == "train"]
-        cols = top_attributes(present[train_rows], attributes or len(names))
+    present = unpack(packed, rows, len(names))
+    training_split = want == "train"  # and its classes inferred here: every one needs a positive
+    if classes is None:  # the K most frequent in training (a test split read alone too: cross-eval's target)
+        train = present if training_split else unpack(
+            packed, [index[rel] for _, rel, s in partition if s == "train"], len(names))
+        cols = top_attributes(train, attributes or len(names))
         classes = [names[j] for j in cols]
-        training_split = True
     else:
         col_of = {n: j for j, n in enumerate(names)}
         unknown = [c for c in classes if c not in col_of]
@@ -268,7 +275,7 @@ def load_deepfashion(path: str, split: str, classes: Optional[Sequence[str]] = N
                             f"{anno / 'list_attr_cloth.txt'}")
         cols = np.asarray([col_of[c] for c in classes])
         training_split = False
-    labels = present[np.asarray(rows)][:, cols].astype(np.float32)
+    labels = present[:, cols].astype(np.float32)
     check_multi_hot(labels, classes, where, require_all=training_split)
     rels = [paths[i] for i in rows]
     base = _image_base(root, rels[0])
