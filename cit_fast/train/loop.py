@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from ..config import RESOLVED, TrainConfig, finalize, save_config, to_dict
 from ..data.build import build_datasets, build_pipeline, require_masks
-from ..data.pipelines.mix import soft_cross_entropy
 from ..data.pipelines.batch import ImageBatch, ModelBatch
 from ..models import build_model, model_task
 from ..models.causal_multilabel import MultiLabelOutput
@@ -35,10 +34,10 @@ from ..errors import CheckpointError, ConfigError, UsageError, UserError
 from ..utils import atomic_write_json, print0
 from .callbacks import Callback, ProgressBar, PrometheusSteps, StepCheckpoints, StepInfo, StopAfter
 from .distributed import DistEnv, setup_distributed
-from .divergence import Diverged, DivergenceWatch, chance_loss
+from .divergence import Diverged, DivergenceWatch, chance_loss, skipped_mask
 from .engine import Engine, autocast_dtype, build_engine
 from .evaluate import evaluate
-from .losses import build_loss, feature_split_loss
+from .losses import build_loss, feature_split_loss, soft_cross_entropy
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -320,7 +319,7 @@ class Trainer:
         cfg, env, engine, pipe = self.cfg, self.env, self.engine, self.train_pipe
         engine.model.train()
         start = pipe.start_batch
-        step_losses = []
+        step_losses, step_skipped, undecided = [], [], 0  # skipped: the loss scaler's flag of each micro-step
         seen = 0
         for cb in self.callbacks:
             cb.on_epoch_start(self, epoch, start)
@@ -332,8 +331,13 @@ class Trainer:
             with engine.autocast():
                 loss = compute_loss(engine.model, batch, self.criterion)
             self.watch.record(epoch, step, loss)
-            self.watch.optimizer_step(engine.backward_step(loss))
+            skipped = engine.backward_step(loss)  # None inside an accumulation
+            self.watch.optimizer_step(skipped)
             step_losses.append(loss.detach())
+            undecided += 1
+            if skipped is not None:
+                step_skipped += [skipped] * undecided
+                undecided = 0
             seen += len(batch)
             self.total_steps += 1
             t_end = time.perf_counter()
@@ -356,9 +360,11 @@ class Trainer:
         if env.distributed and dist.is_initialized():
             dist.all_reduce(losses)
             losses /= env.world_size
-        losses = losses.cpu().tolist()  # host sync: once per epoch
-        finite = [x for x in losses if math.isfinite(x)]  # an fp16 step the loss scaler skipped: not averaged
-        return {"loss": sum(finite) / max(len(finite), 1), "steps": len(losses), "seconds": dt,
+        skipped = skipped_mask(step_skipped + [False] * undecided, losses.device)  # the same on every rank
+        losses, skipped = torch.stack([losses, skipped.float()]).cpu().tolist()  # host sync: once per epoch
+        # a step the fp16 loss scaler skipped (nan, inf or an overflowing finite loss) is not averaged in
+        kept = [x for x, s in zip(losses, skipped) if not s and math.isfinite(x)]
+        return {"loss": sum(kept) / max(len(kept), 1), "steps": len(losses), "seconds": dt,
                 "samples_per_s": seen * env.world_size / dt, "step_losses": losses}
 
     def fit(self) -> Dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Losses: cross-entropy (single label), BCE and ASL (multi-label), and Singh et al.'s feature-split loss.
+"""Losses: cross-entropy (single label; soft targets after Mixup / CutMix), BCE and ASL (multi-label),
+and Singh et al.'s feature-split loss.
 
 Multi-label losses are summed over classes and averaged over the batch, so BCE and ASL share a scale
 (ASL's reference implementation returns the sum over the batch too; we average it).
@@ -19,6 +20,11 @@ from ..models.feature_split import FeatureSplitOutput
 from ..models.registry import model_entry
 from ..utils import print0
 
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against soft targets (B, K) (Mixup / CutMix of single labels), averaged over the batch."""
+    return -(target * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
 def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,15 @@
+import itertools
+
+import numpy as np
 import pytest
 import torch
 
 from cit_fast.data.pipelines.batch import DoubleBatch, ImageBatch
-from cit_fast.data.pipelines.mix import mix_batch, soft_cross_entropy
+from cit_fast.data.pipelines.mix import MixOp, mix_batch, mix_draw, mix_key
+from cit_fast.data.plans import draws
 from cit_fast.config import load_config
 from cit_fast.train.loop import compute_loss, main
-from cit_fast.train.losses import build_loss
+from cit_fast.train.losses import build_loss, soft_cross_entropy
 
 
 def batches(n=6, k=4):
@@ -90,6 +94,68 @@ def test_multilabel_training_with_cutmix_runs(tmp_path):
                                   "model.name=resnet8", "optim.loss=asl", "mix.mode=cutmix", "optim.epochs=1",
                                   "data.batch_size=16", "progress=false", "threads=1", f"out_dir={tmp_path / 'r'}"]))
     assert res["task"] == "multilabel" and res["history"][0]["train_loss"] > 0
+
+
+def test_mix_keys_are_seed_epoch_rank_step_without_collisions():
+    """numpy's default_rng(seed + 7 * rank) of before gave rank 1 of seed 0 the draws of rank 0 of seed 7;
+    the key chain (seed, epoch) -> rank -> step keeps every one of the four apart."""
+    old = [np.random.default_rng([s + 7 * r, 0, 0, 0x313]).random() for s, r in ((0, 1), (7, 0))]
+    assert old[0] == old[1]  # the collision this replaces
+    assert mix_key(0, 0, 1, 0) != mix_key(7, 0, 0, 0)
+    b, _ = batches(n=8)
+    a = MixOp("mixup", 1.0, 1.0, 4, seed=0, rank=1)(b, 0, 0)
+    c = MixOp("mixup", 1.0, 1.0, 4, seed=7, rank=0)(b, 0, 0)
+    assert float(a.mix_lambda) != float(c.mix_lambda) and not torch.equal(a.image, c.image)
+    keys = {(s, e, r, t): mix_key(s, e, r, t) for s in range(16) for e in range(4) for r in range(8) for t in range(16)}
+    assert len(set(keys.values())) == len(keys)  # 8192 keys: no two (seed, epoch, rank, step) share one
+    # and the key is the draws' chain: stream 0x313 of (seed, epoch), the rank's sub-stream, the step's
+    assert mix_key(3, 2, 5, 11) == int(draws.bits(int(draws.bits(draws.key(3, 2, 0x313), 6)[5]), 12)[11])
+
+
+def test_build_pipeline_gives_the_mix_op_seed_and_rank_apart(tmp_path):
+    from cit_fast.data.build import build_pipeline
+    from cit_fast.data.sources.records import SampleSet
+
+    samples = SampleSet(np.zeros((8, 8, 8, 3), np.uint8), None, np.arange(8) % 4, [f"c{i}" for i in range(4)])
+    ops = [build_pipeline(samples, load_config(None, ["mix.mode=cutmix", f"seed={s}"]), train=True, rank=r).spec.batch_ops
+           for s, r in ((0, 1), (7, 0))]
+    assert ops[0] == (MixOp("cutmix", 1.0, 1.0, 4, seed=0, rank=1),) and ops[1][0].rank == 0 and ops[1][0].seed == 7
+    assert build_pipeline(samples, load_config(None, []), train=True).spec.batch_ops == ()  # Table IV's default
+
+
+def test_mix_draws_are_pinned_counters():
+    """The draws of a fixed grid of (seed, epoch, rank, step), pinned: the project's counter-based draws (no
+    numpy Generator), so no numpy release can move them; lam kept to 12 decimals (math.log/cos: libm)."""
+    import hashlib
+
+    parts = []
+    for s in range(3):
+        for e in range(2):
+            for r in range(2):
+                for t in range(4):
+                    d = mix_draw(mix_key(s, e, r, t), 10, alpha=0.4, prob=0.8, h=32, w=24)
+                    parts.append(f"{d.mixed}:{d.lam:.12f}:{d.perm.tolist()}:{d.centre}")
+    assert hashlib.sha256("|".join(parts).encode()).hexdigest()[:16] == "7379f580f6dea52f"
+    ds = [mix_draw(mix_key(0, 0, 0, t), 4, alpha=1.0, prob=0.5, h=32, w=24) for t in range(4000)]
+    on = [d for d in ds if d.mixed]
+    assert abs(len(on) / len(ds) - 0.5) < 0.03  # mixed with probability prob
+    assert all(0 <= d.centre[0] < 32 and 0 <= d.centre[1] < 24 for d in on)
+    assert {tuple(d.perm) for d in on} == {tuple(p) for p in itertools.permutations(range(4))}
+    assert all(np.array_equal(d.perm, np.arange(4)) and d.lam == 1.0 for d in ds if not d.mixed)
+    assert not mix_draw(mix_key(0, 0, 0, 0), 4, alpha=0.0, prob=1.0).mixed  # alpha 0: never mixed
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.2, 1.0, 4.0])
+def test_beta_draws_have_beta_moments(alpha):
+    """Stream.beta(a, a): mean 1/2, variance 1 / (4 (2a + 1)) and the CDF of numpy's beta on as many draws."""
+    s = draws.Stream(draws.key(5, 1, 0x313))
+    x = np.array([s.beta(alpha, alpha) for _ in range(20000)])
+    ref = np.random.default_rng(0).beta(alpha, alpha, 20000)
+    assert x.min() >= 0 and x.max() <= 1
+    assert abs(x.mean() - 0.5) < 0.01
+    assert abs(x.var() / (1 / (4 * (2 * alpha + 1))) - 1) < 0.04
+    q = np.array([0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])  # the two CDFs there (standard error ~0.005)
+    np.testing.assert_allclose((x[:, None] < q).mean(0), (ref[:, None] < q).mean(0), atol=0.02)
 
 
 def test_soft_cross_entropy_equals_ce_on_one_hot():

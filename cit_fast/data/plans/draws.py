@@ -27,6 +27,7 @@ balanced.py). A golden-digest test pins each plan kind's output for a fixed seed
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -164,14 +165,22 @@ def below_at(k: int, index, bound: int) -> np.ndarray:
     return np.minimum(u.astype(np.int64), int(bound) - 1)
 
 
+def child(k: int, index: int) -> int:
+    """The key of sub-stream ``index`` of stream ``k``: draw ``index`` of ``k`` (``bits(k, n)[index]``). For
+    one ``k`` distinct indices give distinct keys (a bijection); chained, ``child(child(k, a), b)`` keys a
+    pair (a, b) with no arithmetic between a and b, so no two pairs share a key by construction."""
+    return _mix_int(int(k) + (int(index) + 1) * GAMMA)
+
+
 def sample_key(seed: int, epoch: int, stream: int, index: int) -> int:
     """The key of sample ``index``'s own stream in ``stream`` of (seed, epoch): draw ``index`` of that stream."""
-    return _mix_int(key(seed, epoch, stream) + (int(index) + 1) * GAMMA)
+    return child(key(seed, epoch, stream), index)
 
 
 class Stream:
     """Draws 0, 1, 2, ... of one stream, one at a time: the few draws of one sample's augmentation (a crop
-    window's up to ten tries), with the methods of numpy's Generator that the augmentations call."""
+    window's up to ten tries) or of one batch's Mixup / CutMix, with the methods of numpy's Generator
+    that they call (random, uniform, integers, normal, beta)."""
 
     def __init__(self, k: int):
         self.k, self.n = int(k) & _MASK, 0
@@ -187,3 +196,34 @@ class Stream:
     def integers(self, low: int, high: int) -> int:
         """An integer in [low, high) (as ``below``)."""
         return low + min(int(self.random() * (high - low)), high - low - 1)
+
+    def normal(self) -> float:
+        """A standard normal (Box-Muller from two draws, the cosine half): in Python floats, so only the
+        platform's libm (log, cos: within an ulp) can touch it, never a numpy release."""
+        r = math.sqrt(-2.0 * math.log(1.0 - self.random()))  # 1 - u in (0, 1]: no log(0)
+        return r * math.cos(2.0 * math.pi * self.random())
+
+    def log_gamma(self, shape: float) -> float:
+        """The log of a Gamma(shape, 1) draw (Marsaglia & Tsang 2000: squeeze-and-reject on a normal;
+        shape < 1 as Gamma(shape + 1) * U ** (1 / shape), their section 6, kept in logs so small shapes
+        cannot underflow to 0)."""
+        if shape <= 0:
+            raise ValueError(f"gamma shape must be > 0, got {shape}")
+        if shape < 1:
+            return self.log_gamma(shape + 1.0) + math.log(1.0 - self.random()) / shape
+        d = shape - 1.0 / 3.0
+        c = 1.0 / math.sqrt(9.0 * d)
+        while True:  # accepts with probability > 0.95 for every shape >= 1
+            x = self.normal()
+            v = 1.0 + c * x
+            if v <= 0.0:
+                continue
+            v = v * v * v
+            u = 1.0 - self.random()
+            if u < 1.0 - 0.0331 * x ** 4 or math.log(u) < 0.5 * x * x + d * (1.0 - v + math.log(v)):
+                return math.log(d * v)
+
+    def beta(self, a: float, b: float) -> float:
+        """A Beta(a, b) draw in [0, 1]: X / (X + Y) of two Gamma draws, X ~ Gamma(a), Y ~ Gamma(b)."""
+        lx, ly = self.log_gamma(a), self.log_gamma(b)
+        return 1.0 / (1.0 + math.exp(ly - lx)) if ly - lx < 700 else 0.0
