@@ -52,6 +52,14 @@ def chance_loss(num_classes: int, multilabel: bool) -> float:
     return math.log(2.0) if multilabel or num_classes < 2 else math.log(num_classes)
 
 
+def skipped_mask(flags: List[SkipFlag], device: torch.device) -> torch.Tensor:
+    """(n,) bool on ``device`` from the scaler's per-step flags (host bools or device scalars): no sync."""
+    if not flags:
+        return torch.zeros(0, dtype=torch.bool, device=device)
+    return torch.stack([f.to(device) if torch.is_tensor(f) else torch.full((), bool(f), device=device)
+                        for f in flags])
+
+
 class DivergenceWatch:
     def __init__(self, env, steps_per_epoch: int, scaled: bool, floor: float, advice: str) -> None:
         self.env, self.steps_per_epoch = env, steps_per_epoch
@@ -86,8 +94,7 @@ class DivergenceWatch:
         n = len(ready)
         if n:
             losses = torch.stack([s.loss.float() for s in ready])  # (n,)
-            skipped = torch.stack([f if torch.is_tensor(f) else torch.full((), bool(f), device=losses.device)
-                                   for f in (s.skipped for s in ready)]).to(losses.device)  # (n,) bool
+            skipped = skipped_mask([s.skipped for s in ready], losses.device)  # (n,) bool
             finite = torch.isfinite(losses)
             bad = ~finite & ~skipped
             # the first bad step and the lowest rank at it as one number, min-reduced over ranks

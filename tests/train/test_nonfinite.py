@@ -4,6 +4,7 @@ gets one warning. The injection wraps the loop's ``compute_loss`` (the loop know
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,10 +29,11 @@ def args_for(out, *extra):
     return [*SMALL, f"out_dir={out}", *extra]
 
 
-def inject(monkeypatch, at=None, times=None, scale=None):
+def inject(monkeypatch, at=None, times=None, scale=None, factor=float("nan")):
     """Wrap compute_loss: record every loss (detached, before the injection); micro-step ``at``
-    (1-based) gets loss * nan; from micro-step ``times`` on, the loss reads ``scale`` times higher
-    (its gradient unchanged, so training goes on as before)."""
+    (1-based) gets loss * ``factor`` (nan; or a large finite factor, whose gradients overflow under a
+    loss scaler); from micro-step ``times`` on, the loss reads ``scale`` times higher (its gradient
+    unchanged, so training goes on as before)."""
     seen = []
     original = loop.compute_loss
 
@@ -39,7 +41,7 @@ def inject(monkeypatch, at=None, times=None, scale=None):
         loss = original(model, batch, criterion)
         seen.append(loss.detach().clone())
         if at is not None and len(seen) == at:
-            return loss * float("nan")
+            return loss * factor
         if times is not None and len(seen) >= times:
             return loss + (scale - 1) * loss.detach()
         return loss
@@ -130,22 +132,124 @@ def test_resume_auto_skips_an_old_nonfinite_checkpoint(tmp_path, capsys):
     assert finite(cks[-1])  # written again, by the resumed run
 
 
-@pytest.mark.parametrize("precision, stops", [("fp16", False), ("fp32", True)])
-def test_a_step_the_fp16_loss_scaler_skips_is_not_a_failure(tmp_path, monkeypatch, precision, stops):
-    """GradScaler (ddp engine, fp16 autocast on the CPU) skips the step of a nan loss: the run goes on;
-    the same nan in fp32 stops it."""
-    inject(monkeypatch, at=2)
-    cfg = load_config(None, args_for(tmp_path, "optim.epochs=1", "max_steps_per_epoch=4", "log_interval=1",
-                                     f"dist.precision={precision}", "device=cpu"))
+def test_lr_1e30_on_the_embedded_data_stops_with_exit_code_3(tmp_path, capsys):
+    """The issue's case, nothing injected: optim.lr=1e30 diverges within a few steps; the run stops
+    with one line naming the step and the last finite checkpoint, and no checkpoint on disk holds a
+    non-finite value (a checkpoint was due after every step)."""
+    rc = cli(["train", *args_for(tmp_path, "optim.lr=1e30", "checkpoint_every_steps=1")])
+    err = capsys.readouterr().err
+    assert rc == EXIT_CODE
+    lines = stopped_lines(err)
+    assert len(lines) == 1, err
+    m = re.search(r"the loss is not finite \((nan|inf|-inf)\) at epoch 1, step (\d)/7;", lines[0])
+    assert m, lines[0]
+    assert "optim.lr=1e+30" in lines[0] and "data.batch_size=32" in lines[0]
+    written = sorted((tmp_path / "checkpoints").glob("*.pt")) if (tmp_path / "checkpoints").exists() else []
+    assert written == ckpt.list_checkpoints(tmp_path / "checkpoints")  # no temporary file left either
+    assert all(finite(p) for p in written)
+    if written:  # the newest one is named, and it is from before the failing step
+        assert f"the last finite checkpoint is {written[-1]};" in lines[0]
+        assert ckpt.load_checkpoint(written[-1])["step_in_epoch"] < int(m.group(2))
+    else:
+        assert "the last finite checkpoint is none" in lines[0]
+    assert not (tmp_path / "results.json").exists()
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("precision, factor, stops", [
+    ("fp16", float("nan"), False),  # a nan loss: GradScaler finds nan gradients and skips the step
+    ("fp16", 1e35, False),  # a finite loss whose scaled gradients overflow: a real fp16 overflow step
+    ("fp32", float("nan"), True),  # no scaler: the same nan stops the run
+], ids=["fp16-nan", "fp16-overflow", "fp32-nan"])
+def test_a_step_the_fp16_loss_scaler_skips_is_not_a_failure(tmp_path, monkeypatch, capsys, precision, factor, stops):
+    """GradScaler (ddp engine, fp16 autocast on the CPU) skips the step: the run goes on, through the
+    CLI, and the skipped step is neither averaged in nor taken for an explosion."""
+    inject(monkeypatch, at=2, factor=factor)
+    rc = cli(["train", *args_for(tmp_path, "optim.epochs=1", "max_steps_per_epoch=4", "log_interval=1",
+                                 f"dist.precision={precision}", "device=cpu")])
+    err = capsys.readouterr().err
     if stops:
-        with pytest.raises(Diverged, match="at epoch 1, step 2/4"):
-            main(cfg)
+        assert rc == EXIT_CODE and len(stopped_lines(err)) == 1 and "at epoch 1, step 2/4" in err, err
+        assert not (tmp_path / "checkpoints").exists() or not ckpt.list_checkpoints(tmp_path / "checkpoints")
         return
-    res = main(cfg)
+    assert rc == 0, err
+    res = json.loads((tmp_path / "results.json").read_text())
     losses = res["history"][0]["step_losses"]
-    assert math.isnan(losses[1]) and all(math.isfinite(x) for x in losses[:1] + losses[2:])
-    assert math.isfinite(res["history"][0]["train_loss"])  # the skipped step is not averaged in
+    assert not math.isfinite(losses[1]) if math.isnan(factor) else losses[1] > 1e30
+    assert all(math.isfinite(x) and x < 10 for x in losses[:1] + losses[2:])
+    assert math.isfinite(res["history"][0]["train_loss"]) and res["history"][0]["train_loss"] < 10
+    assert "exploded" not in err and not stopped_lines(err)
     assert finite(ckpt.find_latest(tmp_path / "checkpoints"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision, stops", [("fp16", False), ("fp32", True)])
+def test_deepspeed_fp16_skipped_step_is_not_a_failure(tmp_path, monkeypatch, capsys, precision, stops):
+    """DeepSpeed's own loss scaler (fp16, ZeRO-1, CPU accelerator) skips the nan step: the run goes on;
+    in fp32 the same nan stops it with exit code 3."""
+    pytest.importorskip("deepspeed")
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    inject(monkeypatch, at=2)
+    rc = cli(["train", *args_for(tmp_path, "optim.epochs=1", "max_steps_per_epoch=4", "log_interval=1",
+                                 "dist.engine=deepspeed", "dist.zero_stage=1", f"dist.precision={precision}",
+                                 "device=cpu")])
+    err = capsys.readouterr().err
+    if stops:
+        assert rc == EXIT_CODE and len(stopped_lines(err)) == 1 and "at epoch 1, step 2/4" in err, err[-3000:]
+        return
+    assert rc == 0, err[-3000:]
+    losses = json.loads((tmp_path / "results.json").read_text())["history"][0]["step_losses"]
+    assert math.isnan(losses[1]) and all(math.isfinite(x) for x in losses[:1] + losses[2:])
+
+
+# what reads a tensor back to the host (a device sync on a GPU)
+SYNCS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+
+
+def count_syncs(monkeypatch):
+    """Count the host reads of tensors made by cit_fast/train's own code while an epoch trains."""
+    calls, active = [], [False]
+    here = str(Path(loop.__file__).parent)
+    for name in SYNCS:
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _real=real, _name=name, **k):
+            frame = sys._getframe(1)
+            if active[0] and frame.f_code.co_filename.startswith(here):
+                calls.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {_name}")
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    real_epoch = Trainer.train_one_epoch
+
+    def train_one_epoch(self, epoch):
+        active[0] = True
+        try:
+            return real_epoch(self, epoch)
+        finally:
+            active[0] = False
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", train_one_epoch)
+    return calls
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_the_loss_check_adds_no_per_step_host_sync(tmp_path, monkeypatch, precision):
+    """The watch reads losses at log points only: with the same log points (the first and the last
+    step), 6 steps read back as often as 3; every log point more adds reads (so the count sees them)."""
+    calls = count_syncs(monkeypatch)
+
+    def reads(steps, log_interval):
+        calls.clear()
+        main(load_config(None, args_for(tmp_path / f"{steps}_{log_interval}", "optim.epochs=1",
+                                        f"max_steps_per_epoch={steps}", f"log_interval={log_interval}",
+                                        f"dist.precision={precision}", "device=cpu")))
+        return list(calls)
+
+    three, six = reads(3, 100), reads(6, 100)
+    assert three and len(six) == len(three), (three, six)
+    assert len(reads(6, 1)) > len(six)
+    assert any("divergence.py" in c for c in three)
 
 
 def test_watch_decides_with_the_scalers_own_skip_signal():
