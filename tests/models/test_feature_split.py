@@ -161,19 +161,22 @@ def test_context_lift_on_a_model_that_reads_b_off_c():
     assert abs(context_lift(s, t, [(1, 0)])["with_b"]) < 0.2  # c's own logit does not depend on b
 
 
-def _write_data(tmp_path):
-    d = make_scene_multilabel("salient", n_train=64, n_test=32, seed=0)
-    save_arrays(d["train"], str(tmp_path / "train.npz"))
-    save_arrays(d["test"], str(tmp_path / "test.npz"))
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tiny salient-arm data set, written once for the CLI tests."""
+    d, path = make_scene_multilabel("salient", n_train=64, n_test=32, seed=0), tmp_path_factory.mktemp("salient")
+    save_arrays(d["train"], str(path / "train.npz"))
+    save_arrays(d["test"], str(path / "test.npz"))
+    return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["decoder_resnet8", "resnet8"])
-def test_tiny_training_through_the_cli(tmp_path, model, capsys):
+def test_tiny_training_through_the_cli(tmp_path, data_dir, model, capsys):
     from cit_fast.cli import main
 
-    _write_data(tmp_path)
     pairs = ",".join(f"{b}:{c}" for b, c in SCENE_PAIRS)
-    args = ["train", f"data.train={tmp_path / 'train.npz'}", f"data.test={tmp_path / 'test.npz'}",
+    args = ["train", f"data.train={data_dir / 'train.npz'}", f"data.test={data_dir / 'test.npz'}",
             f"model.name={model}", "model.feature_split=true", f"model.biased_pairs={pairs}", "model.embed_dim=16",
             "model.num_heads=2", "data.batch_size=16", "optim.epochs=1", "max_steps_per_epoch=2", "threads=1",
             "progress=false", f"out_dir={tmp_path / 'run'}", "optim.optimizer=adamw", "optim.lr=0.001"]
@@ -183,20 +186,26 @@ def test_tiny_training_through_the_cli(tmp_path, model, capsys):
     assert (tmp_path / "run" / "results.json").exists()
     state = torch.load(next((tmp_path / "run" / "checkpoints").glob("*.pt")), weights_only=False)
     model_state = state.get("model", state)
-    assert any(k.endswith("feature_split.count") for k in model_state)
+    counts = [v for k, v in model_state.items() if k.endswith("feature_split.count")]
+    assert [int(v) for v in counts] == [2]  # both training steps went through the split forward
 
 
-@pytest.mark.parametrize("extra, match", [(["model.biased_pairs="], "needs model.biased_pairs"),
-                                          (["model.biased_pairs=circle:blob"], "model.biased_pairs"),
-                                          (["model.name=causal_resnet8", "model.biased_pairs=circle:frame"],
-                                           "has no feature split")])
-def test_errors_name_the_key(tmp_path, extra, match, capsys):
+@pytest.mark.parametrize("extra, match", [
+    (["model.biased_pairs="], "model.feature_split: needs model.biased_pairs"),
+    (["model.biased_pairs=circle:blob"], "model.biased_pairs"),
+    (["model.biased_pairs=circle"], "model.biased_pairs"),
+    (["model.biased_pairs=circle:frame", "model.feature_split_alpha_min=0.5"],
+     "model.feature_split_alpha_min: expected a weight >= 1, got 0.5"),
+    (["model.biased_pairs=circle:frame", "optim.loss=asl"], "model.feature_split's weighted loss is BCE"),
+    (["model.name=causal_resnet8", "model.biased_pairs=circle:frame"], "has no feature split"),
+])
+def test_errors_are_one_line_naming_the_key(tmp_path, data_dir, extra, match, capsys):
     from cit_fast.cli import main
 
-    _write_data(tmp_path)
-    args = ["train", f"data.train={tmp_path / 'train.npz'}", f"data.test={tmp_path / 'test.npz'}",
+    args = ["train", f"data.train={data_dir / 'train.npz'}", f"data.test={data_dir / 'test.npz'}",
             "model.name=decoder_resnet8", "model.feature_split=true", "optim.epochs=1", "max_steps_per_epoch=1",
             "threads=1", "progress=false", f"out_dir={tmp_path / 'run'}", *extra]
-    with pytest.raises(SystemExit):
-        main(args)
-    assert match in capsys.readouterr().err
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run" / "results.json").exists()
