@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cross-eval", help="multi-label: evaluate a checkpoint on another dataset over the common classes")
     c.add_argument("--checkpoint", required=True)
-    c.add_argument("--mapping", required=True, help="YAML/JSON {source class name: target class name}")
+    c.add_argument("--mapping", required=True, help="YAML/JSON {source class name: target class name}, or "
+                   "coco-nuswide: the shipped MS-COCO <-> NUS-WIDE common classes, read in the direction of the "
+                   "model's classes")
     c.add_argument("--out", help="write the JSON report here")
     c.add_argument("--source-too", action="store_true",
                    help="also the mAP of the same classes on the checkpoint's own test set")

@@ -2,7 +2,8 @@
 
 A model trained on one multi-label source is scored on another source's test images; only the
 classes both sides have count, matched by a mapping file ``{source class name: target class name}``
-(YAML or JSON). The report holds the mAP over the common classes and every common class's AP:
+(YAML or JSON), or by a shipped mapping named instead of a file: ``coco-nuswide`` (MS-COCO <-> NUS-WIDE,
+``cit_fast.data.mappings``), read COCO -> NUS-WIDE or NUS-WIDE -> COCO as the model's classes go. The report holds the mAP over the common classes and every common class's AP:
 
     cit-fast cross-eval --checkpoint runs/coco/checkpoints/ckpt_e0030_s000000.pt \\
         --mapping coco_to_nuswide.yaml data.source=nuswide data.test=data/nuswide/test --out cross.json
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..config import finalize, from_dict, merge_trees, parse_overrides, resolve_paths, to_dict
 from ..data.build import build_datasets, build_pipeline, load_split
+from ..data.mappings import NAMED, named_mapping, orient
 from ..data.sources.records import DataError, SampleSet
 from ..utils import atomic_write_json, read_mapping_file
 from .collect import collect
@@ -127,14 +129,19 @@ def run_cross_eval(checkpoint: str, mapping: str, overrides: Sequence[str] = (),
         tgt_cfg.data.root = ""  # the source's image root means nothing on the target
     tgt_cfg.data.strata_file = ""  # common-sense groups of the source's classes
     target = _target_set(tgt_cfg)
-    pairs = match_classes(load_mapping(mapping), src_train.classes, target.classes, f"mapping {mapping}")
+    direction = None
+    if mapping in NAMED and not Path(mapping).is_file():  # a shipped mapping, read the way the model's classes go
+        mapped, direction = orient(named_mapping(mapping), src_train.classes, target.classes)
+    else:
+        mapped = load_mapping(mapping)
+    pairs = match_classes(mapped, src_train.classes, target.classes, f"mapping {mapping}")
     if not tgt_cfg.data.image_size and "image_size" not in given and src_train.in_memory:
         h, w = src_train.image(0).shape[:2]
         if h == w:
             tgt_cfg.data.image_size = int(h)  # the side the model was trained at
     scores = _scores(model, target, tgt_cfg, device, task)
     report: Dict[str, Any] = {"checkpoint": str(run.checkpoint), "epoch": run.epoch, "model": src_cfg.model.name,
-                              "mapping": str(mapping), "source": src_train.name, "target": target.name,
+                              "mapping": str(mapping), "direction": direction, "source": src_train.name, "target": target.name,
                               "source_classes": len(src_train.classes), "target_classes": len(target.classes),
                               **common_class_ap(scores, _multi_hot(target), pairs, src_train.classes, target.classes)}
     mapped_s = {src_train.classes[s] for s, _ in pairs}
@@ -159,6 +166,7 @@ def format_cross_report(report: Dict[str, Any]) -> str:
 
     src = "source_ap" in (report["per_class"][0] if report["per_class"] else {})
     lines = [f"checkpoint: {report['checkpoint']}  model: {report['model']}",
+             *([f"mapping: {report['mapping']} ({report['direction']})"] if report.get("direction") else []),
              f"source: {report['source']} ({report['source_classes']} classes)",
              f"target: {report['target']} ({report['target_classes']} classes, {report['n']} images)",
              f"common classes: {report['common_classes']} ({report['classes_with_positives']} with positives)",
