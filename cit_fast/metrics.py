@@ -67,6 +67,11 @@ class TrainingMetrics:
         self.gpu_util = Gauge(f"{p}_gpu_utilization_ratio", "GPU utilisation in 0..1 (NVML)", labels, registry=r)
         self.bad_samples = Counter(f"{p}_bad_samples_skipped", "Training samples left out because their image or "
                                    "their context's cannot be read (data.on_bad_sample=skip)", labels, registry=r)
+        self.world_size = Gauge(f"{p}_world_size", "Processes in the job since its workers last started", labels,
+                                registry=r)
+        self.nodes = Gauge(f"{p}_nodes", "Nodes in the job since its workers last started", labels, registry=r)
+        self.restarts = Gauge(f"{p}_restarts", "Times the run's workers started again in its out_dir (a node "
+                              "left, came back or was restarted, a worker failed, resume)", labels, registry=r)
         self._bad_total = 0
         for m in (self.samples, self.steps, self.step_duration, self.data_wait, self.loss, self.lr, self.epoch,
                   self.throughput, self.ckpt, self.gpu_util, self.bad_samples):
@@ -146,6 +151,13 @@ class TrainingMetrics:
         if self.enabled and total > self._bad_total:
             self.bad_samples.labels(**self._lv).inc(total - self._bad_total)
             self._bad_total = total
+
+    def membership(self, world_size: int, nodes: int, restarts: int) -> None:
+        """At every start of the workers (train/membership.py)."""
+        if self.enabled:
+            self.world_size.labels(**self._lv).set(world_size)
+            self.nodes.labels(**self._lv).set(nodes)
+            self.restarts.labels(**self._lv).set(restarts)
 
     def set_epoch(self, epoch: int) -> None:
         if self.enabled:

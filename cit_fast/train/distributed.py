@@ -59,14 +59,21 @@ def _free_port() -> int:
 
 
 def _init_process_group(backend: str, rank: int, world: int) -> None:
-    """init_process_group; under torchrun, with keys private to this restart attempt.
+    """init_process_group; under torchrun, on a store no earlier attempt has written to.
 
-    torchrun's agent keeps one store across elastic restarts, so a restarted rank could read a
-    peer's address left by the previous (dead) attempt and fail with "Connection refused". A
-    prefix per attempt (TORCHELASTIC_RESTART_COUNT, and the world size: a restart because a node
-    joined or left does not count as one) keeps every attempt's rendezvous keys apart.
+    Where rank 0's worker hosts the store (TORCHELASTIC_USE_AGENT_STORE=False: the launchers set
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for several nodes), every rendezvous round gives it a fresh
+    port, so the store is new and no prefix is needed. This matters: a node started again has a
+    restart count of 0 while the nodes that stayed count their restarts, so a prefix built from
+    TORCHELASTIC_RESTART_COUNT would differ between them and the process group would never form
+    (tests/train/test_node_restart.py).
+
+    Where torchrun's agent hosts the store (one node, or the shared store left on), the store is
+    kept across elastic restarts and a restarted rank could read a peer's address left by the
+    previous (dead) attempt ("Connection refused"): there a prefix per attempt (the restart count,
+    and the world size, as a restart because a node joined or left does not count as one) keeps
+    every attempt's keys apart; all ranks of a node count alike there.
     """
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # not under torchrun: torch's own env:// rendezvous
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
         return
@@ -75,9 +82,10 @@ def _init_process_group(backend: str, rank: int, world: int) -> None:
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                           is_master=not agent_hosts and rank == 0, timeout=timedelta(minutes=30))
-    # a restart for a node that joined (or left) keeps the restart count: the world size tells it apart
-    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"cit_fast/attempt_{attempt}_world_{world}", store),
-                            rank=rank, world_size=world)
+    if agent_hosts:
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"cit_fast/attempt_{attempt}_world_{world}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
 
 
 def setup_distributed(device_name: str = "auto", engine: str = "ddp") -> DistEnv:

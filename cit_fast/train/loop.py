@@ -36,6 +36,7 @@ from .callbacks import Callback, ProgressBar, PrometheusSteps, StepCheckpoints, 
 from .distributed import DistEnv, setup_distributed
 from .divergence import Diverged, DivergenceWatch, chance_loss, skipped_mask
 from .engine import Engine, autocast_dtype, build_engine
+from .membership import Membership
 from .evaluate import evaluate
 from .losses import build_loss, feature_split_loss, soft_cross_entropy
 
@@ -265,12 +266,13 @@ class Trainer:
         """resume=auto: the newest complete checkpoint that loads (a corrupt newest one is skipped with a
         warning); resume=PATH: that checkpoint, or one clear error."""
         cfg = self.cfg
+        event = self._note_membership()
         if not cfg.resume:
             return
         if cfg.resume == "auto":
             candidates = list(reversed(self.engine.list_checkpoints(self.ckpt_dir)))
             if not candidates:
-                print0(f"resume=auto: no complete checkpoint in {self.ckpt_dir}; starting fresh")
+                print0(event + f"resume=auto: no complete checkpoint in {self.ckpt_dir}; starting fresh")
                 return
         else:
             candidates = [Path(cfg.resume)]
@@ -293,7 +295,19 @@ class Trainer:
             _set_rng_states(rngs[self.env.rank])
         else:  # a different world size: per-rank streams cannot carry over
             seed_everything(cfg.seed + self.env.rank + 7919 * (self.start_epoch + 1))
-        print0(f"resumed from {path} at epoch {self.start_epoch + 1}, step {self.start_step}")
+        print0(event + f"resumed from {path} at epoch {self.start_epoch + 1}, step {self.start_step}")
+
+    def _note_membership(self) -> str:
+        """The nodes of this start against the previous start's (collective): the metrics' world size,
+        node count and restarts, and rank 0's event line ('restart 1: node b left; world size 2 -> 1
+        (nodes: a); ' before the resume line), or '' for a run's first start."""
+        m = Membership.gather(self.out, self.env.world_size, bool(self.cfg.resume), self.env.rank)
+        self.membership = m
+        self.metrics.membership(m.world_size, len(m.nodes), m.restarts)
+        if self.env.rank == 0:
+            m.save(self.out)
+        line = m.event_line()
+        return f"{line}; " if line else ""
 
     def maybe_fit_confounders(self, epoch: int) -> None:
         """Causal multi-label models: k-means confounders over the training set, before the first epoch
