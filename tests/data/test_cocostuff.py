@@ -71,6 +71,11 @@ def test_label_maps_read_through_the_cli(tmp_path, capsys):
     assert list(ev["per_class_ap"]) == CLASSES_171 and ev["n"] == 2  # val2017's two maps
     assert {"dining table", "building-other", "ceiling-other", "hair drier"} <= set(ev["per_class_ap"])
     assert not {LABEL_NAMES[i] for i in UNANNOTATED} & set(ev["per_class_ap"])
+    # Singh et al.'s 20 pairs resolve against the class names
+    assert cli(["eval", "--checkpoint", ck, "--pairs", "coco-stuff", "--out", str(tmp_path / "p.json")]) == 0
+    pairs = json.loads((tmp_path / "p.json").read_text())["test"]["biased_pairs"]["pairs"]
+    assert len(pairs) == 20 and (pairs[0]["b"], pairs[0]["c"]) == ("cup", "dining table")
+    assert pairs[0]["n_cooccur"] == 1  # val2017's second map holds both
 
 
 def test_labels_masks_and_splits(tmp_path):

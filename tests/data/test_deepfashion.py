@@ -21,6 +21,7 @@ KNOWN = ["a-line", "abstract", "animal", "ankle", "batwing", "bell", "bodycon", 
          "knit", "lace", "light", "loose", "medium", "neckline", "print", "retro", "skinny", "striped", "studded",
          "suede", "sweet", "sweetheart", "tassel", "terry", "trapeze", "wash", "knit", "floral print"]
 NAMES = KNOWN + [f"filler attribute {i}" for i in range(N_ATTR - len(KNOWN))]
+UNIQUE = NAMES[:39] + ["knit (2)"] + NAMES[40:]  # the class names: a name listed twice is made unique
 # partitions: 8 train, 2 val, 2 test images
 PARTS = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
 RELS = [f"img/{'Sheer_Pleated-Front_Blouse' if i % 2 else 'Floral_Maxi_Dress'}/img_{i + 1:08d}.jpg"
@@ -36,8 +37,9 @@ def _presence() -> np.ndarray:
     counts = np.zeros(N_ATTR, int)
     counts[rng.choice(np.arange(len(KNOWN), N_ATTR), 400, replace=False)] = 1
     top = [NAMES.index(n) for n in ("print", "floral", "lace")]
-    rest = [j for j in range(N_ATTR) if j not in top]
-    more = rng.choice(rest, 247, replace=False)
+    known = [j for j in range(len(KNOWN)) if j not in top]  # Singh et al.'s pair names among the top 250
+    rest = [j for j in range(len(KNOWN), N_ATTR)]
+    more = np.r_[known, rng.choice(rest, 247 - len(known), replace=False)]
     counts[more] = 2 + np.arange(247) % 4
     counts[top] = (8, 7, 6)
     for j, c in enumerate(counts):
@@ -91,8 +93,12 @@ def test_read_through_the_cli_with_250_attributes(bench, tmp_path):
     ck = str(ckpt.find_latest(out / "checkpoints"))
     assert cli(["eval", "--checkpoint", ck, "--out", str(tmp_path / "e.json")]) == 0
     ev = json.loads((tmp_path / "e.json").read_text())["test"]
-    assert list(ev["per_class_ap"]) == [NAMES[j] for j in TOP250] and len(ev["per_class_ap"]) == 250
+    assert list(ev["per_class_ap"]) == [UNIQUE[j] for j in TOP250] and len(ev["per_class_ap"]) == 250
     assert ev["n"] == 2 and "top3_recall" in ev  # the test partition; DeepFashion's metric
+    # Singh et al.'s 20 pairs resolve against the attribute names
+    assert cli(["eval", "--checkpoint", ck, "--pairs", "deepfashion", "--out", str(tmp_path / "p.json")]) == 0
+    pairs = json.loads((tmp_path / "p.json").read_text())["test"]["biased_pairs"]["pairs"]
+    assert len(pairs) == 20 and (pairs[0]["b"], pairs[0]["c"]) == ("bell", "lace")
 
 
 @pytest.mark.parametrize("zero_one", [False, True])
@@ -114,7 +120,7 @@ def test_labels_partitions_and_k(tmp_path, monkeypatch, zero_one):
     assert len(v) == 2 and v.images[1].endswith(RELS[9])
     every = load_config(None, [f"data.train={root}", f"data.test={root}", "data.deepfashion_attributes=250"])
     tr, _ = build_datasets(every.data)
-    assert tr.classes == [NAMES[j] for j in TOP250]
+    assert tr.classes == [UNIQUE[j] for j in TOP250]
     assert set(TOP250) == set(np.nonzero(PRESENCE[:8].sum(0) >= 2)[0])  # the 250 with 2+ positives
 
 
