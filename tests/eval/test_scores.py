@@ -66,6 +66,25 @@ def test_exclusive_and_cooccur_ap_by_hand():
     assert r["exclusive"] == row["exclusive"]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exclusive_and_cooccur_match_singh_et_al_evaluate(seed):
+    """Their evaluate.py: exclusive = b & ~c, cooccur = b & c, other = neither (the images without b);
+    AP of b by scikit-learn over exclusive + other and cooccur + other. Scores rounded to force ties."""
+    import sklearn.metrics as sk  # the [report] extra, installed by make venv
+    rng = np.random.default_rng(seed)
+    t = (rng.random((157, 5)) < 0.4).astype(np.float32)
+    s = np.round(rng.random((157, 5)) + 0.5 * t, 1)  # ties, and b scored higher where present
+    pairs = [(0, 1), (2, 4), (3, 0)]
+    r = biased_pairs(s, t, pairs)
+    for (b, c), row in zip(pairs, r["pairs"]):
+        excl, cooc = (t[:, b] == 1) & (t[:, c] == 0), (t[:, b] == 1) & (t[:, c] == 1)
+        other = ~excl & ~cooc
+        assert row["exclusive"] == pytest.approx(100 * sk.average_precision_score(t[excl | other, b], s[excl | other, b]))
+        assert row["cooccur"] == pytest.approx(100 * sk.average_precision_score(t[cooc | other, b], s[cooc | other, b]))
+        assert row["all"] == pytest.approx(100 * sk.average_precision_score(t[:, b], s[:, b]))
+    assert r["exclusive"] == pytest.approx(np.mean([row["exclusive"] for row in r["pairs"]]))
+
+
 def test_top_k_recall_by_hand():
     s = np.array([[.9, .8, .7, .1], [.1, .2, .3, .9], [.5, .1, .2, .3]])
     t = np.array([[1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 0, 0]])
