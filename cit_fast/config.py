@@ -227,16 +227,18 @@ class ModelConfig:
     trunk_cache_mb: int = option(0, "with freeze_trunk: cache the trunk's maps of seen training inputs, up to "
                                     "this many MB (no augmentation: later epochs skip the trunk)")
     feature_split: bool = option(False, "Singh et al.'s feature splitting with their weighted loss (CVPR 2020): "
-                                        "for images with b but not c, b's logit reads only the first half of "
-                                        "the feature; decoder_* (each label feature) and resnet* (the pooled "
-                                        "feature) on multi-hot labels with BCE; needs model.biased_pairs",
+                                        "on training images with some pair's b but not its c, the logits read "
+                                        "the second half of the feature at its running mean (W_s of b not "
+                                        "trained there) and b's loss is weighted; decoder_* (each label "
+                                        "feature) and resnet* (the pooled feature) on multi-hot labels with "
+                                        "BCE; needs model.biased_pairs",
                                  section="feature splitting (decoder_* and multi-label resnet*)")
     biased_pairs: str = option("", "the biased pairs feature splitting acts on: b:c,b2:c2 (class names or "
                                    "indices), a preset (coco-stuff, deepfashion: Singh et al.'s 20 pairs) or a "
                                    "pairs file (one b:c per line, or YAML)")
     feature_split_alpha_min: float = option(3.0, "floor of the exclusive images' loss weight, max(sqrt(n_cooccur "
-                                                 "/ n_exclusive), this) per pair in training (Singh et al.: 3 on "
-                                                 "COCO-Stuff, 5 on DeepFashion; 1 = no floor)")
+                                                 "/ n_exclusive), this) per pair in training (1 = no floor, as in "
+                                                 "the public re-implementation's calculate_alpha.py)")
 
 
 @dataclass
