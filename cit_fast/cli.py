@@ -276,6 +276,8 @@ def _cmd_table4(args) -> int:
 
     if args.jobs < 1:
         raise UsageError(f"--jobs: expected at least 1, got {args.jobs}")
+    if args.images and args.seeds != 1:
+        raise UsageError(f"--seeds: for the embedded table (without --images); got --seeds {args.seeds} with --images")
     if args.images:
         for flag in ("epochs", "train_per_class", "test_per_class"):
             value = getattr(args, flag)
