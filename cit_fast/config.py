@@ -7,8 +7,9 @@ Adding a key is one line in its dataclass: ``name: type = option(default, "what 
 choice key passes ``choices=`` a tuple declared below beside the others (validate() then checks it,
 ``cit-fast config`` lists it, and the modules that act on it import the same tuple); a file or
 directory passes ``path=True`` (made absolute when a run starts). Checks beyond the choices (ranges,
-keys that need each other) go in validate(). ``data.source`` is inferred once, in finalize(); code
-below reads ``cfg.data.source``.
+keys that need each other) go in validate(); the data rules (which data.* settings go together) live
+in data/spec.py and run in finalize(), where ``data.source`` is inferred, once; code below reads
+``cfg.data.source``.
 """
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ INTERVENTIONS = ("residual", "vcrcnn")
 SCHEDULES = ("multistep", "cosine")
 OPTIMIZERS = ("sgd", "adamw")
 LOSSES = ("auto", "ce", "bce", "asl")
+FEATURE_SPLIT_NORMS = ("batch", "groups")
 ENGINES = ("ddp", "deepspeed")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -239,6 +241,10 @@ class ModelConfig:
     feature_split_alpha_min: float = option(3.0, "floor of the exclusive images' loss weight, max(sqrt(n_cooccur "
                                                  "/ n_exclusive), this) per pair in training (1 = no floor, as in "
                                                  "the public re-implementation's calculate_alpha.py)")
+    feature_split_norm: str = option("batch", "feature splitting's loss scale: batch (every image's loss over the "
+                                              "batch) or groups (exclusive and other images each averaged over "
+                                              "their own count, summed: the re-implementation's two SGD steps per "
+                                              "batch as one)", choices=FEATURE_SPLIT_NORMS)
 
 
 @dataclass
@@ -490,13 +496,26 @@ def resolve_paths(tree: Dict[str, Any], base: Path, keys: Sequence[str] = PATH_K
 
 
 def finalize(cfg: TrainConfig, base: Optional[Path] = None) -> TrainConfig:
-    """The config a run uses and saves: absolute paths and a concrete data.source (idempotent)."""
+    """The config a run uses and saves: absolute paths, a concrete data.source, and the data rules
+    met (data/spec.py: which data.* settings go together), before any data loads. A config that
+    finalize returned, unchanged since, is returned as it is (``is_final``)."""
+    if is_final(cfg):
+        return cfg
     tree = resolve_paths(to_dict(cfg), Path(base) if base else Path.cwd())
     out = _build(TrainConfig, tree, "")
-    from .data.sources.registry import resolve_source  # each source recognises its own paths (no circle)
+    # asked late, as the sources are: the data side imports nothing of this module at these names (no circle)
+    from .data.sources.registry import resolve_source  # each source recognises its own paths
+    from .data.spec import check_config  # every data rule, in one place
 
     out.data.source = resolve_source(out.data)
+    check_config(out)
+    out._final = to_dict(out)  # (not a field: neither saved nor compared)
     return out
+
+
+def is_final(cfg: TrainConfig) -> bool:
+    """Whether ``cfg`` is what finalize returned, not changed since (a changed path is resolved again)."""
+    return getattr(cfg, "_final", None) == to_dict(cfg)
 
 
 def _choice(value: Any, choices: Sequence[Any], key: str) -> None:
@@ -515,40 +534,6 @@ def _value(cfg: TrainConfig, key: str) -> Any:
     return cfg
 
 
-def check_crop_geometry(train_crop: str, image_size: int, crop_padding: int, crop_scale: Sequence[float],
-                        crop_ratio: Sequence[float], eval_resize: int) -> None:
-    """The crop keys against each other: the one check of the config (validate) and of a pipeline spec
-    built without one (``PipelineSpec``)."""
-    for key, on in (("train_crop=random_resized", train_crop == "random_resized"), ("eval_resize", eval_resize)):
-        if on and image_size <= 0:
-            raise ConfigError(f"data.{key} needs data.image_size (the output side, e.g. 224)")
-    for key, v in (("crop_scale", crop_scale), ("crop_ratio", crop_ratio)):
-        if len(v) != 2:
-            raise ConfigError(f"data.{key}: expected [min, max], got {list(v)}")
-    if train_crop == "random_resized":
-        if crop_padding:
-            raise ConfigError("data.crop_padding is the CIFAR-style crop of data.train_crop=resize; set it to 0 with "
-                              "data.train_crop=random_resized")
-        lo, hi = crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"data.crop_scale: expected [min, max] with 0 < min <= max <= 1, got {list(crop_scale)}")
-        lo, hi = crop_ratio
-        if not 0 < lo <= hi:
-            raise ConfigError(f"data.crop_ratio: expected [min, max] with 0 < min <= max, got {list(crop_ratio)}")
-    if eval_resize and eval_resize < image_size:
-        raise ConfigError(f"data.eval_resize ({eval_resize}) must be at least data.image_size ({image_size}): "
-                          f"the centre crop is taken from the resized image")
-
-
-def _check_crops(d: DataConfig) -> None:
-    check_crop_geometry(d.train_crop, d.image_size, d.crop_padding, d.crop_scale, d.crop_ratio, d.eval_resize)
-    if d.train_crop != "random_resized":  # a window range without random-resized crops would do nothing
-        for key, default in (("crop_scale", (0.08, 1.0)), ("crop_ratio", (3 / 4, 4 / 3))):
-            if any(abs(a - b) > 1e-6 for a, b in zip(getattr(d, key), default)):
-                raise ConfigError(f"data.{key} applies to data.train_crop=random_resized (data.train_crop is "
-                                  f"{d.train_crop}); set both or neither")
-
-
 def validate(cfg: TrainConfig) -> None:
     for key, f in _keys():
         if "choices" in f.metadata:
@@ -556,15 +541,10 @@ def validate(cfg: TrainConfig) -> None:
     d = cfg.data
     if d.source not in ("synthetic", "auto") and not d.train:
         raise ConfigError(f"data.train: a path is required for data.source={d.source}")
-    if d.strata == "coarse" and d.source not in ("auto", "cifar"):
-        raise ConfigError(f"data.strata=coarse: CIFAR-100's superclasses need data.source=cifar, got {d.source}")
-    if d.strata == "coarse" and d.strata_file:
-        raise ConfigError("data.strata=coarse and data.strata_file both set the groups A; keep one")
     for key in ("batch_size", "synthetic_train_per_class", "synthetic_test_per_class"):
         _positive(getattr(d, key), f"data.{key}")
     for key in ("image_size", "crop_padding", "num_workers", "eval_resize"):
         _positive(getattr(d, key), f"data.{key}", allow_zero=True)
-    _check_crops(d)
     if any(s <= 0 for s in d.std):
         raise ConfigError(f"data.std: expected positive values, got {list(d.std)}")
     o = cfg.optim

@@ -48,8 +48,6 @@ def load_split(d, path: str, classes=None, split: str = "") -> SampleSet:
     data.train and data.test name the same directory); default: test for data.test's path, else train."""
     source = _source(d)
     split = split or ("test" if path == d.test and path != d.train else "train")
-    if getattr(d, "strata", "class") == "coarse" and source != "cifar":
-        raise DataError(f"data.strata=coarse: CIFAR-100's superclasses need data.source=cifar, got {source}")
     if source not in source_names():
         raise DataError(f"data.source={source}: not a file-based source ({', '.join(source_names())})")
     return get_source(source).load(d, path, split, classes)
@@ -76,18 +74,8 @@ def build_pipeline(samples: SampleSet, cfg, *, train: bool, rank: int = 0, world
     if train and cfg.mix.mode != "none":  # Mixup / CutMix after the intervention (CIT Table I, bottom rows)
         m = cfg.mix
         ops = (MixOp(m.mode, m.alpha, m.prob, cfg.model.num_classes or samples.num_classes, cfg.seed, rank),)
-    spec = PipelineSpec(
-        batch_size=batch_size or d.batch_size,
-        plan=plan or (cfg.intervention.plan if train else "none"),
-        output=output,
-        epochwise=cfg.intervention.epochwise if train else False,
-        train=train, image_size=d.image_size, hflip=d.hflip, crop_padding=d.crop_padding,
-        train_crop=d.train_crop, crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
-        eval_resize=d.eval_resize,
-        mean=tuple(d.mean), std=tuple(d.std), seed=cfg.seed, rank=rank, world_size=world_size,
-        num_workers=d.num_workers, device=device, decode_reuse=d.decode_reuse, out_dtype=out_dtype,
-        on_bad_sample=d.on_bad_sample if train else "error",  # evaluation keeps every sample
-        batch_ops=ops)
+    spec = PipelineSpec.from_config(cfg, train=train, rank=rank, world_size=world_size, device=device, output=output,
+                                    batch_size=batch_size, out_dtype=out_dtype, plan=plan, batch_ops=ops)
     if d.pipeline == "dali":
         from .pipelines.dali_pipeline import DaliPipeline  # optional dependency: nvidia-dali
 

@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from ... import kernels
-from ...config import TRAIN_CROPS, check_crop_geometry
+from ...config import TRAIN_CROPS
 from ...errors import ConfigError
 from ..plans import draws
-from ..plans.balanced import REUSE_PLANS, make_balanced_plan
+from ..plans.balanced import make_balanced_plan
+from ..spec import check_geometry, check_reuse
 from .batch import DoubleBatch, ImageBatch, ModelBatch, RawBatch
 from ..plans.intervention import InterventionPlan, make_plan
 from ..sources.records import SampleSet
@@ -74,19 +75,38 @@ class PipelineSpec:
     batch_ops: Tuple[Callable, ...] = ()
 
     def __post_init__(self) -> None:
+        """A spec built by hand (tests, benchmarks) meets the rules a config's met in finalize (data/spec.py)."""
         if self.train_crop not in TRAIN_CROPS:
             raise ConfigError(f"data.train_crop must be one of {', '.join(TRAIN_CROPS)}, got {self.train_crop!r}")
-        check_crop_geometry(self.train_crop, self.image_size, self.crop_padding, self.crop_scale, self.crop_ratio,
-                            self.eval_resize)
+        check_geometry(self.train_crop, self.image_size, self.crop_padding, self.crop_scale, self.crop_ratio,
+                       self.eval_resize)
         if self.output not in ("image", "double"):
             raise ValueError(f"pipeline output must be 'image' or 'double', got {self.output!r}")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-        if self.decode_reuse and self.train and self.plan not in REUSE_PLANS:
-            raise ConfigError(f"data.decode_reuse works with plans {', '.join(REUSE_PLANS)}, not "
-                             f"{self.plan!r}: its contexts are drawn by bias value, not from the batch")
-        if self.decode_reuse and self.train and self.plan != "none" and self.batch_size < 2:
-            raise ConfigError("data.decode_reuse needs data.batch_size >= 2 (partners share a batch)")
+        check_reuse(self.decode_reuse, self.train, self.plan, self.batch_size)
+
+    @classmethod
+    def from_config(cls, cfg, *, train: bool, rank: int = 0, world_size: int = 1,
+                    device: torch.device = torch.device("cpu"), output: str = "image", batch_size: int = 0,
+                    out_dtype: torch.dtype = torch.float32, plan: Optional[str] = None,
+                    batch_ops: Tuple[Callable, ...] = ()) -> "PipelineSpec":
+        """The spec of a run's training (``train``) or evaluation pipeline: the config's data.* keys,
+        its plan in training (``plan`` names another one, e.g. for the evaluation probes), and what
+        only the run knows (rank, world size, device, the model's input kind and dtype)."""
+        d = cfg.data
+        return cls(
+            batch_size=batch_size or d.batch_size,
+            plan=plan or (cfg.intervention.plan if train else "none"),
+            output=output,
+            epochwise=cfg.intervention.epochwise if train else False,
+            train=train, image_size=d.image_size, hflip=d.hflip, crop_padding=d.crop_padding,
+            train_crop=d.train_crop, crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
+            eval_resize=d.eval_resize,
+            mean=tuple(d.mean), std=tuple(d.std), seed=cfg.seed, rank=rank, world_size=world_size,
+            num_workers=d.num_workers, device=device, decode_reuse=d.decode_reuse, out_dtype=out_dtype,
+            on_bad_sample=d.on_bad_sample if train else "error",  # evaluation keeps every sample
+            batch_ops=batch_ops)
 
 
 # The augmentations' streams of draws (data/plans/draws.py, beside the plans' 0, 1, 2 and 0xDEC0 + j): a

@@ -37,6 +37,7 @@ from .contract import (Pipeline, PipelineSpec, compose, crop_pairs, crop_window,
 from ..sources.members import read_bytes
 from .dali_feed import SharedFeed
 from ..sources.records import DataError, SampleSet, open_image
+from ..spec import check_bad_samples
 
 PREFETCH = 2  # batches DALI prepares ahead of the one being consumed
 
@@ -153,11 +154,7 @@ class DaliPipeline(Pipeline):
     start_method = ""  # DALI's worker processes: "" = fork on the CPU, spawn on a GPU
 
     def __init__(self, samples: SampleSet, spec: PipelineSpec):
-        if spec.on_bad_sample == "skip":
-            from ...errors import ConfigError
-
-            raise ConfigError("data.on_bad_sample=skip works with data.pipeline=torch (DALI decodes a batch as a "
-                              "whole); set data.pipeline=torch, or data.on_bad_sample=error")
+        check_bad_samples("dali", spec.on_bad_sample)  # a config met it in finalize; a spec built by hand here
         _import_dali()
         super().__init__(samples, spec)
         self._pipe = None  # built on first use; dropped after an error or an abandoned epoch

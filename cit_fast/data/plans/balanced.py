@@ -35,8 +35,7 @@ import numpy as np
 from . import draws
 from .intervention import InterventionPlan, dense_groups, make_plan, stable_order
 from ..sources.records import DataError
-
-REUSE_PLANS = ("none", "stratify_c", "random")
+from ..spec import REUSE_PLANS  # the plans data.decode_reuse works with: stated with the data rules
 
 
 @dataclass(frozen=True)
