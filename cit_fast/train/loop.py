@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..config import RESOLVED, TrainConfig, finalize, save_config, to_dict
 from ..data.build import build_datasets, build_pipeline, require_masks
+from ..data.spec import train_steps
 from ..data.pipelines.batch import ImageBatch, ModelBatch
 from ..models import build_model, model_task
 from ..models.causal_multilabel import MultiLabelOutput
@@ -30,7 +31,7 @@ from ..eval.diagnostics import probe_batches, probes_line
 from ..models.confounders import fit_confounders
 from ..metrics import TrainingMetrics
 from .. import checkpoint as ckpt
-from ..errors import CheckpointError, ConfigError, UsageError, UserError
+from ..errors import CheckpointError, UsageError, UserError
 from ..utils import atomic_write_json, print0
 from .callbacks import Callback, ProgressBar, PrometheusSteps, StepCheckpoints, StepInfo, StopAfter
 from .distributed import DistEnv, setup_distributed
@@ -127,7 +128,7 @@ class Trainer:
     """Holds what one run needs; ``fit`` runs it. Set-up is a sequence of named steps."""
 
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = ()):
-        self.cfg = cfg = finalize(cfg)  # absolute paths, concrete data.source (what config.yaml records)
+        self.cfg = cfg = finalize(cfg)  # once: load_config's config comes back as it is (config.is_final)
         self.env = setup_distributed(cfg.device, cfg.dist.engine)
         if cfg.threads and self.env.device.type == "cpu":
             torch.set_num_threads(cfg.threads)
@@ -232,15 +233,8 @@ class Trainer:
         self.criterion = build_loss(o.loss, self.train_set.multilabel, o.asl_gamma_neg, o.asl_gamma_pos, o.asl_clip)
         if cfg.model.feature_split:  # Singh et al.'s weighted loss: the biased pairs and the training labels
             self.criterion = feature_split_loss(cfg.model, o.loss, self.train_set, self.task)
-        steps = len(self.train_pipe)
-        if cfg.max_steps_per_epoch:
-            steps = min(steps, cfg.max_steps_per_epoch)
-        steps -= steps % cfg.dist.grad_accum  # whole optimizer steps only
-        if steps == 0:
-            raise ConfigError(f"data.batch_size={cfg.data.batch_size} x dist.grad_accum={cfg.dist.grad_accum} "
-                              f"is larger than the training shard ({len(self.train_pipe.shard_indices())} samples "
-                              f"per rank): no full optimizer step to train on")
-        self.steps_per_epoch = steps
+        steps = self.steps_per_epoch = train_steps(len(self.train_pipe), cfg.max_steps_per_epoch, cfg.dist.grad_accum,
+                                                   cfg.data.batch_size, len(self.train_pipe.shard_indices()))
         opt_steps_per_epoch = steps // cfg.dist.grad_accum
         self.engine: Engine = build_engine(
             cfg, env, module, lambda m: build_optimizer(cfg, m),
