@@ -84,6 +84,7 @@ SCHEDULES = ("multistep", "cosine")
 OPTIMIZERS = ("sgd", "adamw")
 LOSSES = ("auto", "ce", "bce", "asl")
 FEATURE_SPLIT_NORMS = ("batch", "groups")
+FEATURE_SPLIT_NORMS = ("batch", "groups")
 ENGINES = ("ddp", "deepspeed")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -241,6 +242,10 @@ class ModelConfig:
     feature_split_alpha_min: float = option(3.0, "floor of the exclusive images' loss weight, max(sqrt(n_cooccur "
                                                  "/ n_exclusive), this) per pair in training (1 = no floor, as in "
                                                  "the public re-implementation's calculate_alpha.py)")
+    feature_split_norm: str = option("batch", "feature splitting's loss scale: batch (every image's loss over the "
+                                              "batch) or groups (exclusive and other images each averaged over "
+                                              "their own count, summed: the re-implementation's two SGD steps per "
+                                              "batch as one)", choices=FEATURE_SPLIT_NORMS)
     feature_split_norm: str = option("batch", "feature splitting's loss scale: batch (every image's loss over the "
                                               "batch) or groups (exclusive and other images each averaged over "
                                               "their own count, summed: the re-implementation's two SGD steps per "

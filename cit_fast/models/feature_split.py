@@ -18,10 +18,12 @@ batches, the current one included; W_s's rows of the b's get no gradient from th
 the exclusive b's BCE term is weighted by alpha_b = sqrt(n_cooccur / n_exclusive) over the training
 labels. Where this one differs:
 
-- one forward, one loss and one optimizer step per batch (BCE summed over classes, averaged over the
-  batch, the project's scale). The re-implementation takes two SGD steps per batch, one on the
-  non-exclusive images and one on the exclusive ones alone, each a mean over its own images, which
-  weighs an exclusive image B / B_exclusive times more than its share of the batch on top of alpha_b;
+- one forward, one loss and one optimizer step per batch (BCE summed over classes). The re-implementation
+  takes two SGD steps per batch, one on the non-exclusive images and one on the exclusive ones alone,
+  each a mean over its own images, which weighs an exclusive image B / B_exclusive times more than its
+  share of the batch on top of alpha_b. ``model.feature_split_norm=groups`` keeps that weighting in one
+  step (each group averaged over its own images, the two summed); ``batch`` averages every image over
+  the batch;
 - x_s's running mean counts every training image (the model cannot tell the exclusive ones without the
   labels; they are P(b) x P(not c | b) of the images, ~1 % on the salient scene arm) and is the mean
   of the batch means (the re-implementation: of the non-exclusive images');

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import LOSSES, ModelConfig
+from ..config import FEATURE_SPLIT_NORMS, LOSSES, ModelConfig
 from ..errors import ConfigError, UsageError
 from ..eval.scores import parse_pairs
 from ..models.feature_split import FeatureSplitOutput
@@ -93,12 +93,18 @@ class FeatureSplitLoss:
     occurs without its c (an exclusive image) is scored by the split logits of every class (x_s at its
     running mean) with the context term of the biased b's detached (W_s of b learns nothing there), and
     b's term on its exclusive images is weighted by the pair's alpha_b; every other image is plain BCE on
-    the full logits. A plain tensor of logits (no split: evaluation) gets plain BCE."""
+    the full logits. ``norm``: ``batch`` averages every image's loss over the batch; ``groups`` averages the
+    exclusive and the other images each over their own count and sums the two (the re-implementation's
+    two SGD steps per batch, each a mean over its own images, as one step). A plain tensor of logits (no
+    split: evaluation) gets plain BCE."""
 
-    def __init__(self, pairs: Sequence[Tuple[int, int]], weights: Sequence[float]):
+    def __init__(self, pairs: Sequence[Tuple[int, int]], weights: Sequence[float], norm: str = "batch"):
         if len(pairs) != len(weights) or not pairs:
             raise ValueError(f"feature split loss: {len(pairs)} pairs and {len(weights)} weights")
+        if norm not in FEATURE_SPLIT_NORMS:
+            raise ValueError(f"feature split loss: norm must be one of {', '.join(FEATURE_SPLIT_NORMS)}, got {norm!r}")
         self.pairs, self.weights = [tuple(map(int, p)) for p in pairs], [float(w) for w in weights]
+        self.norm = norm
         self.biased = sorted({b for b, _ in self.pairs})  # the classes whose W_s rows the split protects
 
     def masks(self, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +129,14 @@ class FeatureSplitLoss:
         ctx = out.context.float()[cols]  # (n_b,): W_s,b . mean(x_s), detached below for the b's
         split = split.index_add(1, cols, (ctx.detach() - ctx).expand(split.shape[0], -1))
         logits = torch.where(excl[:, None], split, out.logits.float())  # (B, C)
-        return (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * weight).sum() / y.shape[0]
+        per_image = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * weight).sum(1)  # (B,)
+        if self.norm == "batch":
+            return per_image.sum() / y.shape[0]
+        # groups: the exclusive and the other images each averaged over their own count, summed: one step
+        # that moves as the re-implementation's two SGD steps per batch (other images, then exclusive ones)
+        n_ex = excl.sum()
+        n_non = excl.numel() - n_ex
+        return (per_image * ~excl).sum() / n_non.clamp(min=1) + (per_image * excl).sum() / n_ex.clamp(min=1)
 
 
 def feature_split_loss(mcfg: ModelConfig, loss: str, train_set, task: str) -> FeatureSplitLoss:
@@ -146,4 +159,4 @@ def feature_split_loss(mcfg: ModelConfig, loss: str, train_set, task: str) -> Fe
     print0("feature split: " + ", ".join(
         f"{train_set.classes[b]}:{train_set.classes[c]} ({int((t[:, b] & ~t[:, c]).sum())} exclusive / "
         f"{int((t[:, b] & t[:, c]).sum())} co-occur, weight {w:.2f})" for (b, c), w in zip(pairs, weights)))
-    return FeatureSplitLoss(pairs, weights)
+    return FeatureSplitLoss(pairs, weights, mcfg.feature_split_norm)

@@ -94,6 +94,15 @@ def test_loss_against_a_hand_computation():
     expect = sum(map(sum, rows)) / 3
     got = loss(FeatureSplitOutput(full, split, torch.zeros(3)), y)
     assert got.item() == pytest.approx(expect, rel=1e-6)
+    groups = FeatureSplitLoss([(0, 1)], [4.0], norm="groups")  # the exclusive image over 1, the others over 2
+    got = groups(FeatureSplitOutput(full, split, torch.zeros(3)), y)
+    assert got.item() == pytest.approx(sum(rows[0]) / 1 + (sum(rows[1]) + sum(rows[2])) / 2, rel=1e-6)
+    no_exclusive = y.clone()
+    no_exclusive[0, 1] = 1  # image 0 now holds c too: every image plain BCE, groups = batch mean
+    torch.testing.assert_close(groups(FeatureSplitOutput(full, split, torch.zeros(3)), no_exclusive),
+                               loss(FeatureSplitOutput(full, split, torch.zeros(3)), no_exclusive))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        FeatureSplitLoss([(0, 1)], [4.0], norm="mean")
     bce_t = torch.nn.functional.binary_cross_entropy_with_logits
     torch.testing.assert_close(loss(full, y), bce_t(full, y, reduction="sum") / 3)  # no split: plain BCE
 
@@ -198,6 +207,8 @@ def test_tiny_training_through_the_cli(tmp_path, data_dir, model, capsys):
      "model.feature_split_alpha_min: expected a weight >= 1, got 0.5"),
     (["model.biased_pairs=circle:frame", "optim.loss=asl"], "model.feature_split's weighted loss is BCE"),
     (["model.name=causal_resnet8", "model.biased_pairs=circle:frame"], "has no feature split"),
+    (["model.biased_pairs=circle:frame", "model.feature_split_norm=mean"],
+     "model.feature_split_norm: expected one of batch, groups"),
 ])
 def test_errors_are_one_line_naming_the_key(tmp_path, data_dir, extra, match, capsys):
     from cit_fast.cli import main
