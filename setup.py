@@ -26,8 +26,10 @@ setup(
         "coco": ["pycocotools"],
         "report": ["matplotlib", "scikit-learn"],
         "export": ["safetensors", "onnx", "onnxruntime"],  # cit-fast export --format safetensors / onnx
+        "etcd": ["python-etcd"],  # launchers/torchrun.sh RDZV_BACKEND=etcd-v2
         "dev": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "scipy", "scikit-image",  # skimage: mask tests on photos
-                "safetensors", "onnx", "onnxruntime"],  # the export tests read every format back
+                "safetensors", "onnx", "onnxruntime",  # the export tests read every format back
+                "python-etcd"],  # torch elastic's etcd-v2 rendezvous (launchers/torchrun.sh RDZV_BACKEND=etcd-v2)
     },
     entry_points={"console_scripts": ["cit-fast=cit_fast.cli:main"]},
 )

@@ -56,7 +56,7 @@ else
     etcd-v2)
       ENDPOINT=${RDZV_ENDPOINT:-${RDZV_HOST:?set RDZV_ENDPOINT=host:port of the etcd server for RDZV_BACKEND=etcd-v2}:${RDZV_PORT:-2379}}
       if ! "$PY" -c "import etcd" 2>/dev/null; then
-        echo "$(basename "$0"): RDZV_BACKEND=etcd-v2 needs the python-etcd client in $PY (pip install python-etcd)" >&2
+        echo "$(basename "$0"): RDZV_BACKEND=etcd-v2 needs the python-etcd client in $PY (pip install python-etcd, or cit-fast[etcd])" >&2
         exit 2
       fi ;;
     *) echo "$(basename "$0"): RDZV_BACKEND=$BACKEND: expected c10d or etcd-v2" >&2; exit 2 ;;
