@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,11 +168,13 @@ def run_block(block: Block, cwd: Path, env: Dict[str, str], logs: Path, timeout:
     left = sorted(set(re.findall(r"/path/to/\S*", rest)))
     assert not left, f"README.md:{block.line}: placeholders the test cannot fill: {', '.join(left)}"
     (logs / "block.sh").write_text("".join(script))
+    p = subprocess.Popen(["bash", str(logs / "block.sh")], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        subprocess.run(["bash", str(logs / "block.sh")], cwd=cwd, env=env, timeout=timeout,
-                       capture_output=True, text=True)
-    except subprocess.TimeoutExpired:
-        pass
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:  # the block's own process group: launchers and their workers too
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
     ran = []
     for n, c in enumerate(block.commands):
         rc_file = logs / f"{n}.rc"
