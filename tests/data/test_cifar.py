@@ -123,6 +123,21 @@ def test_python3_protocol2_batches_read_through_the_cli(tmp_path, kind, capsys):
     assert f"{n} masks written" in capsys.readouterr().out and (root / "masks_train.npz").is_file()
 
 
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4])
+def test_python3_pickles_of_every_protocol_up_to_4_read(tmp_path, protocol):
+    """Protocols 0-2 write bytes as _codecs.encode calls (an empty bytes as bytes()), 3-4 as opcodes."""
+    make_cifar(tmp_path, "cifar10-python", per_class=1)
+    want = load_cifar(str(tmp_path), "train")
+    repickle_python3(tmp_path, protocol)
+    assert (b"c_codecs\nencode\n" in (tmp_path / "data_batch_1").read_bytes()) == (protocol < 3)
+    got = load_cifar(str(tmp_path), "train")
+    np.testing.assert_array_equal(got.images, want.images)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    (tmp_path / "e").write_bytes(pickle.dumps({"empty": b"", "arr": np.zeros(0, np.uint8)}, protocol=protocol))
+    e = safe_load(tmp_path / "e")
+    assert e["empty"] == b"" and e["arr"].shape == (0,)
+
+
 class _Call:
     """A pickled call of ``fn(*args)``: what a crafted file can ask the unpickler to run."""
     def __init__(self, fn, *args):
