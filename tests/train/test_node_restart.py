@@ -11,7 +11,8 @@ the checkpoint).
   (every process ends, the launcher exits non-zero, no hang); the same command run again continues
   from the newest checkpoint with the losses of an uninterrupted run from it.
 - etcd-v2 against a real etcd server the test starts: the node whose worker is rank 0 (and hosts
-  the workers' store) is killed, which c10d's store host could not survive; NNODES=1:2, DDP.
+  the workers' store) is killed, which c10d's store host could not survive; NNODES=1:2, DDP. A node
+  started with the finished job's JOB_ID then ends with one line (etcd keeps the rendezvous closed).
 """
 import json
 import shutil
@@ -107,9 +108,14 @@ def test_the_first_node_killed_and_started_again_with_an_etcd_store(tmp_path):
         env = agents_env("1:2", RDZV_BACKEND="etcd-v2", RDZV_ENDPOINT=etcd.endpoint)
         a = Node("a", tmp_path, env, args).start()
         b = Node("b", tmp_path, env, args).start()
+        late = Node("c", tmp_path, env, args)
         try:
             victim = kill_and_restart(tmp_path, out, [a, b], rank0_node)
+            late.start()  # the finished job's JOB_ID used again
+            assert late.wait(timeout=300) == 2, late.text()[-3000:]
         finally:
-            a.kill()
-            b.kill()
+            for n in (a, b, late):
+                n.kill()
+    said = [s for s in late.logs[0].read_text().splitlines() if s.strip()]
+    assert len(said) == 1 and said[0].startswith("cit_fast.launch: the rendezvous of JOB_ID=restart is closed"), said
     check_the_job(tmp_path, out, [a, b], victim, args)
