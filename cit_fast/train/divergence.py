@@ -6,7 +6,8 @@ is read back per step. At each log point and before every checkpoint write, ``ch
 since the last check at once (one host sync, and one small all-reduce when there are several ranks)
 and, when a step had a non-finite loss that the scaler did not skip, raises ``Diverged`` on every
 rank together; rank 0's message names the step and the last finite checkpoint. A step the scaler
-skipped (fp16 overflow) left the weights as they were: it is not a failure. Before a checkpoint is
+skipped (fp16 overflow) left the weights as they were: it is not a failure, unless the scaler
+skips ``MAX_SKIPPED_STEPS`` in a row (no scale makes the loss finite: the run no longer trains). Before a checkpoint is
 written, the weights themselves are checked too (``Engine.nonfinite_weights``), so no checkpoint
 with a non-finite value is ever written.
 
@@ -29,6 +30,9 @@ from ..utils import print0
 
 EXIT_CODE = 3  # `cit-fast train` exits with it when the run stopped on a non-finite loss or weights
 EXPLODE_FACTOR = 10.0
+# skipped in a row, a run has stopped training: GradScaler halves its scale at each skip, so a real
+# overflow recovers within ~20 steps, while a loss that is inf at every scale is skipped for ever
+MAX_SKIPPED_STEPS = 100
 
 SkipFlag = Union[bool, torch.Tensor]  # a Python bool, or a device bool scalar (GradScaler: not read back)
 
@@ -68,6 +72,7 @@ class DivergenceWatch:
         self.pending: List[_Step] = []
         self.reference: Optional[float] = None  # the first logged loss
         self.warned = False
+        self.skipped_run = 0  # micro-steps the loss scaler skipped in a row, up to the last check
 
     def record(self, epoch: int, step: int, loss: torch.Tensor) -> None:
         """One micro-step's loss (no sync). Without a loss scaler, no step is ever skipped."""
@@ -102,13 +107,16 @@ class DivergenceWatch:
             code = idx.min().double() * self.env.world_size + self.env.rank
             good = finite & ~skipped
             mean = torch.where(good, losses, torch.zeros_like(losses)).sum() / good.sum().clamp(min=1)
-            stats = torch.stack([code, -mean.double()]).to(device)
+            # the skipped steps at the end (n: all of them); the scaler's flags are the same on every rank
+            applied = torch.where(~skipped, torch.arange(n, device=losses.device), torch.full_like(idx, -1))
+            trailing = (n - 1 - applied.max()).double()
+            stats = torch.stack([code, -mean.double(), trailing]).to(device)
         else:  # nothing decided on this rank (cannot happen when all ranks run the same steps)
-            stats = torch.tensor([float(n * self.env.world_size), 0.0], dtype=torch.float64, device=device)
+            stats = torch.tensor([float(n * self.env.world_size), 0.0, 0.0], dtype=torch.float64, device=device)
         sentinel = n * self.env.world_size
         if self.env.distributed and dist.is_initialized():
-            dist.all_reduce(stats, op=dist.ReduceOp.MIN)  # collective at a log point / checkpoint: [first bad, -max mean]
-        code, neg_mean = stats.tolist()  # host sync: once per log interval (and before each checkpoint)
+            dist.all_reduce(stats, op=dist.ReduceOp.MIN)  # collective at a log point / checkpoint: [first bad, -max mean, .]
+        code, neg_mean, trailing = stats.tolist()  # host sync: once per log interval (and before each checkpoint)
         if code < sentinel:
             idx, rank = divmod(int(code), self.env.world_size)
             s = ready[idx]
@@ -118,7 +126,16 @@ class DivergenceWatch:
                 + (f" (rank {rank})" if self.env.distributed else "")
                 + f"; no checkpoint was written after it; the last finite checkpoint is {last_checkpoint()}; "
                 + self.advice)
-        if explosion and n:
+        if not n:
+            return
+        self.skipped_run = self.skipped_run + n if trailing == n else int(trailing)
+        if self.skipped_run >= MAX_SKIPPED_STEPS:  # the scaler cannot find a scale: nothing trains any more
+            s = ready[-1]
+            raise Diverged(
+                f"the loss scaler skipped the last {self.skipped_run} steps (to epoch {s.epoch + 1}, step {s.step + 1}/"
+                f"{self.steps_per_epoch}): the loss or its gradients are not finite at any loss scale, the weights "
+                f"no longer change; the last finite checkpoint is {last_checkpoint()}; " + self.advice)
+        if explosion and trailing < n:  # (a check whose steps were all skipped has no loss to compare)
             self._explosion(-neg_mean, ready[-1])
 
     def _explosion(self, logged: float, at: _Step) -> None:

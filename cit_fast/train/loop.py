@@ -372,7 +372,7 @@ class Trainer:
         losses, skipped = torch.stack([losses, skipped.float()]).cpu().tolist()  # host sync: once per epoch
         # a step the fp16 loss scaler skipped (nan, inf or an overflowing finite loss) is not averaged in
         kept = [x for x, s in zip(losses, skipped) if not s and math.isfinite(x)]
-        return {"loss": sum(kept) / max(len(kept), 1), "steps": len(losses), "seconds": dt,
+        return {"loss": sum(kept) / len(kept) if kept else float("nan"), "steps": len(losses), "seconds": dt,
                 "samples_per_s": seen * env.world_size / dt, "step_losses": losses}
 
     def fit(self) -> Dict[str, Any]:

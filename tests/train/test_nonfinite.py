@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cit_fast.train.divergence as divergence
 import cit_fast.train.loop as loop
 from cit_fast import checkpoint as ckpt
 from cit_fast.cli import main as cli
@@ -29,18 +30,18 @@ def args_for(out, *extra):
     return [*SMALL, f"out_dir={out}", *extra]
 
 
-def inject(monkeypatch, at=None, times=None, scale=None, factor=float("nan")):
+def inject(monkeypatch, at=None, times=None, scale=None, factor=float("nan"), every=False):
     """Wrap compute_loss: record every loss (detached, before the injection); micro-step ``at``
     (1-based) gets loss * ``factor`` (nan; or a large finite factor, whose gradients overflow under a
     loss scaler); from micro-step ``times`` on, the loss reads ``scale`` times higher (its gradient
-    unchanged, so training goes on as before)."""
+    unchanged, so training goes on as before). every: ``factor`` at micro-step ``at`` and every one after."""
     seen = []
     original = loop.compute_loss
 
     def compute_loss(model, batch, criterion=None):
         loss = original(model, batch, criterion)
         seen.append(loss.detach().clone())
-        if at is not None and len(seen) == at:
+        if at is not None and (len(seen) == at or every and len(seen) > at):
             return loss * factor
         if times is not None and len(seen) >= times:
             return loss + (scale - 1) * loss.detach()
@@ -180,6 +181,22 @@ def test_a_step_the_fp16_loss_scaler_skips_is_not_a_failure(tmp_path, monkeypatc
     assert math.isfinite(res["history"][0]["train_loss"]) and res["history"][0]["train_loss"] < 10
     assert "exploded" not in err and not stopped_lines(err)
     assert finite(ckpt.find_latest(tmp_path / "checkpoints"))
+
+
+def test_a_loss_the_scaler_skips_for_ever_stops_the_run(tmp_path, monkeypatch, capsys):
+    """A loss that is nan at every scale: GradScaler skips every step and nothing trains any more;
+    after MAX_SKIPPED_STEPS in a row (3 here) the run stops with one line."""
+    monkeypatch.setattr(divergence, "MAX_SKIPPED_STEPS", 3)
+    inject(monkeypatch, at=2, every=True)
+    rc = cli(["train", *args_for(tmp_path, "optim.epochs=1", "log_interval=1", "checkpoint_every_steps=1",
+                                 "dist.precision=fp16", "device=cpu")])
+    err = capsys.readouterr().err
+    lines = stopped_lines(err)
+    assert rc == EXIT_CODE and len(lines) == 1, err
+    assert "the loss scaler skipped the last 3 steps (to epoch 1, step 4/7)" in lines[0], lines[0]
+    newest = ckpt.find_latest(tmp_path / "checkpoints")
+    assert f"the last finite checkpoint is {newest};" in lines[0] and "optim.lr=0.1" in lines[0]
+    assert all(finite(p) for p in ckpt.list_checkpoints(tmp_path / "checkpoints"))
 
 
 @pytest.mark.slow
