@@ -30,7 +30,7 @@ if MISSING and not os.environ.get("CI"):
 
 # a tiny run: 2 epochs of 12 steps, a checkpoint every 4 steps (steps 4 and 8 of each epoch, and each
 # epoch's end); the requeued job is stopped after its 16th step (epoch 2, step 4)
-TRAIN = ["model.name=resnet8", "data.synthetic_train_per_class=100", "data.synthetic_test_per_class=4",
+TRAIN = ["model.name=resnet8", "data.synthetic_train_per_class=24", "data.synthetic_test_per_class=4",
          "data.batch_size=8", "optim.epochs=2", "max_steps_per_epoch=12", "progress=false", "threads=1",
          "checkpoint_every_steps=4", "keep_checkpoints=100", "intervention.plan=stratify_c"]
 PAUSE_AT = 16
