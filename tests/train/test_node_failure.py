@@ -34,7 +34,8 @@ def _free_port() -> int:
 
 def _agent(out: Path, port: int, host: bool, log: Path) -> subprocess.Popen:
     env = {**os.environ, "NNODES": "1:2", "RDZV_HOST": "127.0.0.1", "RDZV_PORT": str(port), "JOB_ID": "nodefail",
-           "RDZV_IS_HOST": "1" if host else "0", "MAX_RESTARTS": "3", "RDZV_LAST_CALL_TIMEOUT": "60",
+           "RDZV_IS_HOST": "1" if host else "0", "NODE_NAME": "a" if host else "b", "MAX_RESTARTS": "3",
+           "RDZV_LAST_CALL_TIMEOUT": "60",
            "RDZV_KEEP_ALIVE": "1", "DS_ACCELERATOR": "cpu"}
     return subprocess.Popen([LAUNCHER, "1", "--", *ARGS, f"out_dir={out}"], env=env, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -112,6 +113,9 @@ def test_job_survives_the_loss_of_the_non_host_node(tmp_path):
             if p is not None:
                 _stop(p)
     assert len(re.findall("resumed from", (tmp_path / "a.log").read_text())) == 1  # one restart, on one node
+    # rank 0 says which node left, the world size now and the checkpoint, in one line
+    assert re.search(r"^restart 1: node b left; world size 2 -> 1 \(nodes: a\); resumed from " + re.escape(resumed),
+                     (tmp_path / "a.log").read_text(), re.M), (tmp_path / "a.log").read_text()[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 1  # finished on the node that remained
 
