@@ -59,6 +59,8 @@ MODELS = {  # name -> model overrides (over COMMON)
                "model.confounder_source=random"],
     # the rebuilt causal model: [X_i detached ; E_i over the raw prototypes], raising merged with detached p
     "rebuilt": ["model.name=causal_resnet8", "model.intervention=vcrcnn", "model.branch1_loss=1.0"],
+    # the same branch 2 with each label raised by its own intervened feature only (no label's presence moves another's)
+    "own": ["model.name=causal_resnet8", "model.intervention=vcrcnn_own", "model.branch1_loss=1.0"],
     # Singh et al.'s feature splitting + weighted loss on the decoder's label features (the scene pairs)
     "featsplit": ["model.name=decoder_resnet8", "model.feature_split=true",
                   "model.biased_pairs=circle:frame,triangle:bar,star:crescent,cross:ring"],
@@ -66,7 +68,8 @@ MODELS = {  # name -> model overrides (over COMMON)
 LABELS = {"baseline": "decoder-only baseline", "residual": "causal, residual reading (today's)",
           "raising": "causal, probability-raising + branch-1 loss", "random": "causal, raising, random confounders",
           "featsplit": "decoder + feature splitting (Singh et al.)",
-          "rebuilt": "causal, rebuilt (vcrcnn: raw prototypes, detached branch 2)"}
+          "rebuilt": "causal, rebuilt (vcrcnn: raw prototypes, detached branch 2)",
+          "own": "causal, rebuilt, own label only (vcrcnn_own)"}
 COMMON = ["data.source=arrays", "data.hflip=false", "model.embed_dim=64", "model.num_heads=4", "model.dropout=0.0",
           "model.num_confounders=16", "model.freeze_trunk=true", "model.trunk_cache_mb=400", "data.batch_size=64", "optim.optimizer=adamw",
           "optim.weight_decay=0.01", "optim.schedule=cosine", "optim.warmup_epochs=1", "progress=false",
@@ -263,7 +266,7 @@ def _fmt_ci(m: float, lo: float, hi: float) -> str:
 
 PROBES = (("norm_ratio", "|E-part| / |X-part|"), ("spread_ratio", "spread ratio"), ("entropy", "entropy / log K"),
           ("branch2_share", "|logits2| / |logits1|"))
-CAUSAL = ("residual", "raising", "random", "rebuilt")
+CAUSAL = ("residual", "raising", "random", "rebuilt", "own")
 
 
 def _gap(r: Dict) -> float:

@@ -79,11 +79,10 @@ TASKS = ("auto", "single", "double", "multilabel")
 CONFOUNDER_SOURCES = ("kmeans", "early", "label", "random")
 MERGES = ("sum", "linear", "proposed")
 CORRELATIONS = ("residual", "raising")
-INTERVENTIONS = ("residual", "vcrcnn")
+INTERVENTIONS = ("residual", "vcrcnn", "vcrcnn_own")
 SCHEDULES = ("multistep", "cosine")
 OPTIMIZERS = ("sgd", "adamw")
 LOSSES = ("auto", "ce", "bce", "asl")
-FEATURE_SPLIT_NORMS = ("batch", "groups")
 FEATURE_SPLIT_NORMS = ("batch", "groups")
 ENGINES = ("ddp", "deepspeed")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -223,7 +222,9 @@ class ModelConfig:
     intervention: str = option("residual", "the causal branch: residual (H_i = LN(X_i + o(E_i)), E_i over "
                                            "projected values), vcrcnn (branch 2 reads [X_i detached ; E_i], E_i "
                                            "over the raw prototypes; probability raising merged with detached "
-                                           "p = sigmoid(logits1); branch 1 keeps its own loss)",
+                                           "p = sigmoid(logits1); branch 1 keeps its own loss), vcrcnn_own "
+                                           "(the same branch 2, but each label raised by its own intervened "
+                                           "feature only: logits1_j + s_j([X_j ; E_j]) - s_j([0 ; E_0]))",
                                choices=INTERVENTIONS)
     freeze_trunk: bool = option(False, "multi-label models: the (pre-trained) trunk is not trained, its batch "
                                        "norm stays in eval mode")
@@ -242,10 +243,6 @@ class ModelConfig:
     feature_split_alpha_min: float = option(3.0, "floor of the exclusive images' loss weight, max(sqrt(n_cooccur "
                                                  "/ n_exclusive), this) per pair in training (1 = no floor, as in "
                                                  "the public re-implementation's calculate_alpha.py)")
-    feature_split_norm: str = option("batch", "feature splitting's loss scale: batch (every image's loss over the "
-                                              "batch) or groups (exclusive and other images each averaged over "
-                                              "their own count, summed: the re-implementation's two SGD steps per "
-                                              "batch as one)", choices=FEATURE_SPLIT_NORMS)
     feature_split_norm: str = option("batch", "feature splitting's loss scale: batch (every image's loss over the "
                                               "batch) or groups (exclusive and other images each averaged over "
                                               "their own count, summed: the re-implementation's two SGD steps per "
@@ -582,8 +579,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("model.confounder_net: needs model.confounder_source=kmeans and no model.observed_confounders")
     if mc.confounder_backbone and not mc.confounder_net:
         raise ConfigError("model.confounder_backbone: names the architecture of model.confounder_net; set that too")
-    if mc.intervention == "vcrcnn" and (mc.observed_confounders or mc.confounder_refresh or mc.merge != "proposed"):
-        raise ConfigError("model.intervention=vcrcnn: the dictionary is fitted once (model.confounder_refresh=0), "
+    if mc.intervention in ("vcrcnn", "vcrcnn_own") and (mc.observed_confounders or mc.confounder_refresh
+                                                        or mc.merge != "proposed"):
+        raise ConfigError(f"model.intervention={mc.intervention}: the dictionary is fitted once (model.confounder_refresh=0), "
                           "z is not observed (model.observed_confounders=false) and the merge is its own "
                           f"(model.merge=proposed); got confounder_refresh={mc.confounder_refresh}, "
                           f"observed_confounders={mc.observed_confounders}, merge={mc.merge!r}")

@@ -100,7 +100,7 @@ def intervention_probes(model: torch.nn.Module, feats: torch.Tensor) -> Dict[str
     if not getattr(model, "causal", False):
         return {}
     feats = feats.float()
-    if getattr(model, "intervention", "residual") == "vcrcnn":
+    if getattr(model, "intervention", "residual") in ("vcrcnn", "vcrcnn_own"):
         e, attn = model.expected_confounder(feats, return_attn=True)  # (N, C, Dz), (N, 1, C, K)
         d = feats.shape[-1]
         w = model.branch2.weight.float()

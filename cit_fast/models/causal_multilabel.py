@@ -26,6 +26,22 @@ P(Y) against P(Y | do(person)):
       logits2[b, j] = s_j(H_0) + sum_i p[b, i] R[b, i, j],   p = sigmoid(logits1) (merge proposed)
   p is not normalised (normalised, the baseline would cancel and this would equal ``residual``).
 
+The rebuilt branch (``intervention="vcrcnn"``), in the reading of the paper's relatives (VC R-CNN, CCD: a
+dictionary built once from a network that is no longer training): Z holds raw k-means prototypes (K, Dz) of
+a frozen network's spatial map (``confounder_net``, its architecture ``confounder_backbone``; else the trunk's
+own map before training), fitted once, P(z) the cluster frequencies; one attention head in Dz:
+    E[b, i]  = K sum_z softmax_z(q(X_i) . k(z) / sqrt(Dz)) P(z) z         (a uniform attention: sum_z P(z) z)
+    s_j(u)   = w2_j . relu(W u + w) + c2_j,   u = [X_i detached ; E_i]     (branch 2 cannot write into the
+                                                                           trunk, decoder or queries)
+    R[b, i, j] = s_j([X_i ; E_i]) - s_j([0 ; E_0]),  R[b, i, i] = 0       (raising against no category acted
+                                                                           upon, E_0 = sum_z P(z) z)
+    logits  = logits1 + sum_i p[b, i] R[b, i, j],  p = sigmoid(logits1) detached, not normalised
+In training the merged loss sees logits1.detach() + logits2 and branch 1 its own loss (weight
+``branch1_loss``, 1 if 0): branch 1 is trained exactly as the decoder-only baseline is (same seed: the same
+branch-1 logits, bench/RESULTS.md), and branch 2 is what the merged model adds. ``vcrcnn_own``: the same
+branch 2, each label raised by its own intervened feature only (logits2_j = R[b, j, j], the cross-label
+terms dropped), so no label's presence can move another label's logit.
+
 Options: ``branch1_loss=w`` also supervises branch 1 (a training forward returns a
 ``MultiLabelOutput``; loss = criterion(logits) + w criterion(logits1)). ``confounder_net=PATH``
 fits the k-means confounders over a separate frozen single-branch network's last spatial map (the
@@ -56,6 +72,8 @@ from .confounders import CONFOUNDER_SOURCES, ConfounderBank, nearest_center
 from .double_branch import load_single_branch, split_stages
 from .feature_split import FeatureSplit, FeatureSplitOutput
 from .registry import create_model, register_model
+
+VCR = ("vcrcnn", "vcrcnn_own")  # the rebuilt causal branch: cross-label raising, or each label's own only
 
 
 
@@ -121,8 +139,8 @@ class CausalMultiLabel(nn.Module):
         super().__init__()
         if intervention not in INTERVENTIONS:
             raise ValueError(f"intervention must be one of {', '.join(INTERVENTIONS)}, got {intervention!r}")
-        if intervention == "vcrcnn" and causal and (observed_confounders or merge != "proposed"):
-            raise ValueError("intervention vcrcnn: z is not observed and the merge is its own (merge proposed), got "
+        if intervention in VCR and causal and (observed_confounders or merge != "proposed"):
+            raise ValueError(f"intervention {intervention}: z is not observed and the merge is its own (merge proposed), got "
                              f"observed_confounders={observed_confounders}, merge={merge!r}")
         if confounder_backbone and not confounder_net:
             raise ValueError("confounder_backbone names the architecture of confounder_net; give confounder_net too")
@@ -179,7 +197,7 @@ class CausalMultiLabel(nn.Module):
         if causal:
             if confounder_source == "label":
                 num_confounders = num_classes  # one prototype per class
-            if self.intervention == "vcrcnn":
+            if self.intervention in VCR:
                 self._init_vcrcnn(num_classes, num_confounders, confounder_source, d)
                 return  # nothing else of the causal branch below belongs to this reading
             zdim = self._early_dim() if confounder_source == "early" else (self.num_features if confounder_net else d)
@@ -260,7 +278,7 @@ class CausalMultiLabel(nn.Module):
         if self.confounder_net:
             with torch.no_grad():
                 return self._pretrained_net(x).forward_features(x).flatten(2).transpose(1, 2)
-        if self.intervention == "vcrcnn":  # raw prototypes: the trunk's own map, as it is before training
+        if self.intervention in VCR:  # raw prototypes: the trunk's own map, as it is before training
             with torch.no_grad():
                 return self.backbone.forward_features(x).flatten(2).transpose(1, 2)
         return self.tokens(x)
@@ -331,7 +349,7 @@ class CausalMultiLabel(nn.Module):
         """Label features X (B, C, D) -> intervened features H (B, C, D) (backdoor over Z); with
         ``return_attn`` also the attention over the confounders (B, heads, C, K) (diagnostics). vcrcnn:
         H = [X ; E] (B, C, D + Dz), branch 2's input."""
-        if self.intervention == "vcrcnn":
+        if self.intervention in VCR:
             e, attn = self.expected_confounder(feats.detach(), return_attn=True)
             h = torch.cat([feats.detach(), e], -1)
             return (h, attn) if return_attn else h
@@ -354,10 +372,11 @@ class CausalMultiLabel(nn.Module):
         """Causal label correlations R (B, C, C): R[b, i, j] = effect of category i on category j
         (``residual``: s_j(H_i); ``raising``: s_j(H_i) - s_j(H_0); ``vcrcnn``: s_j([X_i ; E_i]) - s_j([0 ; E_0])
         with i's effect on itself zero, see the module doc)."""
-        if self.intervention == "vcrcnn":
+        if self.intervention in VCR:
             u, u0 = self.branch2_input(feats)
             r = self.branch2_scores(u) - self.branch2_scores(u0)  # (B, C, C) - (C,)
-            return r * (1 - torch.eye(self.num_classes, dtype=r.dtype, device=r.device))
+            eye = torch.eye(self.num_classes, dtype=r.dtype, device=r.device)
+            return r * eye if self.intervention == "vcrcnn_own" else r * (1 - eye)
         h = self.intervene(feats)
         if self.correlation == "raising":
             return torch.einsum("bid,jd->bij", h - self.baseline_feature(h.dtype), self.head2.weight)
@@ -382,6 +401,10 @@ class CausalMultiLabel(nn.Module):
             return out
         r = self.correlations(feats)  # (B, C, C)
         c = self.num_classes
+        if self.intervention == "vcrcnn_own":  # logits1 + R_jj: each label raised by its own intervened feature only
+            logits2 = r.diagonal(dim1=1, dim2=2)
+            out.update(correlations=r, logits2=logits2, logits=logits1 + logits2)
+            return out
         if self.intervention == "vcrcnn":  # logits1 + sum_i p_i R_ij, p = sigmoid(logits1) detached, not normalised
             logits2 = torch.einsum("bi,bij->bj", torch.sigmoid(logits1.detach()), r)
             out.update(correlations=r, logits2=logits2, logits=logits1 + logits2)
@@ -421,7 +444,7 @@ class CausalMultiLabel(nn.Module):
         out = self.forward_all(x)
         if "split_logits" in out:
             return FeatureSplitOutput(out["logits"], out["split_logits"], out["split_context"])
-        if self.training and self.intervention == "vcrcnn":  # branch 2 learns on top of a fixed branch 1
+        if self.training and self.intervention in VCR:  # branch 2 learns on top of a fixed branch 1
             return MultiLabelOutput(out["logits1"].detach() + out["logits2"], {"branch1": out["logits1"]},
                                     {"branch1": self.branch1_loss or 1.0})
         if self.training and self.causal and self.branch1_loss > 0:

@@ -195,3 +195,30 @@ def test_training_fits_the_dictionary_once_and_reports_the_probes(tmp_path, monk
 
     paths = run_diagnostics(ckpt.find_latest(tmp_path / "run" / "checkpoints"), tmp_path / "diag", max_images=8)
     assert paths["embedding"].stat().st_size > 1000 and paths["attention"].stat().st_size > 1000  # Dz != D: drawn
+
+
+def test_own_label_reading_raises_each_label_by_its_own_feature_only():
+    torch.manual_seed(0)
+    m = create_model("causal_resnet8", num_classes=C, embed_dim=D, num_heads=3, num_confounders=K, dropout=0.0,
+                     intervention="vcrcnn_own").eval()
+    with torch.no_grad():
+        m.confounders.set(torch.randn(m.confounders.z.shape), torch.rand(K) + 0.1)
+    x = torch.randn(2, 3, 16, 16)
+    out = m.forward_all(x)
+    f = out["features"]
+    e, _ = _expected(m, f)
+    u0 = torch.cat([torch.zeros(D), m.confounders.prior @ m.confounders.z])
+    own = (_s(m, torch.cat([f, e], -1)) - _s(m, u0)).diagonal(dim1=1, dim2=2)  # s_j([X_j ; E_j]) - s_j([0 ; E_0])
+    torch.testing.assert_close(out["logits2"], own)
+    torch.testing.assert_close(out["logits"], out["logits1"] + own)
+    assert torch.count_nonzero(out["correlations"] * (1 - torch.eye(C))) == 0
+    with torch.no_grad():  # another label's feature cannot move label 0's logit
+        f2 = f.clone()
+        f2[:, 1:] += torch.randn_like(f2[:, 1:])
+    torch.testing.assert_close(m.heads_of(f2)["logits2"][:, 0], out["logits2"][:, 0])
+    m.train()
+    got = _grads(m, (m.forward_all(x)["logits2"]).sum())
+    assert got and not [n for n in got if n.startswith(("backbone.", "proj.", "decoder.", "queries", "head."))]
+    assert intervention_probes(m.eval(), f)["norm_ratio"] > 0
+    with pytest.raises(ConfigError, match="model.intervention=vcrcnn_own"):
+        load_config(None, ["model.intervention=vcrcnn_own", "model.merge=sum"])
