@@ -81,7 +81,8 @@ def test_config_yaml_documents_every_key_and_loads_back(tmp_path):
     text = config_yaml()
     for key, f in _keys():
         name = key.split(".")[-1]
-        line = next(l for l in text.splitlines() if l.strip().startswith(f"{name}:"))
+        indent = "  " * key.count(".")  # a section's keys sit under it: model.intervention is not `intervention:`
+        line = next(l for l in text.splitlines() if l.startswith(f"{indent}{name}:"))
         assert "  # " in line and f.metadata["help"].split(";")[0][:20] in line, line
         if "choices" in f.metadata:
             assert "one of " + " | ".join(map(str, f.metadata["choices"])) in line
