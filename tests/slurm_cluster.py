@@ -1,6 +1,8 @@
 """A one-node SLURM cluster on this machine, for tests: munged on a private socket with a key written
 here, slurmctld and slurmd in the foreground (-D) as child processes, every file (config, state,
-spool, logs, sockets) under one directory, free ports. Debian's packages: slurm-wlm and munge.
+spool, logs, sockets) under one directory, free ports, the running user as SlurmUser (root or not).
+Debian's packages: slurmctld, slurmd, slurm-client and munge (22.05 in bookworm). A requeued job
+starts again within seconds (cred_expire=5, sched_interval=1; SLURM's defaults hold it ~2.5 min).
 
     with SlurmCluster(tmp_path / "slurm") as c:
         job = c.sbatch(["launchers/slurm.sbatch", ...], cwd=tmp_path)
