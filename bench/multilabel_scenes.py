@@ -85,6 +85,20 @@ def _out_name(arm: str, model: str, seed: int) -> str:
     return f"{arm}/{model}_s{seed}"
 
 
+def _same_config(saved, cfg) -> bool:
+    """A saved run's config is this one: read back as a saved config is (a key added since then takes the value
+    such runs ran with, config.SAVED_BEFORE, else its default), so a new key at its default reruns nothing."""
+    from cit_fast.config import from_dict, to_dict
+
+    if not isinstance(saved, dict):
+        return False
+    try:
+        then = from_dict(saved)
+    except Exception:  # a key removed or renamed since: not the same run
+        return False
+    return json.loads(json.dumps(to_dict(then))) == json.loads(json.dumps(to_dict(cfg)))
+
+
 def _train(job: Tuple[str, List[str]]) -> Tuple[str, float, str]:
     """Train one run (or reuse the finished run with the same config); (name, CPU seconds, checkpoint).
     The CPU time of the run's process (one thread) is what the sweep's budget counts: on a shared machine
@@ -94,7 +108,7 @@ def _train(job: Tuple[str, List[str]]) -> Tuple[str, float, str]:
 
     torch.set_num_threads(1)
     from cit_fast import checkpoint as ckpt
-    from cit_fast.config import load_config, to_dict
+    from cit_fast.config import load_config
     from cit_fast.train.loop import main
 
     cfg = load_config(None, overrides)
@@ -103,7 +117,7 @@ def _train(job: Tuple[str, List[str]]) -> Tuple[str, float, str]:
     cpu_file = out / "cpu_seconds.json"
     if done.exists():  # the same run finished before (same config): reuse it (runs are deterministic)
         res = json.loads(done.read_text())
-        if res.get("config") == json.loads(json.dumps(to_dict(cfg))):
+        if _same_config(res.get("config"), cfg):
             secs = json.loads(cpu_file.read_text())["cpu_s"] if cpu_file.exists() else res["seconds"]
             return name, secs, str(ckpt.find_latest(out / "checkpoints"))
     t0 = time.process_time()

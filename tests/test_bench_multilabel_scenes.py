@@ -84,3 +84,18 @@ def test_summary_rows_branch_one_probes_and_the_default_rule():
     rule = "\n".join(default_rule(verdict, ["baseline", "residual", "rebuilt"]))
     assert "rebuilt" in rule and "arm 15: ties" in rule
     assert "arm 15: LOSES" in [line for line in rule.splitlines() if "residual" in line][0]
+
+
+def test_a_finished_run_is_reused_when_only_a_new_key_at_its_default_differs():
+    from multilabel_scenes import _same_config
+
+    from cit_fast.config import load_config, to_dict
+
+    cfg = load_config(None, ["model.name=decoder_resnet8", "seed=3"])
+    saved = to_dict(cfg)
+    assert _same_config(saved, cfg)
+    del saved["model"]["feature_split_norm"]  # a key added after the run was saved, at its default
+    assert _same_config(saved, cfg)
+    assert not _same_config(saved, load_config(None, ["model.name=decoder_resnet8", "seed=4"]))
+    assert not _same_config({**saved, "model": {**saved["model"], "no_such_key": 1}}, cfg)
+    assert not _same_config(None, cfg)
