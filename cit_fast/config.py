@@ -243,10 +243,11 @@ class ModelConfig:
     feature_split_alpha_min: float = option(3.0, "floor of the exclusive images' loss weight, max(sqrt(n_cooccur "
                                                  "/ n_exclusive), this) per pair in training (1 = no floor, as in "
                                                  "the public re-implementation's calculate_alpha.py)")
-    feature_split_norm: str = option("batch", "feature splitting's loss scale: batch (every image's loss over the "
-                                              "batch) or groups (exclusive and other images each averaged over "
-                                              "their own count, summed: the re-implementation's two SGD steps per "
-                                              "batch as one)", choices=FEATURE_SPLIT_NORMS)
+    feature_split_norm: str = option("groups", "feature splitting's loss scale: groups (exclusive and other images "
+                                               "each averaged over their own count, summed: the re-implementation's "
+                                               "two SGD steps per batch as one) or batch (every image's loss over "
+                                               "the batch: its exclusive images weigh ~B / B_exclusive less)",
+                                     choices=FEATURE_SPLIT_NORMS)
 
 
 @dataclass

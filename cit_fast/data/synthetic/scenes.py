@@ -22,11 +22,14 @@ the home scene (c absent there, q < 1) and half elsewhere (eps > 0):
 - ``placebo``: the rule of ``synthetic.multilabel``: b => c is added, with S independent of every
                label; P(b), P(c) and P(b, c) match the control arm's. No common cause in the image.
 - ``salient``: the positive control, built the way COCO-Stuff's contextual bias arises (Singh et al.,
-               CVPR 2020): a small, weakly visible b (``b_scale`` 0.5, blended at ``b_alpha`` 0.5 over
-               the scene) beside a full-size, opaque c, P(c | b) = 0.9 in training (f = 10 %) with S
-               independent of the labels; P(b) and P(c) are the control's. In test c is independent of
-               b, as in every arm. A decoder-only model reads b partly off c here (measured in
-               bench/RESULTS.md), so a debiasing method has something to remove.
+               CVPR 2020): a small b (``b_scale`` 0.9 of a cell) beside a large, salient c (full size,
+               drawn in up to ``c_copies`` 3 cells, as stuff covers an image), with S independent of the
+               labels: P(b) = 0.25, P(c | b) = 0.9 (f = 10 %) and P(c | not b) = 0.05 in training. In
+               test c is independent of b (P(c) = 0.5), as in every arm. The decoder-only baseline of
+               bench/multilabel_scenes.py reads b partly off c here (Co-occur - Exclusive AP >= 10 points,
+               c lifting b's logit by ~1: bench/RESULTS.md), so a debiasing method has something to remove.
+               The rates and rendering are ``SALIENT``; the arm's first version (b at half size and half
+               opacity, P(b) 0.125, one c) left b invisible to that baseline's trunk and showed no bias.
 
 Label counts are exact, not sampled: in every scene, each pair's four (b, c) cells get their expected
 counts (largest-remainder rounding) and are shuffled independently of the other pairs', so the
@@ -55,6 +58,9 @@ SCENE_PAIRS: Tuple[Tuple[str, str], ...] = (("circle", "frame"), ("triangle", "b
 ARMS = ("control", "3", "15", "28", "placebo", "salient")
 GRID = 3  # objects on a GRID x GRID grid, one per cell
 P_B_HOME, P_C_AWAY, P_OTHER, P_C_TEST = 0.5, 0.05, 0.15, 0.5
+# the positive control's rates and rendering (chosen so the decoder-only baseline of bench/multilabel_scenes.py
+# is measurably biased: Co-occur - Exclusive AP >= 10 points, c lifting b's logit; see the module doc)
+SALIENT = {"p_b": 0.25, "exclusive": 0.10, "p_c_without_b": 0.05, "b_scale": 0.9, "b_alpha": 1.0, "c_copies": 3}
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,9 @@ class SceneArm:
     salient: bool = False  # P(c | b) = 1 - exclusive, S independent of the labels; b small and faint
     b_scale: float = 0.75  # b's side as a fraction of a grid cell (its rendering default)
     b_alpha: float = 1.0  # b's opacity over the scene (its rendering default)
+    c_copies: int = 1  # c drawn in up to this many cells (as many as the image's free cells allow)
+    b_rate: float = 0.0  # salient: P(b) in training and test (0: from q and eps as in the other arms)
+    c_rate: float = 0.0  # salient: P(c) in training (0: from q and eps)
 
     @property
     def scene_free(self) -> bool:
@@ -79,12 +88,16 @@ class SceneArm:
     @property
     def p_b(self) -> float:
         """P(b) in training (for the placebo: the control arm's, in every scene)."""
+        if self.b_rate:
+            return self.b_rate
         home = 1.0 / self.n_scenes
         return home * P_B_HOME + (0.0 if self.placebo else (1 - home) * self.eps)
 
     @property
     def p_c(self) -> float:
         """P(c) in training (for the placebo: the control arm's)."""
+        if self.c_rate:
+            return self.c_rate
         home = 1.0 / self.n_scenes
         return home * (1.0 if self.placebo else self.q) + (1 - home) * P_C_AWAY
 
@@ -99,8 +112,11 @@ def scene_arm(name: str, n_scenes: int = 4) -> SceneArm:
         raise ValueError(f"scene arm must be one of {', '.join(ARMS)}, got {name!r}")
     if name == "placebo":
         return SceneArm(name, 0.0, q=1.0, eps=0.0, n_scenes=n_scenes, placebo=True)
-    if name == "salient":  # P(b), P(c) of the control (q = 1, eps = 0 in the properties), P(c | b) = 0.9
-        return SceneArm(name, 0.10, q=1.0, eps=0.0, n_scenes=n_scenes, salient=True, b_scale=0.5, b_alpha=0.5)
+    if name == "salient":  # P(b) 0.25, P(c | b) 0.9, P(c | not b) 0.05 (P(c) 0.2625); c in up to 3 cells
+        return SceneArm(name, SALIENT["exclusive"], q=1.0, eps=0.0, n_scenes=n_scenes, salient=True,
+                        b_scale=SALIENT["b_scale"], b_alpha=SALIENT["b_alpha"], c_copies=SALIENT["c_copies"],
+                        b_rate=SALIENT["p_b"], c_rate=SALIENT["p_b"] * (1 - SALIENT["exclusive"])
+                        + (1 - SALIENT["p_b"]) * SALIENT["p_c_without_b"])
     home = 1.0 / n_scenes
     f = 0.0 if name == "control" else int(name) / 100
     eps = f * home * P_B_HOME / 2 / ((1 - home) * (1 - P_C_AWAY - f / 2))
@@ -202,18 +218,23 @@ def _object_bank(n_per_class: int, seed: int, cell: int, b_scale: float) -> Dict
 
 
 def _render(rng: np.random.Generator, labels: np.ndarray, scene: np.ndarray, size: int, n_scenes: int,
-            bank: Dict[str, object], small_classes: set, grid: int = GRID,
-            small_alpha: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+            bank: Dict[str, object], small_classes: set, grid: int = GRID, small_alpha: float = 1.0,
+            copied: Sequence[int] = (), copies: int = 1) -> Tuple[np.ndarray, np.ndarray]:
     """uint8 images (n, size, size, 3) and union object masks (n, size, size); objects on a grid x grid grid.
-    The small classes' objects are blended at opacity ``small_alpha`` over the scene (the masks stay whole)."""
+    The small classes' objects are blended at opacity ``small_alpha`` over the scene (the masks stay whole);
+    the ``copied`` classes are drawn in up to ``copies`` cells each, as many as the free cells allow (other
+    instances; with copies = 1 the draws are those of one object per class)."""
     n = len(labels)
     cell = size // grid
     imgs = scene_backgrounds(rng, scene, size, n_scenes)
     masks = np.zeros((n, size, size), np.float32)
     for i in range(n):
-        present = np.nonzero(labels[i])[0]
-        cells = rng.permutation(grid * grid)[:len(present)]
-        for cls, cell_id in zip(present, cells):
+        present = list(np.nonzero(labels[i])[0])
+        cells = rng.permutation(grid * grid)
+        if copies > 1:  # the copies take the cells left after one per present class
+            extra = [cls for cls in present if cls in copied for _ in range(copies - 1)]
+            present += extra[:grid * grid - len(present)]
+        for cls, cell_id in zip(present, cells[:len(present)]):
             j = int(rng.choice(bank["by_class"][cls]))
             src_i, src_m = bank["small" if cls in small_classes else "full"]
             patch, pm = src_i[j], src_m[j]
@@ -239,7 +260,7 @@ def _pair_indices(pairs: Sequence[Tuple[str, str]]) -> List[Tuple[int, int]]:
 def make_scene_multilabel(arm: str = "15", n_train: int = 7600, n_test: int = 8000, size: int = 48,
                           pairs: Sequence[Tuple[str, str]] = SCENE_PAIRS, n_scenes: int = 4,
                           b_scale: Optional[float] = None, seed: int = 0,
-                          b_alpha: Optional[float] = None) -> Dict[str, object]:
+                          b_alpha: Optional[float] = None, c_copies: Optional[int] = None) -> Dict[str, object]:
     """{'train', 'test': SampleSet (strata = scene S), 'pairs': [(b, c) indices], 'pair_names',
     'home': [scene of each pair], 'arm': SceneArm, 'overflow': {split: scenes whose free classes were redrawn}}.
 
@@ -253,10 +274,13 @@ def make_scene_multilabel(arm: str = "15", n_train: int = 7600, n_test: int = 80
     spec = scene_arm(arm, n_scenes)
     b_scale = spec.b_scale if b_scale is None else b_scale
     b_alpha = spec.b_alpha if b_alpha is None else b_alpha
+    c_copies = spec.c_copies if c_copies is None else c_copies
     if not 0.5 <= b_scale <= 1:
         raise ValueError(f"b_scale must be in [0.5, 1], got {b_scale}")
     if not 0 < b_alpha <= 1:
         raise ValueError(f"b_alpha must be in (0, 1], got {b_alpha}")
+    if not 1 <= c_copies <= GRID * GRID:
+        raise ValueError(f"c_copies must be in [1, {GRID * GRID}], got {c_copies}")
     idx = _pair_indices(pairs)
     out: Dict[str, object] = {"pairs": idx, "pair_names": [tuple(p) for p in pairs], "arm": spec,
                               "home": list(range(len(idx))), "overflow": {}}
@@ -266,7 +290,8 @@ def make_scene_multilabel(arm: str = "15", n_train: int = 7600, n_test: int = 80
         rng = np.random.default_rng([seed, test, 0x5CE7E])
         bank = _object_bank(40, 2000 + 2 * seed + test, size // GRID, b_scale)
         labels, scene, overflow = scene_labels(arm, n, split, pairs, n_scenes, seed)
-        images, masks = _render(rng, labels, scene, size, n_scenes, bank, small, small_alpha=b_alpha)
+        images, masks = _render(rng, labels, scene, size, n_scenes, bank, small, small_alpha=b_alpha,
+                                copied=[c for _, c in idx], copies=c_copies)
         out[split] = SampleSet(images, masks, labels, list(SHAPE_CLASSES), strata=scene,
                                name=f"scene multi-label {arm} {split}")
         out["overflow"][split] = overflow
