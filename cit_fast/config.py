@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from .data.choices import MIX_MODES, PLANS, TRAIN_CROPS  # the data layer's vocabulary
 from .errors import ConfigError
 from .utils import atomic_write_text, read_mapping_file
 
@@ -66,15 +67,12 @@ def _source_notes() -> List[str]:
 SOURCES = LateChoices(_source_names, _source_notes)  # auto, synthetic and the registered file sources
 STRATA = ("class", "coarse")
 SYNTHETIC_VERSIONS = ("original", "V1", "V2", "V3", "V4")
-PLANS = ("none", "stratify_c", "stratify_b", "random")
 PIPELINES = ("torch", "dali")
 TEST_BIAS = ("random", "misleading")
 VERIFY_MODES = ("header", "full")
 MISSING_MASKS = ("error", "full")
 DEEPFASHION_TEST_SPLITS = ("test", "val")
-TRAIN_CROPS = ("resize", "random_resized")
 BAD_SAMPLES = ("error", "skip")
-MIX_MODES = ("none", "mixup", "cutmix")
 TASKS = ("auto", "single", "double", "multilabel")
 CONFOUNDER_SOURCES = ("kmeans", "early", "label", "random")
 MERGES = ("sum", "linear", "proposed")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ... import kernels
-from ...config import TRAIN_CROPS
+from ..choices import TRAIN_CROPS
 from ...errors import ConfigError
 from ..plans import draws
 from ..plans.balanced import make_balanced_plan

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...config import MIX_MODES
+from ..choices import MIX_MODES
 from ..plans import draws
 from .batch import ModelBatch
 

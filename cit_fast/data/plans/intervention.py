@@ -22,7 +22,7 @@ from typing import Tuple
 import numpy as np
 
 from . import draws
-from ...config import PLANS
+from ..choices import PLANS
 from ..sources.records import DataError
 
 
