@@ -63,7 +63,7 @@ def check_the_job(tmp_path, out, nodes, victim, args, deepspeed_launcher: bool =
     assert results["test_top1"] == json.loads((ref / "results.json").read_text())["test_top1"]
 
 
-@pytest.mark.parametrize("nnodes, engine", [("2", "ddp"), ("1:2", "deepspeed")])
+@pytest.mark.parametrize("nnodes, engine", [("2", "ddp"), ("1:2", "ddp"), ("2", "deepspeed"), ("1:2", "deepspeed")])
 def test_the_non_host_node_killed_and_started_again_finishes_the_job(tmp_path, nnodes, engine):
     out, port = tmp_path / "run", free_port()
     args = [*ARGS, *ENGINES[engine], f"out_dir={out}"]
