@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
+from tests.processes import descendants
+
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
             "BOOT_FAIL", "DEADLINE"}
 
@@ -68,22 +70,6 @@ def free_ports(n: int) -> List[int]:
             s.close()
 
 
-def _descendants(pid: int) -> List[int]:
-    """pid and every process under it."""
-    children: Dict[int, List[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
 
 
 def _wait_until(cond, timeout: float, what: str, alive=None, log: Optional[Path] = None) -> None:
@@ -261,7 +247,7 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverS
             except (subprocess.SubprocessError, OSError):
                 pass
         # the jobs' processes first (slurmd waits for its job steps on SIGTERM): a moment to go, then SIGKILL
-        daemons = {p.pid for p in self.procs.values()} | set(_descendants(self.procs["slurmctld"].pid)
+        daemons = {p.pid for p in self.procs.values()} | set(descendants(self.procs["slurmctld"].pid)
                                                              if "slurmctld" in self.procs else [])  # + slurmscriptd
         t0 = time.monotonic()
         while time.monotonic() - t0 < 3 and set(self._cluster_processes()) - daemons:
@@ -272,7 +258,7 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverS
             p = self.procs.get(name)
             if p is None:
                 continue
-            pids += _descendants(p.pid)
+            pids += descendants(p.pid)
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         for name in ("slurmd", "slurmctld", "munged"):

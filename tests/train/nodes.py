@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, List, Optional
 
 from cit_fast.checkpoint import list_checkpoints, list_deepspeed_checkpoints
+from tests.processes import descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = str(ROOT / "launchers" / "torchrun.sh")
@@ -101,22 +102,6 @@ def processes_with(marker: str) -> List[int]:
     return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and marker in _cmdline(int(d.name))]
 
 
-def descendants(pid: int) -> List[int]:
-    """pid and every process under it (the agent starts its workers in sessions of their own)."""
-    children: dict = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
 
 
 def rank0_node(nodes: Iterable[Node]) -> Node:

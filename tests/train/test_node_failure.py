@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.processes import descendants
+
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 LAUNCHER = str(Path(__file__).resolve().parents[2] / "launchers" / "torchrun.sh")
@@ -46,27 +48,11 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _descendants(pid: int):
-    """pid and every process under it (the agent starts its workers in sessions of their own)."""
-    children = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
 
 
 def _kill_node(p: subprocess.Popen) -> None:
     """SIGKILL a node: its agent and its workers, as a machine that goes away."""
-    for pid in _descendants(p.pid):
+    for pid in descendants(p.pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
