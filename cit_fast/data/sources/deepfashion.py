@@ -39,7 +39,7 @@ from PIL import Image
 
 from ...errors import ConfigError
 from .coco import cache_dir
-from .files import check_pairs
+from .files import check_pairs, text_lines
 from .multilabel import check_multi_hot
 from .records import DataError, SampleSet
 from .registry import Source
@@ -52,22 +52,11 @@ def _anno_dir(root: Path) -> Optional[Path]:
     return next((root / a for a in ANNO_DIRS if (root / a / "list_attr_img.txt").is_file()), None)
 
 
-def _lines(path: Path) -> List[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"deepfashion {path}: file not found") from None
-    except (UnicodeDecodeError, OSError) as e:
-        raise DataError(f"deepfashion {path}: cannot read as UTF-8 text ({type(e).__name__}: {e})") from None
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return lines
 
 
 def _counted(path: Path, what: str) -> List[Tuple[int, str]]:
     """The (line number, line) rows after the count and header lines, the count checked."""
-    lines = _lines(path)
+    lines = text_lines(path, "deepfashion ")
     if len(lines) < 2:
         raise DataError(f"deepfashion {path}: expected a count line and a header line, then one line per {what}")
     try:

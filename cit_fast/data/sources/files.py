@@ -160,3 +160,19 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str, require_all: 
         if len(empty):
             raise DataError(f"{where}: class {int(empty[0])} has no samples "
                             f"(every class in [0, {num_classes - 1}] needs at least one)")
+
+
+def text_lines(path: Path, source: str = "", keep_trailing_blank: bool = False) -> List[str]:
+    """A text file's lines (CRLF-safe), trailing blank lines dropped unless asked to keep them; a
+    missing or non-UTF-8 file is one DataError naming it (after ``source``, e.g. 'deepfashion ')."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{source}{path}: file not found") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{source}{path}: cannot read as UTF-8 text ({type(e).__name__}: {e})") from None
+    lines = text.splitlines()
+    if not keep_trailing_blank:
+        while lines and not lines[-1].strip():
+            lines.pop()
+    return lines

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .files import check_pairs
+from .files import check_pairs, text_lines
 from .multilabel import check_multi_hot
 from .records import DataError, SampleSet
 from .registry import Source
@@ -43,19 +43,6 @@ _TAGS = re.compile(r"tags\.txt", re.I)
 _PER_CONCEPT_DIR = re.compile(r"alllabels", re.I)
 
 
-def _lines(path: Path, keep_trailing_blank: bool = False) -> List[str]:
-    """The file's lines (CRLF-safe); trailing blank lines dropped unless asked to keep them."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, OSError) as e:
-        raise DataError(f"{path}: cannot read as UTF-8 text ({type(e).__name__}: {e})") from None
-    lines = text.splitlines()
-    if not keep_trailing_blank:
-        while lines and not lines[-1].strip():
-            lines.pop()
-    return lines
 
 
 def _find(directory: Path, pattern: re.Pattern, kind: str, want_dir: bool = False) -> Optional[Path]:
@@ -81,7 +68,7 @@ def _resolve(path: str) -> Tuple[Path, Path]:
 
 def read_image_list(path: Path) -> List[str]:
     out = []
-    for ln, line in enumerate(_lines(path), 1):
+    for ln, line in enumerate(text_lines(path), 1):
         rel = line.strip().replace("\\", "/")
         if not rel:
             raise DataError(f"{path}, line {ln}: empty image path")
@@ -94,7 +81,7 @@ def read_image_list(path: Path) -> List[str]:
 def read_concepts(path: Path) -> List[str]:
     names: List[str] = []
     seen: Dict[str, int] = {}
-    for ln, line in enumerate(_lines(path), 1):
+    for ln, line in enumerate(text_lines(path), 1):
         name = line.strip()
         if not name:
             raise DataError(f"{path}, line {ln}: empty concept name")
@@ -119,7 +106,7 @@ def _bits(tokens: Sequence[str], where: str) -> List[float]:
 def read_matrix(path: Path, width: Optional[int], concepts_file: Optional[Path]) -> np.ndarray:
     """(N, C) float32 of 0/1 rows."""
     rows = []
-    for ln, line in enumerate(_lines(path), 1):
+    for ln, line in enumerate(text_lines(path), 1):
         tokens = [t for t in _SEP.split(line.strip()) if t]
         where = f"{path}, line {ln}"
         if width is None:
@@ -151,7 +138,7 @@ def read_per_concept(folder: Path, concepts: Optional[List[str]], n: int, list_f
     cols = []
     for c in concepts:
         f = files[c]
-        lines = _lines(f)
+        lines = text_lines(f)
         if len(lines) != n:
             raise DataError(f"nuswide: {list_file} lists {n} images but {f} has {len(lines)} lines")
         cols.append([_bits([l.strip()], f"{f}, line {ln}")[0] for ln, l in enumerate(lines, 1)])
@@ -160,7 +147,7 @@ def read_per_concept(folder: Path, concepts: Optional[List[str]], n: int, list_f
 
 def read_tags(path: Path, n: int, classes: Optional[Sequence[str]], list_file: Path) -> Tuple[List[str], np.ndarray]:
     """``tags.txt`` -> (classes, (N, C)); an unknown tag (given classes) is an error naming its line."""
-    lines = _lines(path, keep_trailing_blank=True)
+    lines = text_lines(path, keep_trailing_blank=True)
     while len(lines) > n and not lines[-1].strip():  # a trailing newline too many
         lines.pop()
     if len(lines) != n:
